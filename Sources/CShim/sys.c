@@ -1,0 +1,116 @@
+#define _GNU_SOURCE
+#include "cshim.h"
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <linux/fs.h>
+#include <linux/loop.h>
+
+int cshim_ioctl_ptr(int fd, unsigned long req, void *arg) {
+    int r;
+    do { r = ioctl(fd, req, arg); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+
+int cshim_ioctl_int(int fd, unsigned long req, unsigned long arg) {
+    int r;
+    do { r = ioctl(fd, req, arg); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+
+unsigned long cshim_BLKGETSIZE64(void) { return BLKGETSIZE64; }
+unsigned long cshim_BLKSSZGET(void) { return BLKSSZGET; }
+unsigned long cshim_BLKBSZGET(void) { return BLKBSZGET; }
+unsigned long cshim_BLKBSZSET(void) { return BLKBSZSET; }
+unsigned long cshim_BLKROGET(void) { return BLKROGET; }
+unsigned long cshim_BLKFLSBUF(void) { return BLKFLSBUF; }
+unsigned long cshim_LOOP_CTL_GET_FREE(void) { return LOOP_CTL_GET_FREE; }
+#ifndef LOOP_CONFIGURE
+#define LOOP_CONFIGURE 0x4C0A
+#endif
+unsigned long cshim_LOOP_CONFIGURE(void) { return LOOP_CONFIGURE; }
+unsigned long cshim_LOOP_CLR_FD(void) { return LOOP_CLR_FD; }
+unsigned long cshim_LOOP_GET_STATUS64(void) { return LOOP_GET_STATUS64; }
+unsigned long cshim_FS_IOC_GETFLAGS(void) { return FS_IOC_GETFLAGS; }
+unsigned long cshim_FS_IOC_SETFLAGS(void) { return FS_IOC_SETFLAGS; }
+unsigned long cshim_FS_IOC_GETVERSION(void) { return FS_IOC_GETVERSION; }
+unsigned long cshim_FS_IOC_FSGETXATTR(void) { return FS_IOC_FSGETXATTR; }
+unsigned long cshim_FS_IOC_FSSETXATTR(void) { return FS_IOC_FSSETXATTR; }
+unsigned long cshim_FS_IOC_FIEMAP(void) { return 0xC020660B; /* _IOWR('f', 11, struct fiemap) */ }
+
+static int ret_or_errno(long r) { return r < 0 ? -errno : (int)r; }
+
+int cshim_memfd_create(const char *name, unsigned int flags) {
+    return ret_or_errno(syscall(SYS_memfd_create, name, flags));
+}
+int cshim_fsopen(const char *fsname, unsigned int flags) {
+    return ret_or_errno(syscall(SYS_fsopen, fsname, flags));
+}
+int cshim_fsconfig(int fd, unsigned int cmd, const char *key, const void *value, int aux) {
+    return ret_or_errno(syscall(SYS_fsconfig, fd, cmd, key, value, aux));
+}
+int cshim_fsmount(int fd, unsigned int flags, unsigned int attr_flags) {
+    return ret_or_errno(syscall(SYS_fsmount, fd, flags, attr_flags));
+}
+int cshim_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags) {
+    return ret_or_errno(syscall(SYS_move_mount, from_dfd, from_path, to_dfd, to_path, flags));
+}
+pid_t cshim_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+
+#define CSHIM_MAXFDS 16
+
+ssize_t cshim_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+    if (nfds < 0 || nfds > CSHIM_MAXFDS) return -EINVAL;
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int) * CSHIM_MAXFDS)]; } u;
+    struct msghdr m;
+    memset(&m, 0, sizeof(m));
+    memset(&u, 0, sizeof(u));
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    if (nfds > 0) {
+        m.msg_control = u.b;
+        m.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    ssize_t r;
+    do { r = sendmsg(sock, &m, MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+
+ssize_t cshim_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds,
+                            int *truncated) {
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int) * CSHIM_MAXFDS)]; } u;
+    struct msghdr m;
+    memset(&m, 0, sizeof(m));
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = u.b;
+    m.msg_controllen = sizeof(u.b);
+    *nfds = 0;
+    *truncated = 0;
+    ssize_t r;
+    do { r = recvmsg(sock, &m, MSG_CMSG_CLOEXEC); } while (r < 0 && errno == EINTR);
+    if (r < 0) return -errno;
+    if (m.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) *truncated = 1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *p = (int *)CMSG_DATA(c);
+        for (size_t i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, p + i, sizeof(int));
+            if (*nfds < maxfds) fds[(*nfds)++] = fd;
+            else { close(fd); *truncated = 1; }
+        }
+    }
+    return r;
+}

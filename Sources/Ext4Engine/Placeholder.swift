@@ -1,0 +1,1 @@
+// Ext4Engine

@@ -1,0 +1,1 @@
+print("ext4iomapd: not yet implemented")

@@ -1,0 +1,1 @@
+print("fuservicemount: not yet implemented")
