@@ -6,6 +6,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/prctl.h>
 #include <linux/fs.h>
 #include <linux/loop.h>
 
@@ -59,6 +60,7 @@ int cshim_move_mount(int from_dfd, const char *from_path, int to_dfd, const char
     return ret_or_errno(syscall(SYS_move_mount, from_dfd, from_path, to_dfd, to_path, flags));
 }
 pid_t cshim_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+void cshim_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
 
 #define CSHIM_MAXFDS 16
 

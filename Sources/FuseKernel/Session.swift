@@ -2,6 +2,7 @@
 // cloned /dev/fuse fd), dispatch to the FuseFileSystem, and clean shutdown on
 // ENODEV / DESTROY / peer close with every thread joined and every fd closed.
 
+import CShim
 import Foundation
 import Glibc
 import Logging
@@ -33,7 +34,6 @@ public final class FuseSession: @unchecked Sendable {
     struct State {
         var decode = FuseDecodeContext()
         var connection: FuseConnectionInfo?
-        var inFlight = 0
         var stopping = false
         var loggedDecodeFailures = 0
     }
@@ -80,6 +80,7 @@ public final class FuseSession: @unchecked Sendable {
             let rc = pthread_create(&tid, nil, { arg in
                 guard let arg else { return nil }
                 let w = Unmanaged<WorkerBox>.fromOpaque(arg).takeRetainedValue()
+                cshim_set_thread_name("fuse-worker")
                 w.session.workerLoop(w.channel)
                 return nil
             }, box.toOpaque())

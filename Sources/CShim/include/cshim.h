@@ -51,6 +51,8 @@ int cshim_fsconfig(int fd, unsigned int cmd, const char *key, const void *value,
 int cshim_fsmount(int fd, unsigned int flags, unsigned int attr_flags);
 int cshim_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags);
 pid_t cshim_gettid(void);
+/// Name the calling thread (PR_SET_NAME, 15 bytes max).
+void cshim_set_thread_name(const char *name);
 
 // ---- SCM_RIGHTS helpers --------------------------------------------------
 /// sendmsg one datagram with up to nfds fds attached. Returns bytes or -errno.
