@@ -5,7 +5,8 @@ import Testing
 
 /// Sessions driven over real transports. Serialized: they count live worker
 /// threads and fds of the whole process.
-@Suite(.serialized) struct SessionTests {
+extension LiveSessions {
+@Suite struct SessionTests {
     @Test func initWithIomapOffered() throws {
         let fs = MemoryFS(wantIomap: true)
         let k = try TestKernel(fs: fs)
@@ -172,4 +173,5 @@ import Testing
         #expect(seen == Set((0..<200).map { UInt64(1000 + $0) }))
         #expect(k.finish())
     }
+}
 }

@@ -5,6 +5,7 @@ import Foundation
 import FuseKernel
 import Glibc
 import Logging
+import Testing
 
 final class TestKernel: @unchecked Sendable {
     let kernelFD: Int32
@@ -91,3 +92,7 @@ func openFDs(where predicate: (String) -> Bool) -> [String] {
         return predicate(t) ? "\(fd)->\(t)" : nil
     }
 }
+
+/// Every test that runs a live session counts the process's worker threads and
+/// fds, so they all run one at a time under this parent suite.
+@Suite(.serialized) struct LiveSessions {}
