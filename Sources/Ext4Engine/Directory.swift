@@ -1,0 +1,287 @@
+/// Directories: linear blocks, htree index, inline data.
+struct RawDirent {
+    let off: Int
+    let ino: UInt32
+    let recLen: Int
+    let name: [UInt8]
+    let ftype: UInt8
+}
+
+private let dot: [UInt8] = [0x2E]
+private let dotdot: [UInt8] = [0x2E, 0x2E]
+
+extension Ext4FileSystem {
+    func decodeRecLen(_ v: UInt16) -> Int {
+        if blockSize < 65536 { return Int(v) }
+        if v == 65535 || v == 0 { return blockSize }
+        return Int(v & 65532) | (Int(v & 3) << 16)
+    }
+
+    /// Parse dirents in `[start, end)` of `b`, validating every record.
+    func parseDirents(_ b: [UInt8], start: Int, end: Int, what: @autoclosure () -> String) throws(Ext4Error) -> [RawDirent] {
+        var out: [RawDirent] = []
+        var off = start
+        while off < end {
+            guard off + 8 <= end else { throw corrupt("\(what()): directory entry header past end at \(off)") }
+            let ino = b.le32(off)
+            let recLen = decodeRecLen(b.le16(off + 4))
+            let nameLen = Int(b.u8(off + 6))
+            let ftype = b.u8(off + 7)
+            guard recLen >= 12, recLen % 4 == 0, recLen >= (8 + nameLen + 3) & ~3, recLen <= end - off else {
+                throw corrupt("\(what()): bad rec_len \(recLen) at offset \(off)")
+            }
+            guard ino <= sb.inodesCount else { throw corrupt("\(what()): inode \(ino) out of range at offset \(off)") }
+            if ino != 0, nameLen > 0, let name = b.sub(off + 8, nameLen) {
+                out.append(RawDirent(off: off, ino: ino, recLen: recLen, name: name, ftype: ftype))
+            }
+            off += recLen
+        }
+        return out
+    }
+
+    func isIndexed(_ ri: RawInode) -> Bool {
+        sb.has(compat: Compat.dirIndex) && ri.flags & InodeFlag.index != 0
+    }
+
+    /// Entries of one directory block, honouring dx blocks and leaf tails.
+    func direntsOfBlock(_ ri: RawInode, _ b: [UInt8], logical: UInt64) throws(Ext4Error) -> [RawDirent] {
+        let what = "directory \(ri.ino) block \(logical)"
+        if isIndexed(ri) {
+            if logical == 0 {
+                // dx root: "." and ".." followed by index data inside ".."'s record.
+                return try parseDirents(b, start: 0, end: blockSize, what: what)
+            }
+            if b.le32(0) == 0 && decodeRecLen(b.le16(4)) == blockSize { return [] } // dx node
+        }
+        var end = blockSize
+        if sb.metadataCsum {
+            let t = blockSize - 12
+            guard b.le32(t) == 0, b.le16(t + 4) == 12, b.u8(t + 6) == 0, b.u8(t + 7) == 0xDE else {
+                throw corrupt("\(what): missing directory leaf checksum tail")
+            }
+            guard crc32c(ri.seed, b[0..<t]) == b.le32(t + 8) else {
+                throw corrupt("\(what): directory block checksum mismatch")
+            }
+            end = t
+        }
+        return try parseDirents(b, start: 0, end: end, what: what)
+    }
+
+    func dirBlockCount(_ ri: RawInode) -> UInt64 {
+        (ri.pub.size + UInt64(blockSize) - 1) / UInt64(blockSize)
+    }
+
+    func entryType(_ d: RawDirent) -> FileType {
+        if sb.has(incompat: Incompat.filetype) { return FileType(direntType: d.ftype) }
+        return (try? rawInode(d.ino).pub.fileType) ?? .unknown
+    }
+
+    private static func goodName(_ n: [UInt8]) -> Bool { !n.contains(0) && !n.contains(0x2F) }
+
+    // ---- readdir -----------------------------------------------------------------------
+
+    public func readDirectory(_ dir: UInt32, from cookie: UInt64, _ body: (DirEntry) -> Bool) throws(Ext4Error) {
+        let ri = try rawInode(dir)
+        guard ri.isDir else { throw .notDirectory }
+        if ri.hasInline {
+            try readInlineDirectory(ri, from: cookie, body)
+            return
+        }
+        let bs = UInt64(blockSize)
+        let nblocks = dirBlockCount(ri)
+        let startBlock = cookie / bs
+        let startOff = Int(cookie % bs)
+        guard startBlock < nblocks else { return }
+        let maps = try mapRange(ri, from: startBlock, count: nblocks - startBlock)
+        for x in maps {
+            for i in 0..<x.length {
+                let l = x.logical + i
+                if x.unwritten { continue }
+                let b = try block(x.physical + i)
+                for d in try direntsOfBlock(ri, b, logical: l) {
+                    if l == startBlock && d.off < startOff { continue }
+                    guard Ext4FileSystem.goodName(d.name) else { continue }
+                    let e = DirEntry(ino: d.ino, name: d.name, type: entryType(d),
+                                     nextCookie: l * bs + UInt64(d.off + d.recLen))
+                    if !body(e) { return }
+                }
+            }
+        }
+    }
+
+    private func readInlineDirectory(_ ri: RawInode, from cookie: UInt64, _ body: (DirEntry) -> Bool) throws(Ext4Error) {
+        let data = try inlineData(ri)
+        let parent = data.le32(0)
+        guard parent >= 1, parent <= sb.inodesCount else { throw corrupt("inline directory \(ri.ino): bad parent \(parent)") }
+        if cookie == 0 {
+            if !body(DirEntry(ino: ri.ino, name: dot, type: .directory, nextCookie: 1)) { return }
+        }
+        if cookie <= 1 {
+            if !body(DirEntry(ino: parent, name: dotdot, type: .directory, nextCookie: 4)) { return }
+        }
+        for d in try inlineDirents(ri, data) where UInt64(d.off) >= cookie {
+            guard Ext4FileSystem.goodName(d.name) else { continue }
+            if !body(DirEntry(ino: d.ino, name: d.name, type: entryType(d), nextCookie: UInt64(d.off + d.recLen))) {
+                return
+            }
+        }
+    }
+
+    private func inlineDirents(_ ri: RawInode, _ data: [UInt8]) throws(Ext4Error) -> [RawDirent] {
+        let what = "inline directory \(ri.ino)"
+        var out = try parseDirents(data, start: 4, end: min(60, data.count), what: what)
+        if data.count > 60 {
+            out += try parseDirents(data, start: 60, end: data.count, what: what)
+        }
+        return out
+    }
+
+    // ---- lookup --------------------------------------------------------------------------
+
+    public func lookup(dir: UInt32, name: [UInt8]) throws(Ext4Error) -> UInt32 {
+        guard !name.isEmpty else { throw .invalid("empty name") }
+        let ri = try rawInode(dir)
+        guard ri.isDir else { throw .notDirectory }
+        guard name.count <= 255 else { throw .notFound }
+        if ri.hasInline {
+            if name == dot { return dir }
+            let data = try inlineData(ri)
+            if name == dotdot {
+                let p = data.le32(0)
+                guard p >= 1, p <= sb.inodesCount else { throw corrupt("inline directory \(dir): bad parent \(p)") }
+                return p
+            }
+            for d in try inlineDirents(ri, data) where d.name == name { return d.ino }
+            throw .notFound
+        }
+        let nblocks = dirBlockCount(ri)
+        if name == dot || name == dotdot {
+            return try linearLookup(ri, name: name, blocks: min(1, nblocks))
+        }
+        if isIndexed(ri) {
+            switch try htreeLookup(ri, name: name, nblocks: nblocks) {
+            case .found(let ino): stats.htree(); return ino
+            case .notFound: stats.htree(); throw .notFound
+            case .bad(let why):
+                clog.report("directory \(dir): bad htree index (\(why)); falling back to linear search")
+            }
+        }
+        return try linearLookup(ri, name: name, blocks: nblocks)
+    }
+
+    private func linearLookup(_ ri: RawInode, name: [UInt8], blocks: UInt64) throws(Ext4Error) -> UInt32 {
+        stats.linear()
+        guard blocks > 0 else { throw .notFound }
+        for x in try mapRange(ri, from: 0, count: blocks) where !x.unwritten {
+            for i in 0..<x.length {
+                let b = try block(x.physical + i)
+                for d in try direntsOfBlock(ri, b, logical: x.logical + i) where d.name == name {
+                    return d.ino
+                }
+            }
+        }
+        throw .notFound
+    }
+
+    enum DxResult { case found(UInt32), notFound, bad(String) }
+
+    private struct DxFrame {
+        var block: [UInt8]
+        var entries: Int // byte offset of the count/limit header
+        var count: Int
+        var at: Int
+        func hash(_ i: Int) -> UInt32 { block.le32(entries + 8 * i) }
+        func child(_ i: Int) -> UInt64 { UInt64(block.le32(entries + 8 * i + 4) & 0x0FFF_FFFF) }
+    }
+
+    private func htreeLookup(_ ri: RawInode, name: [UInt8], nblocks: UInt64) throws(Ext4Error) -> DxResult {
+        guard nblocks > 0 else { return .bad("empty") }
+        let maps = try mapRange(ri, from: 0, count: nblocks)
+        func phys(_ l: UInt64) -> UInt64? {
+            var lo = 0, hi = maps.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                let m = maps[mid]
+                if l < m.logical { hi = mid } else if l >= m.logical + m.length { lo = mid + 1 } else {
+                    return m.unwritten ? nil : m.physical + (l - m.logical)
+                }
+            }
+            return nil
+        }
+        let csumSize = sb.metadataCsum ? 8 : 0
+        guard let p0 = phys(0) else { return .bad("hole at block 0") }
+        let root = try block(p0)
+        guard root.le16(4) == 12, root.u8(6) == 1, root.u8(8) == 0x2E,
+              decodeRecLen(root.le16(16)) == blockSize - 12, root.u8(18) == 2 else {
+            return .bad("bad dx root dirents")
+        }
+        var version = Int(root.u8(28))
+        let infoLen = Int(root.u8(29))
+        let levels = Int(root.u8(30))
+        let unusedFlags = root.u8(31)
+        guard version <= DirHash.tea else { return .bad("unsupported hash version \(version)") }
+        guard infoLen == 8, unusedFlags & 1 == 0 else { return .bad("bad dx root info") }
+        guard levels < (sb.has(incompat: Incompat.largeDir) ? 3 : 2) else { return .bad("too many levels \(levels)") }
+        if hashUnsigned { version += 3 }
+        guard let target = DirHash.hash(name, version: version, seed: sb.hashSeed) else { return .bad("hash") }
+
+        func checkNode(_ b: [UInt8], entries: Int, what: String) throws(Ext4Error) -> DxFrame? {
+            let limit = Int(b.le16(entries))
+            let count = Int(b.le16(entries + 2))
+            guard limit == (blockSize - entries - csumSize) / 8, count >= 1, count <= limit else { return nil }
+            if sb.metadataCsum {
+                let t = entries + 8 * limit
+                guard t + 8 <= blockSize else { return nil }
+                var c = crc32c(ri.seed, b[0..<(entries + 8 * count)])
+                c = crc32c(c, b[t..<(t + 4)])
+                guard c == b.le32(t + 4) else { throw corrupt("directory \(ri.ino): htree \(what) checksum mismatch") }
+            }
+            return DxFrame(block: b, entries: entries, count: count, at: 0)
+        }
+        func search(_ f: inout DxFrame) {
+            var lo = 1, hi = f.count - 1, best = 0
+            while lo <= hi {
+                let mid = (lo + hi) / 2
+                if f.hash(mid) <= target { best = mid; lo = mid + 1 } else { hi = mid - 1 }
+            }
+            f.at = best
+        }
+        guard var rootFrame = try checkNode(root, entries: 32, what: "root") else { return .bad("bad root limit/count") }
+        search(&rootFrame)
+        var frames = [rootFrame]
+        // Descend from frames.last to a leaf, choosing entries by hash (or the first entry).
+        func descend(_ frames: inout [DxFrame], byHash: Bool) throws(Ext4Error) -> UInt64? {
+            while frames.count <= levels {
+                guard let f = frames.last else { return nil }
+                let l = f.child(f.at)
+                guard l < nblocks, let p = phys(l) else { return nil }
+                let b = try block(p)
+                guard b.le32(0) == 0, decodeRecLen(b.le16(4)) == blockSize,
+                      var nf = try checkNode(b, entries: 8, what: "node \(l)") else { return nil }
+                if byHash { search(&nf) } else { nf.at = 0 }
+                frames.append(nf)
+            }
+            guard let f = frames.last else { return nil }
+            return f.child(f.at)
+        }
+        guard var leaf = try descend(&frames, byHash: true) else { return .bad("bad index node") }
+        var steps: UInt64 = 0
+        while true {
+            steps += 1
+            if steps > nblocks + 1 { return .bad("htree loop") }
+            guard leaf < nblocks, let p = phys(leaf) else { return .bad("leaf \(leaf) unmapped") }
+            let b = try block(p)
+            for d in try direntsOfBlock(ri, b, logical: leaf) where d.name == name { return .found(d.ino) }
+            // Hash collisions may continue in the next leaf.
+            var level = frames.count - 1
+            while level >= 0 && frames[level].at + 1 >= frames[level].count { level -= 1 }
+            guard level >= 0 else { return .notFound }
+            let nextHash = frames[level].hash(frames[level].at + 1)
+            guard nextHash & ~1 == target else { return .notFound }
+            frames[level].at += 1
+            frames.removeSubrange((level + 1)...)
+            guard let nl = try descend(&frames, byHash: false) else { return .bad("bad index node") }
+            leaf = nl
+        }
+    }
+}

@@ -1,0 +1,302 @@
+import Foundation
+import Logging
+
+struct GroupDesc: Sendable {
+    let blockBitmap: UInt64
+    let inodeBitmap: UInt64
+    let inodeTable: UInt64
+    let freeBlocks: UInt32
+    let freeInodes: UInt32
+    let flags: UInt16
+}
+
+/// Logs each distinct corruption message once (bounded memory).
+final class CorruptionLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var seen: Set<String> = []
+    let logger: Logger
+    init(logger: Logger) { self.logger = logger }
+
+    func report(_ msg: String) {
+        lock.lock()
+        let first = seen.count < 4096 && seen.insert(msg).inserted
+        lock.unlock()
+        if first { logger.error("ext4 corruption: \(msg)") }
+    }
+}
+
+/// Read side of an ext4 file system. All methods are thread-safe: the
+/// structure is immutable after `open` except for the locked block cache.
+public final class Ext4FileSystem: @unchecked Sendable {
+    public static let rootIno: UInt32 = 2
+
+    let dev: any BlockDevice
+    let sb: Superblock
+    let groups: [GroupDesc]
+    let cache: BlockCache
+    let clog: CorruptionLog
+    let csumSeed: UInt32
+    let hashUnsigned: Bool
+    let inodesPerBlock: Int
+
+    public let blockSize: Int
+    public let readOnly: Bool
+    public let warnings: [String]
+    public var uuid: [UInt8] { sb.uuid }
+    public var volumeName: String { sb.volumeNameString }
+
+    /// Test/diagnostic counters.
+    let stats = Counters()
+    final class Counters: @unchecked Sendable {
+        private let lock = NSLock()
+        private var htreeLookups = 0
+        private var linearLookups = 0
+        func htree() { lock.lock(); htreeLookups += 1; lock.unlock() }
+        func linear() { lock.lock(); linearLookups += 1; lock.unlock() }
+        var snapshot: (htree: Int, linear: Int) {
+            lock.lock(); defer { lock.unlock() }
+            return (htreeLookups, linearLookups)
+        }
+    }
+
+    /// Number of lookups answered through the htree index vs. linear scans.
+    public var lookupCounters: (htree: Int, linear: Int) { stats.snapshot }
+
+    private init(dev: any BlockDevice, sb: Superblock, groups: [GroupDesc], options: MountOptions,
+                 readOnly: Bool, warnings: [String], clog: CorruptionLog, csumSeed: UInt32) {
+        self.dev = dev
+        self.sb = sb
+        self.groups = groups
+        self.cache = BlockCache(capacity: max(16, options.cacheBlocks))
+        self.clog = clog
+        self.csumSeed = csumSeed
+        self.blockSize = sb.blockSize
+        self.readOnly = readOnly
+        self.warnings = warnings
+        self.inodesPerBlock = sb.blockSize / sb.inodeSize
+        if sb.flags & 0x2 != 0 {
+            hashUnsigned = true
+        } else {
+            hashUnsigned = false // signed, or unset: x86 default (signed char)
+        }
+    }
+
+    /// Build a `.corrupted` error and log it once.
+    func corrupt(_ msg: String) -> Ext4Error {
+        clog.report(msg)
+        return .corrupted(msg)
+    }
+
+    public static func open(device: any BlockDevice, options: MountOptions) throws(Ext4Error) -> Ext4FileSystem {
+        let logger = Logger(label: "ext4engine")
+        let clog = CorruptionLog(logger: logger)
+        func fail(_ e: Ext4Error) -> Ext4Error {
+            if case .corrupted(let m) = e { clog.report(m) }
+            return e
+        }
+        var sbBytes = [UInt8](repeating: 0, count: 1024)
+        guard device.size >= 2048 else { throw .invalid("device too small for an ext4 file system") }
+        try readRaw(device, at: 1024, into: &sbBytes)
+        let sb: Superblock
+        do { sb = try Superblock(sbBytes) } catch { throw fail(error) }
+
+        var warnings: [String] = []
+        var ro = options.readOnly
+
+        // ---- feature policy ---------------------------------------------------
+        let unknownIncompat = sb.incompat & ~Incompat.supported
+        if unknownIncompat != 0 {
+            throw .unsupported("unsupported incompatible feature(s): \(featureNames(unknownIncompat, Incompat.names))")
+        }
+        let refusedRo = sb.roCompat & (RoCompat.bigalloc | RoCompat.verity | RoCompat.hasSnapshot)
+        if refusedRo != 0 {
+            throw .unsupported("unsupported feature(s): \(featureNames(refusedRo, RoCompat.names))")
+        }
+        let unknownRo = sb.roCompat & ~RoCompat.writable
+        if unknownRo != 0 && !ro {
+            ro = true
+            warnings.append("mounting read-only: unsupported ro_compat feature(s) \(featureNames(unknownRo, RoCompat.names))")
+        }
+        if sb.revLevel > 1 && !ro {
+            ro = true
+            warnings.append("mounting read-only: revision level \(sb.revLevel) too high")
+        }
+        if sb.has(incompat: Incompat.mmp) && !ro {
+            ro = true
+            warnings.append("mounting read-only: mmp (multi-mount protection) not supported for writing")
+        }
+        if sb.metadataCsum {
+            guard sb.checksumType == 1 else { throw fail(.corrupted("unknown checksum type \(sb.checksumType)")) }
+            let c = crc32c(~0, sbBytes[0..<0x3FC])
+            guard c == sb.checksum else { throw fail(.corrupted("superblock checksum mismatch")) }
+        }
+        if sb.has(incompat: Incompat.recover) && !options.noRecovery {
+            if options.readOnly {
+                throw .unsupported("journal needs recovery; mount with noRecovery to access the unrecovered file system read-only")
+            }
+            throw .unsupported("journal needs recovery; replay not implemented yet")
+        }
+        if sb.has(incompat: Incompat.recover) {
+            ro = true
+            warnings.append("journal needs recovery but noRecovery was given: mounting read-only, recent changes may be missing")
+        }
+        if !ro {
+            // No write path exists yet.
+            ro = true
+            warnings.append("mounting read-only: write support not implemented")
+        }
+
+        // ---- geometry ---------------------------------------------------------------
+        let bs = UInt64(sb.blockSize)
+        let fsBytes = try cmul(sb.blocksCount, bs, "block count")
+        guard fsBytes <= device.size else {
+            throw fail(.corrupted("bad geometry: block count \(sb.blocksCount) exceeds size of device (\(device.size / bs) blocks)"))
+        }
+        let ngroups = sb.groupCount
+        guard ngroups <= UInt64(UInt32.max), ngroups * UInt64(sb.inodesPerGroup) == UInt64(sb.inodesCount) else {
+            throw fail(.corrupted("inode count \(sb.inodesCount) does not match \(ngroups) groups x \(sb.inodesPerGroup)"))
+        }
+        let csumSeed: UInt32
+        if sb.has(incompat: Incompat.csumSeed) {
+            csumSeed = sb.checksumSeed
+        } else {
+            csumSeed = crc32c(~0, sb.uuid)
+        }
+
+        // ---- group descriptors -----------------------------------------------------
+        let descPerBlock = UInt64(sb.blockSize / sb.descSize)
+        var groups: [GroupDesc] = []
+        groups.reserveCapacity(Int(ngroups))
+        var cur: (UInt64, [UInt8])? = nil
+        let itb = sb.inodeTableBlocksPerGroup
+        var badCsum: [UInt64] = []
+        for g in 0..<ngroups {
+            let metaIndex = g / descPerBlock
+            let blk: UInt64
+            if sb.has(incompat: Incompat.metaBG) && metaIndex >= UInt64(sb.firstMetaBG) {
+                let first = metaIndex * descPerBlock
+                let gstart = UInt64(sb.firstDataBlock) + first * UInt64(sb.blocksPerGroup)
+                blk = gstart + (sb.groupHasSuper(first) ? 1 : 0)
+            } else {
+                blk = UInt64(sb.firstDataBlock) + 1 + metaIndex
+            }
+            guard blk < sb.blocksCount else { throw fail(.corrupted("group descriptor block \(blk) beyond end of fs")) }
+            if cur?.0 != blk {
+                var b = [UInt8](repeating: 0, count: sb.blockSize)
+                try readRaw(device, at: blk * bs, into: &b)
+                cur = (blk, b)
+            }
+            guard let block = cur?.1 else { throw .io(5) }
+            let off = Int(g % descPerBlock) * sb.descSize
+            guard let d = block.sub(off, sb.descSize) else { throw fail(.corrupted("group descriptor out of block")) }
+            let hi = sb.descSize >= 64
+            let gd = GroupDesc(
+                blockBitmap: UInt64(d.le32(0)) | (hi ? UInt64(d.le32(0x20)) << 32 : 0),
+                inodeBitmap: UInt64(d.le32(4)) | (hi ? UInt64(d.le32(0x24)) << 32 : 0),
+                inodeTable: UInt64(d.le32(8)) | (hi ? UInt64(d.le32(0x28)) << 32 : 0),
+                freeBlocks: UInt32(d.le16(0xC)) | (hi ? UInt32(d.le16(0x2C)) << 16 : 0),
+                freeInodes: UInt32(d.le16(0xE)) | (hi ? UInt32(d.le16(0x2E)) << 16 : 0),
+                flags: d.le16(0x12))
+            // Checksums.
+            let stored = d.le16(0x1E)
+            if sb.metadataCsum {
+                var c = crc32c(csumSeed, leBytes32(UInt32(truncatingIfNeeded: g)))
+                c = crc32c(c, d.zeroing(0x1E, 2))
+                if UInt16(truncatingIfNeeded: c) != stored { badCsum.append(g) }
+            } else if sb.gdtCsum {
+                var c = crc16(0xFFFF, sb.uuid[...])
+                c = crc16(c, leBytes32(UInt32(truncatingIfNeeded: g))[...])
+                c = crc16(c, d[0..<0x1E])
+                if sb.descSize > 0x20 { c = crc16(c, d[0x20..<sb.descSize]) }
+                if c != stored { badCsum.append(g) }
+            }
+            let first = UInt64(sb.firstDataBlock)
+            for (what, b) in [("block bitmap", gd.blockBitmap), ("inode bitmap", gd.inodeBitmap)] {
+                guard b >= first, b < sb.blocksCount else {
+                    throw fail(.corrupted("group \(g): \(what) block \(b) not in file system"))
+                }
+            }
+            let (itEnd, o) = gd.inodeTable.addingReportingOverflow(itb)
+            guard gd.inodeTable >= first, !o, itEnd <= sb.blocksCount else {
+                throw fail(.corrupted("group \(g): inode table at \(gd.inodeTable) not in file system"))
+            }
+            groups.append(gd)
+        }
+        if !badCsum.isEmpty {
+            let msg = "group descriptor checksum mismatch in group(s) \(badCsum.prefix(8).map(String.init).joined(separator: ","))\(badCsum.count > 8 ? ",..." : "")"
+            clog.report(msg)
+            // The kernel accepts this on read-only mounts with a warning.
+            warnings.append(msg)
+        }
+        return Ext4FileSystem(dev: device, sb: sb, groups: groups, options: options, readOnly: ro,
+                              warnings: warnings, clog: clog, csumSeed: csumSeed)
+    }
+
+    static func readRaw(_ dev: any BlockDevice, at off: UInt64, into buf: inout [UInt8]) throws(Ext4Error) {
+        var err: Ext4Error? = nil
+        buf.withUnsafeMutableBytes { p in
+            do throws(Ext4Error) { try dev.read(at: off, into: p) } catch { err = error }
+        }
+        if let err { throw err }
+    }
+
+    // ---- block access -------------------------------------------------------------
+
+    /// Read one metadata block through the cache. `n` must be inside the fs.
+    func block(_ n: UInt64) throws(Ext4Error) -> [UInt8] {
+        guard n < sb.blocksCount else { throw corrupt("block \(n) beyond end of file system") }
+        if let b = cache.get(n) { return b }
+        var b = [UInt8](repeating: 0, count: blockSize)
+        try Ext4FileSystem.readRaw(dev, at: n * UInt64(blockSize), into: &b)
+        cache.put(n, b)
+        return b
+    }
+
+    /// Is a physical run completely inside the data area of the fs?
+    func validRun(_ start: UInt64, _ len: UInt64) -> Bool {
+        guard start >= UInt64(sb.firstDataBlock), len > 0 else { return false }
+        let (end, o) = start.addingReportingOverflow(len)
+        return !o && end <= sb.blocksCount
+    }
+
+    // ---- statfs ---------------------------------------------------------------------
+
+    public func statfs() -> FsStats {
+        var bfree: UInt64 = 0
+        var ifree: UInt64 = 0
+        for g in groups {
+            bfree &+= UInt64(g.freeBlocks)
+            ifree &+= UInt64(g.freeInodes)
+        }
+        let overhead = computeOverhead()
+        let blocks = sb.blocksCount > overhead ? sb.blocksCount - overhead : 0
+        bfree = min(bfree, blocks)
+        ifree = min(ifree, UInt64(sb.inodesCount))
+        let bavail = bfree > sb.rBlocksCount ? bfree - sb.rBlocksCount : 0
+        return FsStats(blocks: blocks, bfree: bfree, bavail: bavail, files: UInt64(sb.inodesCount),
+                       ffree: ifree, bsize: UInt32(blockSize), frsize: UInt32(blockSize), namelen: 255)
+    }
+
+    private func computeOverhead() -> UInt64 {
+        if sb.overheadClusters != 0 && UInt64(sb.overheadClusters) < sb.blocksCount {
+            return UInt64(sb.overheadClusters)
+        }
+        let ngroups = UInt64(groups.count)
+        let descPerBlock = UInt64(blockSize / sb.descSize)
+        let gdtBlocks = (ngroups + descPerBlock - 1) / descPerBlock
+        var total = UInt64(sb.firstDataBlock)
+        for g in 0..<ngroups where sb.groupHasSuper(g) {
+            if sb.has(incompat: Incompat.metaBG) {
+                total &+= 1 &+ 1
+            } else {
+                total &+= 1 &+ gdtBlocks &+ UInt64(sb.reservedGdtBlocks)
+            }
+        }
+        total &+= ngroups &* (2 &+ sb.inodeTableBlocksPerGroup)
+        if sb.has(compat: Compat.hasJournal), sb.journalInum != 0,
+           let j = try? rawInode(sb.journalInum, checkLive: false) {
+            total &+= j.pub.blocks512 / UInt64(blockSize / 512)
+        }
+        return min(total, sb.blocksCount)
+    }
+}

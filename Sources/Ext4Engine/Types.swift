@@ -1,0 +1,110 @@
+public struct MountOptions: Sendable {
+    public var readOnly: Bool
+    public var noRecovery: Bool
+    /// Metadata block cache size, in blocks.
+    public var cacheBlocks: Int
+    public init(readOnly: Bool = true, noRecovery: Bool = false, cacheBlocks: Int = 8192) {
+        self.readOnly = readOnly
+        self.noRecovery = noRecovery
+        self.cacheBlocks = cacheBlocks
+    }
+}
+
+public struct FsStats: Sendable, Equatable {
+    public var blocks: UInt64
+    public var bfree: UInt64
+    public var bavail: UInt64
+    public var files: UInt64
+    public var ffree: UInt64
+    public var bsize: UInt32
+    public var frsize: UInt32
+    public var namelen: UInt32
+}
+
+public enum FileType: Sendable, Equatable {
+    case regular, directory, symlink, charDevice, blockDevice, fifo, socket, unknown
+
+    init(mode: UInt16) {
+        switch mode & 0xF000 {
+        case 0x8000: self = .regular
+        case 0x4000: self = .directory
+        case 0xA000: self = .symlink
+        case 0x2000: self = .charDevice
+        case 0x6000: self = .blockDevice
+        case 0x1000: self = .fifo
+        case 0xC000: self = .socket
+        default: self = .unknown
+        }
+    }
+
+    init(direntType t: UInt8) {
+        switch t {
+        case 1: self = .regular
+        case 2: self = .directory
+        case 3: self = .charDevice
+        case 4: self = .blockDevice
+        case 5: self = .fifo
+        case 6: self = .socket
+        case 7: self = .symlink
+        default: self = .unknown
+        }
+    }
+}
+
+public struct Timespec: Sendable, Equatable {
+    public var sec: Int64
+    public var nsec: UInt32
+    public init(sec: Int64, nsec: UInt32) { self.sec = sec; self.nsec = nsec }
+}
+
+public struct Inode: Sendable {
+    public var ino: UInt32
+    public var mode: UInt16
+    public var uid: UInt32
+    public var gid: UInt32
+    public var size: UInt64
+    public var links: UInt32
+    /// i_blocks in 512-byte units.
+    public var blocks512: UInt64
+    public var atime: Timespec
+    public var mtime: Timespec
+    public var ctime: Timespec
+    public var crtime: Timespec?
+    public var rdev: (major: UInt32, minor: UInt32)
+    public var generation: UInt32
+    public var flags: UInt32
+    public var version: UInt64
+    public var fileType: FileType
+}
+
+public struct DirEntry: Sendable, Equatable {
+    public var ino: UInt32
+    public var name: [UInt8]
+    public var type: FileType
+    /// Cookie to pass to `readDirectory(_:from:_:)` to continue after this entry.
+    public var nextCookie: UInt64
+}
+
+public struct Extent: Sendable, Equatable {
+    public var logical: UInt64
+    public var physical: UInt64
+    public var length: UInt64
+    public var unwritten: Bool
+    public init(logical: UInt64, physical: UInt64, length: UInt64, unwritten: Bool) {
+        self.logical = logical; self.physical = physical; self.length = length; self.unwritten = unwritten
+    }
+}
+
+/// Inode flag bits.
+enum InodeFlag {
+    static let index: UInt32 = 0x1000
+    static let encrypt: UInt32 = 0x800
+    static let hugeFile: UInt32 = 0x40000
+    static let extents: UInt32 = 0x80000
+    static let verity: UInt32 = 0x100000
+    static let eaInode: UInt32 = 0x200000
+    static let inlineData: UInt32 = 0x10000000
+    static let casefold: UInt32 = 0x40000000
+    /// EXT4_FL_USER_VISIBLE
+    static let userVisible: UInt32 = 0x705B_DFFF
+}
