@@ -1,1 +1,66 @@
-print("ext4iomapd: not yet implemented")
+// ext4iomapd: thin entry point over the Ext4Server library.
+
+import ArgumentParser
+import Ext4Server
+import Glibc
+import Logging
+
+struct Ext4IomapD: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ext4iomapd",
+        abstract: "Sandboxed ext4/ext3/ext2 file system server for FUSE.",
+        discussion: """
+            Normally started by fuservicemount (mount -t fuse.ext4) or by systemd
+            (ext4iomap.socket). --device/--mountpoint mount directly, for development
+            and tests (root only). See ext4iomapd(8).
+            """)
+
+    @Option(help: "Image file or block device to serve (standalone mode).")
+    var device: String?
+
+    @Option(help: "Directory to mount on (standalone mode).")
+    var mountpoint: String?
+
+    @Option(name: .short, help: "Comma-separated mount options (ro, norecovery, cache_blocks=N, iomap=0|1, ...).")
+    var o: String = ""
+
+    @Option(help: "Worker threads serving FUSE requests.")
+    var workers: Int = 4
+
+    @Flag(help: "Serve one mount on the socket systemd passed as fd 3.")
+    var service = false
+
+    @Option(help: "Serve one mount on this inherited socket fd (spawned by fuservicemount).")
+    var serviceFd: Int32?
+
+    @Flag(help: "Log debug messages.")
+    var debug = false
+
+    func run() throws {
+        var logger = Logger(label: "ext4iomapd")
+        logger.logLevel = debug ? .debug : .info
+        if service || serviceFd != nil {
+            fail(2, "service mode is not implemented yet (needs the service protocol from fuservicemount)")
+        }
+        guard let device, let mountpoint else {
+            fail(1, "give --device and --mountpoint, or --service; see --help")
+        }
+        guard (1...64).contains(workers) else { fail(1, "--workers must be between 1 and 64") }
+        let options: ServerOptions
+        do { options = try ServerOptions.parse(o) } catch { fail(1, "\(error)") }
+        do {
+            try runStandalone(device: device, mountpoint: mountpoint, options: options, workers: workers, logger: logger)
+        } catch {
+            fail(error.status, error.message)
+        }
+    }
+
+    func fail(_ status: Int32, _ message: String) -> Never {
+        let line = Array("ext4iomapd: \(message)\n".utf8)
+        _ = line.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+        Glibc.exit(status)
+    }
+}
+
+LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+Ext4IomapD.main()
