@@ -68,5 +68,11 @@ let package = Package(
         .testTarget(name: "Ext4EngineTests",
                     dependencies: ["Ext4Engine", "CShim"],
                     swiftSettings: strict),
+        .testTarget(name: "LoopDevicesTests",
+                    dependencies: ["LoopDevices", "CShim"],
+                    swiftSettings: strict),
+        .testTarget(name: "ServiceBrokerTests",
+                    dependencies: ["ServiceBroker", "LoopDevices", "CShim"],
+                    swiftSettings: strict),
     ]
 )
