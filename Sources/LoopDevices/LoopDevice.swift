@@ -71,7 +71,8 @@ public enum LoopDevice {
 
         // LOOP_CTL_GET_FREE can race with another attacher; retry a few times.
         var lastError = LoopDeviceError.system(operation: "LOOP_CONFIGURE", errno: EBUSY)
-        for _ in 0..<8 {
+        for attempt in 0..<20 {
+            if attempt > 0 { usleep(UInt32(5_000 * min(attempt, 10))) }
             let n = cshim_ioctl_int(ctl, cshim_LOOP_CTL_GET_FREE(), 0)
             if n < 0 { throw .system(operation: "LOOP_CTL_GET_FREE", errno: -n) }
             let path = "/dev/loop\(n)"

@@ -356,8 +356,10 @@ public final class HelperSession {
                 iomapMandatoryFailure = "iomap was required but " + why
                 try fail(iomapMandatoryFailure ?? why, e)
             } else {
+                // v2: the errno is reported in both modes; only mandatory mode
+                // makes the mount fail later.
                 log("iomap not available: \(why); continuing without it")
-                try reply(0)
+                try reply(e)
             }
         }
     }

@@ -52,6 +52,7 @@ let isRoot = getuid() == 0
 
 @Suite(.serialized, .enabled(if: getuid() == 0, "needs root and loop devices"))
 struct LoopDeviceTests {
+    let lock = RootTestLock()
     @Test func attachReadWriteAndSize() throws {
         let img = try TempImage(size: 4 << 20)
         defer { img.remove() }
@@ -188,4 +189,20 @@ struct LoopDeviceTests {
         #expect(!LoopDevice.sameDevice(0x0803, 0x0804))
         #expect(LoopDevice.sameDevice(UInt64(259) << 8 | 3, UInt64(259) << 8 | 3))
     }
+}
+
+/// Root tests in both test targets attach loop devices and count fds; they
+/// take this process-wide lock (flock on a per-call open file description).
+final class RootTestLock {
+    /// A per-process named semaphore: shared by both test targets, holds no fd.
+    nonisolated(unsafe) static let sem: UnsafeMutablePointer<sem_t>? = {
+        let name = "/ext4iomap-roottests-\(getpid())"
+        let s = sem_open(name, O_CREAT, 0o600, 1)
+        atexit { sem_unlink("/ext4iomap-roottests-\(getpid())") }
+        return s == SEM_FAILED ? nil : s
+    }()
+    init() {
+        if let s = Self.sem { while sem_wait(s) != 0 && errno == EINTR {} }
+    }
+    deinit { if let s = Self.sem { sem_post(s) } }
 }
