@@ -218,3 +218,5 @@ int cshim_broker_CLONE_NEWIPC(void) { return CLONE_NEWIPC; }
 int cshim_broker_CLONE_NEWPID(void) { return CLONE_NEWPID; }
 int cshim_broker_O_PATH(void) { return O_PATH; }
 int cshim_broker_O_DIRECT(void) { return O_DIRECT; }
+
+int cshim_broker_setns_mnt(int fd) { return setns(fd, CLONE_NEWNS) < 0 ? -errno : 0; }

@@ -149,6 +149,18 @@ public enum ServerLauncher {
     }
 }
 
+extension ServerLauncher {
+    /// Enter a mount namespace given as a pid or a path (mount -N).
+    public static func enterMountNamespace(_ ns: String) throws(BrokerError) {
+        let path = !ns.isEmpty && ns.allSatisfy({ $0.isNumber }) ? "/proc/\(ns)/ns/mnt" : ns
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw .system(operation: "open namespace \(path)", errno: errno) }
+        defer { FD.close(fd) }
+        let r = cshim_broker_setns_mnt(fd)
+        if r < 0 { throw .system(operation: "enter namespace \(path)", errno: -r) }
+    }
+}
+
 func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
     var ptrs: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
     ptrs.append(nil)

@@ -49,6 +49,9 @@ int cshim_broker_wtermsig(int status);
 /// setsockopt(SOL_SOCKET, SO_PASSRIGHTS=83, 0). Returns 0, -ENOPROTOOPT on old kernels.
 int cshim_broker_drop_passrights(int sock);
 
+/// setns(fd, CLONE_NEWNS). Returns 0 or -errno.
+int cshim_broker_setns_mnt(int fd);
+
 /// Linux constants (from the headers) that Swift's Glibc does not surface reliably.
 uint32_t cshim_broker_LO_FLAGS_READ_ONLY(void);
 uint32_t cshim_broker_LO_FLAGS_AUTOCLEAR(void);
