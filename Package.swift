@@ -73,6 +73,7 @@ let package = Package(
                     swiftSettings: strict),
         .testTarget(name: "ServiceBrokerTests",
                     dependencies: ["ServiceBroker", "LoopDevices", "CShim"],
+                    exclude: ["Resources"],
                     swiftSettings: strict),
     ]
 )

@@ -20,7 +20,7 @@ public enum ServerLauncher {
         return out
     }
 
-    static func selfExecutable() -> String? {
+    public static func selfExecutable() -> String? {
         var buf = [UInt8](repeating: 0, count: 4096)
         let n = buf.withUnsafeMutableBytes { p -> Int in
             guard let base = p.baseAddress else { return -1 }
