@@ -73,5 +73,12 @@ let package = Package(
         .testTarget(name: "Ext4EngineTests",
                     dependencies: ["Ext4Engine", "CShim"],
                     swiftSettings: strict),
+        .testTarget(name: "LoopDevicesTests",
+                    dependencies: ["LoopDevices", "CShim"],
+                    swiftSettings: strict),
+        .testTarget(name: "ServiceBrokerTests",
+                    dependencies: ["ServiceBroker", "LoopDevices", "CShim"],
+                    exclude: ["Resources"],
+                    swiftSettings: strict),
     ]
 )

@@ -1,1 +1,192 @@
-print("fuservicemount: not yet implemented")
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import ServiceBroker
+
+/// mount(8) exit codes.
+enum Exit {
+    static let usage: Int32 = 1 // incorrect invocation or permissions
+    static let system: Int32 = 2 // system error
+    static let mountFailure: Int32 = 32
+}
+
+struct FuServiceMount: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fuservicemount",
+        abstract: "Mount an ext2/3/4 image or device through a sandboxed ext4iomap server.",
+        discussion: """
+        Forms:
+          mount.fuse.ext4 SOURCE DIR [-sfnvr] [-N NS] [-o OPTS] [-t TYPE]   (mount(8) helper)
+          fuservicemount SOURCE DIR -t fuse.ext4 [-o OPTS]
+          fuservicemount -t fuse.ext4 --check
+        Runs only as root and must not be installed setuid or setgid.
+        Exit codes: 0 success, 1 incorrect invocation or permissions, 2 system error, 32 mount failure.
+        """)
+
+    @Argument(help: "Image file or block device.") var source: String?
+    @Argument(help: "Mountpoint.") var directory: String?
+    @Option(name: .customShort("t"), help: "File system type: fuse.ext4, fuse.ext3, fuse.ext2 (or fuseblk.*).")
+    var type: String?
+    @Option(name: .customShort("o"), help: "Mount options.") var options: String?
+    @Option(name: .customShort("N"), help: "Mount namespace to mount in (pid or path).") var namespace: String?
+    @Flag(name: .customShort("s"), help: "Sloppy: ignored.") var sloppy = false
+    @Flag(name: .customShort("f"), help: "Fake: do everything but the mount system call.") var fake = false
+    @Flag(name: .customShort("n"), help: "Do not write utab.") var noMtab = false
+    @Flag(name: .customShort("v"), help: "Verbose.") var verbose = false
+    @Flag(name: .customShort("r"), help: "Mount read-only.") var readOnly = false
+    @Flag(help: "Exit 0 if a service socket for the type exists.") var check = false
+    @Option(help: "Server executable for spawn mode.") var server: String?
+    @Option(help: "Seconds to wait for each server message.") var timeout: Int = 60
+}
+
+func eprint(_ s: String) {
+    let b = Array(s.utf8)
+    _ = b.withUnsafeBytes { p in write(2, p.baseAddress, p.count) }
+}
+
+func fail(_ code: Int32, _ message: String) -> Never {
+    eprint("fuservicemount: \(message)\n")
+    exit(code)
+}
+
+/// fstype from argv[0] (mount.fuse.X / mount.fuseblk.X) or -t.
+func subtype(argv0: String, type: String?) -> String? {
+    let base = argv0.split(separator: "/").last.map(String.init) ?? argv0
+    for p in ["mount.fuse.", "mount.fuseblk."] where base.hasPrefix(p) && base.count > p.count {
+        if type == nil { return String(base.dropFirst(p.count)) }
+    }
+    guard let t = type else { return nil }
+    for p in ["fuse.", "fuseblk."] where t.hasPrefix(p) { return String(t.dropFirst(p.count)) }
+    return t
+}
+
+func absolute(_ path: String) -> String {
+    guard let r = realpath(path, nil) else { return path }
+    defer { free(r) }
+    return String(cString: r)
+}
+
+func enterNamespace(_ ns: String) {
+    do { try ServerLauncher.enterMountNamespace(ns) } catch { fail(Exit.system, "\(error)") }
+}
+
+let args = CommandLine.arguments
+let cmd: FuServiceMount
+do {
+    cmd = try FuServiceMount.parse(Array(args.dropFirst()))
+} catch {
+    if FuServiceMount.exitCode(for: error) == .success {
+        print(FuServiceMount.fullMessage(for: error))
+        exit(0)
+    }
+    fail(Exit.usage, FuServiceMount.message(for: error))
+}
+
+// Refuse a setuid/setgid install and non-root callers.
+var selfStat = stat()
+if stat("/proc/self/exe", &selfStat) == 0 && (selfStat.st_mode & (S_ISUID | S_ISGID)) != 0 {
+    fail(Exit.usage, "refusing to run from a setuid or setgid binary; install it mode 0755")
+}
+if getuid() != 0 || geteuid() != 0 {
+    fail(Exit.usage, "only root can mount with fuservicemount")
+}
+
+guard let sub = subtype(argv0: args.first ?? "", type: cmd.type) else {
+    fail(Exit.usage, "no file system type: use -t fuse.ext4 or install as mount.fuse.ext4")
+}
+do {
+    _ = try ServerLauncher.socketPath(subtype: sub)
+} catch {
+    fail(Exit.usage, "\(error)")
+}
+
+if cmd.check {
+    if cmd.source != nil || cmd.directory != nil { fail(Exit.usage, "--check takes only -t TYPE") }
+    exit(ServerLauncher.serviceSocketPresent(subtype: sub) ? 0 : 1)
+}
+
+guard let src = cmd.source, let dir = cmd.directory else {
+    fail(Exit.usage, "usage: fuservicemount SOURCE DIR -t fuse.ext4 [-o OPTS]")
+}
+if let ns = cmd.namespace { enterNamespace(ns) }
+
+let source = absolute(src)
+let mountpoint = absolute(dir)
+var sourceStat = stat()
+if stat(source, &sourceStat) != 0 {
+    fail(Exit.usage, "cannot mount \(src): \(String(cString: strerror(errno)))")
+}
+var mpStat = stat()
+if stat(mountpoint, &mpStat) != 0 {
+    fail(Exit.usage, "mountpoint \(dir): \(String(cString: strerror(errno)))")
+}
+if (mpStat.st_mode & S_IFMT) != S_IFDIR && (mpStat.st_mode & S_IFMT) != S_IFREG {
+    fail(Exit.usage, "mountpoint \(dir) is not a directory")
+}
+
+var opts = cmd.options ?? ""
+if cmd.readOnly && !MountOptions.tokens(opts).contains("ro") { opts = opts.isEmpty ? "ro" : opts + ",ro" }
+let config = HelperConfiguration(subtype: sub, source: source, mountpoint: mountpoint, options: opts,
+                                 readOnly: cmd.readOnly, noMtab: cmd.noMtab, fake: cmd.fake,
+                                 receiveTimeoutMs: max(1, min(cmd.timeout, 3600)) * 1000)
+let verbose = cmd.verbose
+let log: (String) -> Void = { msg in if verbose { eprint("fuservicemount: \(msg)\n") } }
+
+// Service socket first, then spawn mode.
+var socketFD: Int32
+var child: pid_t?
+do {
+    if cmd.server == nil, let fd = try ServerLauncher.connectService(subtype: sub) {
+        socketFD = fd
+        log("connected to \(ServerLauncher.defaultSocketDirectory)/\(sub)")
+    } else {
+        guard let path = ServerLauncher.resolveServer(explicit: cmd.server) else {
+            fail(Exit.system, "no server: nothing listens at \(ServerLauncher.defaultSocketDirectory)/\(sub) and no ext4iomapd was found (looked in \(ServerLauncher.candidateServerPaths().joined(separator: ", ")))")
+        }
+        let s = try ServerLauncher.spawn(serverPath: path)
+        socketFD = s.socket
+        child = s.pid
+        log("started \(path) as pid \(s.pid)")
+    }
+} catch {
+    fail(Exit.system, "cannot reach a server: \(error)")
+}
+
+let session = HelperSession(socket: socketFD, config: config, log: log)
+do {
+    let outcome = try session.run()
+    close(socketFD)
+    switch outcome {
+    case .goodbye(let code, let mounted):
+        if code != 0 {
+            if let pid = child { ServerLauncher.reap(pid, kill: false) }
+            let why = session.lastFailure.map { ": \($0)" } ?? ""
+            fail(Exit.mountFailure, "server failed to mount \(src) on \(dir) (status \(code))\(why)")
+        }
+        if !mounted && !cmd.fake {
+            fail(Exit.mountFailure, "server said goodbye without mounting \(src) on \(dir)")
+        }
+        exit(0)
+    }
+} catch {
+    close(socketFD)
+    var detail = session.lastFailure.map { " (\($0))" } ?? ""
+    if let pid = child {
+        // Give an exiting server a moment, so its status can be reported.
+        var status: Int32?
+        for _ in 0..<20 {
+            status = ServerLauncher.exited(pid)
+            if status != nil { break }
+            usleep(50_000)
+        }
+        if status == nil { status = ServerLauncher.reap(pid, kill: true) }
+        if let st = status { detail += " (server exit status \(st))" }
+    }
+    switch error {
+    case .system:
+        fail(Exit.system, "mounting \(src) on \(dir): \(error)\(detail)")
+    default:
+        fail(Exit.mountFailure, "mounting \(src) on \(dir) failed: \(error)\(detail)")
+    }
+}

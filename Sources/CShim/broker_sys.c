@@ -1,0 +1,222 @@
+#define _GNU_SOURCE
+#include "cshim_broker.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <linux/loop.h>
+
+#ifndef LOOP_CONFIGURE
+#define LOOP_CONFIGURE 0x4C0A
+#endif
+#ifndef SO_PASSRIGHTS
+#define SO_PASSRIGHTS 83
+#endif
+
+int cshim_broker_loop_configure(int loopfd, int backingfd, uint32_t block_size, uint32_t lo_flags) {
+    struct loop_config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.fd = (uint32_t)backingfd;
+    cfg.block_size = block_size;
+    cfg.info.lo_flags = lo_flags;
+    int r;
+    do { r = ioctl(loopfd, LOOP_CONFIGURE, &cfg); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : 0;
+}
+
+int cshim_broker_loop_status(int loopfd, uint64_t *dev, uint64_t *ino, uint32_t *flags) {
+    struct loop_info64 info;
+    memset(&info, 0, sizeof(info));
+    int r;
+    do { r = ioctl(loopfd, LOOP_GET_STATUS64, &info); } while (r < 0 && errno == EINTR);
+    if (r < 0) return -errno;
+    *dev = info.lo_device;
+    *ino = info.lo_inode;
+    *flags = info.lo_flags;
+    return 0;
+}
+
+ssize_t cshim_broker_send(int sock, const void *buf, size_t len, int fd) {
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } u;
+    struct msghdr m;
+    memset(&m, 0, sizeof(m));
+    memset(&u, 0, sizeof(u));
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    if (fd >= 0) {
+        m.msg_control = u.b;
+        m.msg_controllen = CMSG_SPACE(sizeof(int));
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+    }
+    ssize_t r;
+    do { r = sendmsg(sock, &m, MSG_EOR | MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+
+#define BROKER_CMSG_FDS 8
+
+ssize_t cshim_broker_recv(int sock, void *buf, size_t len, int timeout_ms,
+                          int *fds, int maxfds, int *nfds, int *extra_fds, int *msg_flags) {
+    *nfds = 0;
+    *extra_fds = 0;
+    *msg_flags = 0;
+    for (;;) {
+        struct pollfd p = { .fd = sock, .events = POLLIN, .revents = 0 };
+        int pr = poll(&p, 1, timeout_ms);
+        if (pr < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        if (pr == 0) return -ETIMEDOUT;
+        break;
+    }
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int) * BROKER_CMSG_FDS)]; } u;
+    memset(&u, 0, sizeof(u));
+    struct msghdr m;
+    memset(&m, 0, sizeof(m));
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = u.b;
+    m.msg_controllen = sizeof(u.b);
+    ssize_t r;
+    do { r = recvmsg(sock, &m, MSG_CMSG_CLOEXEC | MSG_TRUNC | MSG_DONTWAIT); } while (r < 0 && errno == EINTR);
+    if (r < 0) return -errno;
+    *msg_flags = m.msg_flags;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        if (c->cmsg_len < CMSG_LEN(0)) continue;
+        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        unsigned char *p = CMSG_DATA(c);
+        for (size_t i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, p + i * sizeof(int), sizeof(int));
+            if (*nfds < maxfds) fds[(*nfds)++] = fd;
+            else { close(fd); (*extra_fds)++; }
+        }
+    }
+    return r;
+}
+
+int cshim_broker_drop_passrights(int sock) {
+    int zero = 0;
+    if (setsockopt(sock, SOL_SOCKET, SO_PASSRIGHTS, &zero, sizeof(zero)) < 0) return -errno;
+    return 0;
+}
+
+static void child_fail(int pipefd, int err) {
+    ssize_t w;
+    do { w = write(pipefd, &err, sizeof(err)); } while (w < 0 && errno == EINTR);
+    _exit(127);
+}
+
+pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *const envp[],
+                                   int sockfd, uid_t uid, gid_t gid, int ns_flags) {
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) < 0) return -errno;
+    // Raw clone with SIGCHLD behaves like fork; new namespaces apply to the child.
+    long pid = syscall(SYS_clone, (unsigned long)(ns_flags | SIGCHLD), NULL, NULL, NULL, NULL);
+    if (pid < 0) {
+        int e = errno;
+        close(pfd[0]);
+        close(pfd[1]);
+        return -e;
+    }
+    if (pid == 0) {
+        // Child: only async-signal-safe calls from here on.
+        int wr = pfd[1];
+        close(pfd[0]);
+        // Reset signal dispositions and mask.
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        for (int s = 1; s < 65; s++) {
+            if (s == SIGKILL || s == SIGSTOP) continue;
+            signal(s, SIG_DFL);
+        }
+        // Park both fds high, then place the socket at 3 (inheritable) and the
+        // error pipe at 4 (close-on-exec), and close everything else.
+        int s = fcntl(sockfd, F_DUPFD_CLOEXEC, 10);
+        if (s < 0) child_fail(wr, errno);
+        int w = fcntl(wr, F_DUPFD_CLOEXEC, 10);
+        if (w < 0) child_fail(wr, errno);
+        if (dup2(s, 3) < 0) child_fail(w, errno);
+        if (dup3(w, 4, O_CLOEXEC) < 0) child_fail(w, errno);
+        wr = 4;
+        if (syscall(SYS_close_range, 5, ~0U, 0) < 0) {
+            for (int fd = 5; fd < 4096; fd++) close(fd);
+        }
+        int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (nullfd < 0) child_fail(wr, errno);
+        for (int fd = 0; fd < 3; fd++) {
+            if (dup2(nullfd, fd) < 0) child_fail(wr, errno);
+        }
+        if (nullfd > 4) close(nullfd);
+        if (ns_flags & CLONE_NEWNS) {
+            if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
+                child_fail(wr, errno);
+            }
+        }
+        if (chdir("/") < 0) { child_fail(wr, errno); }
+        for (int cap = 0; cap < 64; cap++) {
+            if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) {
+                child_fail(wr, errno);
+            }
+        }
+        if (setgroups(0, NULL) < 0) { child_fail(wr, errno); }
+        if (setresgid(gid, gid, gid) < 0) { child_fail(wr, errno); }
+        if (setresuid(uid, uid, uid) < 0) { child_fail(wr, errno); }
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) { child_fail(wr, errno); }
+        execve(path, argv, envp);
+        child_fail(wr, errno);
+        _exit(127);
+    }
+    close(pfd[1]);
+    int err = 0;
+    ssize_t n;
+    do { n = read(pfd[0], &err, sizeof(err)); } while (n < 0 && errno == EINTR);
+    close(pfd[0]);
+    if (n == (ssize_t)sizeof(err)) {
+        int st;
+        while (waitpid((pid_t)pid, &st, 0) < 0 && errno == EINTR) {}
+        return -(err ? err : ECHILD);
+    }
+    return (pid_t)pid;
+}
+
+pid_t cshim_broker_waitpid(pid_t pid, int *status, int options) {
+    pid_t r;
+    do { r = waitpid(pid, status, options); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}
+int cshim_broker_wifexited(int status) { return WIFEXITED(status); }
+int cshim_broker_wexitstatus(int status) { return WEXITSTATUS(status); }
+int cshim_broker_wifsignaled(int status) { return WIFSIGNALED(status); }
+int cshim_broker_wtermsig(int status) { return WTERMSIG(status); }
+
+uint32_t cshim_broker_LO_FLAGS_READ_ONLY(void) { return LO_FLAGS_READ_ONLY; }
+uint32_t cshim_broker_LO_FLAGS_AUTOCLEAR(void) { return LO_FLAGS_AUTOCLEAR; }
+uint32_t cshim_broker_LO_FLAGS_DIRECT_IO(void) { return LO_FLAGS_DIRECT_IO; }
+int cshim_broker_CLONE_NEWNS(void) { return CLONE_NEWNS; }
+int cshim_broker_CLONE_NEWNET(void) { return CLONE_NEWNET; }
+int cshim_broker_CLONE_NEWIPC(void) { return CLONE_NEWIPC; }
+int cshim_broker_CLONE_NEWPID(void) { return CLONE_NEWPID; }
+int cshim_broker_O_PATH(void) { return O_PATH; }
+int cshim_broker_O_DIRECT(void) { return O_DIRECT; }
+
+int cshim_broker_setns_mnt(int fd) { return setns(fd, CLONE_NEWNS) < 0 ? -errno : 0; }

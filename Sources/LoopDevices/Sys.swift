@@ -1,0 +1,55 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Small syscall wrappers: retry EINTR, throw typed errors.
+enum Sys {
+    static func open(_ path: String, _ flags: Int32, _ mode: mode_t = 0) throws(LoopDeviceError) -> Int32 {
+        while true {
+            let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
+            if fd >= 0 { return fd }
+            let e = errno
+            if e == EINTR { continue }
+            throw .system(operation: "open \(path)", errno: e)
+        }
+    }
+
+    static func fstat(_ fd: Int32) throws(LoopDeviceError) -> Glibc.stat {
+        var st = Glibc.stat()
+        if Glibc.fstat(fd, &st) != 0 { throw .system(operation: "fstat", errno: errno) }
+        return st
+    }
+
+    static func statPath(_ path: String) -> Glibc.stat? {
+        var st = Glibc.stat()
+        if stat(path, &st) != 0 { return nil }
+        return st
+    }
+
+    static func close(_ fd: Int32) {
+        if fd >= 0 { _ = Glibc.close(fd) }
+    }
+
+    static func readSmallFile(_ path: String, limit: Int = 4096) -> String? {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { return nil }
+        defer { _ = Glibc.close(fd) }
+        var buf = [UInt8](repeating: 0, count: limit)
+        var total = 0
+        while total < limit {
+            let n = buf.withUnsafeMutableBytes { p -> Int in
+                guard let base = p.baseAddress else { return -1 }
+                return Glibc.read(fd, base + total, limit - total)
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                return nil
+            }
+            if n == 0 { break }
+            total += n
+        }
+        return String(decoding: buf[0..<total], as: UTF8.self)
+    }
+
+    static func isS_IFMT(_ mode: mode_t, _ kind: mode_t) -> Bool { (mode & S_IFMT) == kind }
+}

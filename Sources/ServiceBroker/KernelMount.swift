@@ -1,0 +1,149 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShim
+import CMount
+
+/// The mount system calls: new mount API first, mount(2) as the fallback.
+enum KernelMount {
+    struct Request {
+        var fuseblk: Bool
+        var subtype: String
+        var source: String
+        var serverOptions: String
+        var fuseFD: Int32
+        var rootMode: UInt32
+        var uid: uid_t
+        var gid: gid_t
+        var msFlags: UInt32
+        var targetFD: Int32
+        var targetPath: String
+
+        var baseType: String { fuseblk ? "fuseblk" : "fuse" }
+        var fstype: String { "\(baseType).\(subtype)" }
+        var helperOptions: [String] {
+            ["fd=\(fuseFD)", "rootmode=\(String(rootMode, radix: 8))", "user_id=\(uid)", "group_id=\(gid)"]
+        }
+    }
+
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
+        var errno: Int32
+    }
+
+    enum Outcome { case success, failure(Failure) }
+
+    static func mount(_ r: Request) -> Outcome {
+        switch newAPI(r) {
+        case .success: return .success
+        case .failure(let f) where f.errno == ENOSYS || f.errno == ENOPARAM_:
+            return legacy(r)
+        case .failure(let f): return .failure(f)
+        }
+    }
+
+    static let ENOPARAM_: Int32 = 519 // kernel-internal ENOPARAM leaks as 519 from fsconfig
+
+    // MARK: fsopen/fsconfig/fsmount/move_mount
+
+    static func newAPI(_ r: Request) -> Outcome {
+        let fsfd = cshim_fsopen(r.baseType, 1) // FSOPEN_CLOEXEC
+        if fsfd < 0 { return .failure(Failure(description: "fsopen(\(r.baseType))", errno: -fsfd)) }
+        defer { FD.close(fsfd) }
+
+        var attrs: UInt32 = 0
+        var flagParams: [String] = []
+        let f = r.msFlags
+        if f & MS.rdonly != 0 { attrs |= 0x1; flagParams.append("ro") }
+        if f & MS.nosuid != 0 { attrs |= 0x2 }
+        if f & MS.nodev != 0 { attrs |= 0x4 }
+        if f & MS.noexec != 0 { attrs |= 0x8 }
+        if f & MS.noatime != 0 { attrs |= 0x10 }
+        if f & MS.strictatime != 0 { attrs |= 0x20 }
+        if f & MS.nodiratime != 0 { attrs |= 0x80 }
+        if f & MS.synchronous != 0 { flagParams.append("sync") }
+        if f & MS.dirsync != 0 { flagParams.append("dirsync") }
+        if f & MS.lazytime != 0 { flagParams.append("lazytime") }
+
+        func cfgString(_ key: String, _ value: String) -> Failure? {
+            let rc = cshim_fsconfig(fsfd, 1, key, value, 0) // FSCONFIG_SET_STRING
+            return rc < 0 ? Failure(description: contextError(fsfd) ?? "fsconfig \(key)=\(value)", errno: -rc) : nil
+        }
+        func cfgFlag(_ key: String) -> Failure? {
+            let rc = cshim_fsconfig(fsfd, 0, key, nil, 0) // FSCONFIG_SET_FLAG
+            return rc < 0 ? Failure(description: contextError(fsfd) ?? "fsconfig \(key)", errno: -rc) : nil
+        }
+
+        if let e = cfgString("source", r.source) { return .failure(e) }
+        for t in MountOptions.tokens(r.serverOptions) {
+            if let eq = t.firstIndex(of: "=") {
+                if let e = cfgString(String(t[..<eq]), String(t[t.index(after: eq)...])) { return .failure(e) }
+            } else if let e = cfgFlag(t) { return .failure(e) }
+        }
+        for p in flagParams { if let e = cfgFlag(p) { return .failure(e) } }
+        if let e = cfgString("subtype", r.subtype) { return .failure(e) }
+        for t in r.helperOptions {
+            let kv = t.split(separator: "=", maxSplits: 1).map(String.init)
+            guard kv.count == 2 else { continue }
+            if let e = cfgString(kv[0], kv[1]) { return .failure(e) }
+        }
+        let c = cshim_fsconfig(fsfd, 6, nil, nil, 0) // FSCONFIG_CMD_CREATE
+        if c < 0 { return .failure(Failure(description: contextError(fsfd) ?? "creating the fuse superblock", errno: -c)) }
+        let mfd = cshim_fsmount(fsfd, 1, attrs) // FSMOUNT_CLOEXEC
+        if mfd < 0 { return .failure(Failure(description: contextError(fsfd) ?? "fsmount", errno: -mfd)) }
+        defer { FD.close(mfd) }
+        let mv = cshim_move_mount(mfd, "", r.targetFD, "", 0x4 | 0x40) // F_EMPTY_PATH | T_EMPTY_PATH
+        if mv < 0 { return .failure(Failure(description: "move_mount onto \(r.targetPath)", errno: -mv)) }
+        return .success
+    }
+
+    /// The fs context's own error log ("e message"), if any.
+    static func contextError(_ fsfd: Int32) -> String? {
+        var buf = [UInt8](repeating: 0, count: 512)
+        var last: String?
+        for _ in 0..<8 {
+            let n = buf.withUnsafeMutableBytes { p in read(fsfd, p.baseAddress, p.count) }
+            if n <= 0 { break }
+            let s = String(decoding: buf.prefix(n), as: UTF8.self)
+            if s.hasPrefix("e ") { last = String(s.dropFirst(2)) } else if last == nil { last = s }
+        }
+        return last
+    }
+
+    // MARK: mount(2)
+
+    static func legacy(_ r: Request) -> Outcome {
+        let data = (MountOptions.tokens(r.serverOptions) + r.helperOptions).joined(separator: ",")
+        let target = "/proc/self/fd/\(r.targetFD)"
+        let rc = Glibc.mount(r.source, target, r.fstype, UInt(r.msFlags), data)
+        if rc != 0 { return .failure(Failure(description: "mount(2) \(r.fstype) on \(r.targetPath)", errno: errno)) }
+        return .success
+    }
+}
+
+/// utab through libmount, so findmnt/umount see user-space options.
+enum Utab {
+    static func add(source: String, target: String, fstype: String, options: String, log: (String) -> Void) {
+        guard let fs = mnt_new_fs() else { return }
+        defer { mnt_unref_fs(fs) }
+        _ = mnt_fs_set_source(fs, source)
+        _ = mnt_fs_set_target(fs, target)
+        _ = mnt_fs_set_fstype(fs, fstype)
+        _ = mnt_fs_set_options(fs, options)
+        guard let upd = mnt_new_update() else { return }
+        defer { mnt_free_update(upd) }
+        let rc = mnt_update_set_fs(upd, 0, nil, fs)
+        if rc == 0 {
+            let u = mnt_update_table(upd, nil)
+            if u != 0 { log("could not update utab: \(strerrorString(-u))") }
+        }
+    }
+
+    static func remove(target: String) {
+        guard let upd = mnt_new_update() else { return }
+        defer { mnt_free_update(upd) }
+        if mnt_update_set_fs(upd, UInt(MNT_DETACH), target, nil) == 0 {
+            _ = mnt_update_table(upd, nil)
+        }
+    }
+}

@@ -1,0 +1,173 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShim
+
+/// Finds or starts the server for a subtype: the systemd service socket at
+/// /run/filesystems/<subtype>, else a sandboxed child over a socketpair.
+public enum ServerLauncher {
+    public static let defaultSocketDirectory = "/run/filesystems"
+
+    /// Where a server executable is looked for, in order.
+    public static func candidateServerPaths(helperExecutable: String? = nil) -> [String] {
+        var out: [String] = []
+        let exe = helperExecutable ?? selfExecutable()
+        if let exe, let slash = exe.lastIndex(of: "/") {
+            out.append(String(exe[..<slash]) + "/ext4iomapd")
+        }
+        out.append("/usr/local/libexec/ext4iomap/ext4iomapd")
+        out.append("/usr/libexec/ext4iomap/ext4iomapd")
+        return out
+    }
+
+    public static func selfExecutable() -> String? {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let n = buf.withUnsafeMutableBytes { p -> Int in
+            guard let base = p.baseAddress else { return -1 }
+            return readlink("/proc/self/exe", base.assumingMemoryBound(to: CChar.self), p.count - 1)
+        }
+        return n > 0 ? String(decoding: buf.prefix(n), as: UTF8.self) : nil
+    }
+
+    /// The first executable candidate.
+    public static func resolveServer(explicit: String? = nil) -> String? {
+        if let e = explicit { return access(e, X_OK) == 0 ? e : nil }
+        return candidateServerPaths().first { access($0, X_OK) == 0 }
+    }
+
+    /// Validate a subtype and build its socket path.
+    public static func socketPath(subtype: String, directory: String = defaultSocketDirectory) throws(BrokerError) -> String {
+        if subtype.isEmpty || subtype.contains("/") || subtype == "." || subtype == ".." || subtype.utf8.contains(0) {
+            throw .denied("invalid file system subtype \"\(subtype)\"", errno: EINVAL)
+        }
+        let p = directory + "/" + subtype
+        if p.utf8.count >= 108 { throw .denied("service socket path too long", errno: ENAMETOOLONG) }
+        return p
+    }
+
+    /// `--check`: a socket file exists at the service path (no connect).
+    public static func serviceSocketPresent(subtype: String, directory: String = defaultSocketDirectory) -> Bool {
+        guard let p = try? socketPath(subtype: subtype, directory: directory) else { return false }
+        var st = stat()
+        guard stat(p, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK else { return false }
+        return access(p, W_OK) == 0
+    }
+
+    /// Connect to the service socket. nil when nothing is listening (missing,
+    /// not a socket, ECONNREFUSED): the caller then spawns.
+    public static func connectService(subtype: String, directory: String = defaultSocketDirectory) throws(BrokerError) -> Int32? {
+        let path = try socketPath(subtype: subtype, directory: directory)
+        var st = stat()
+        if stat(path, &st) != 0 || (st.st_mode & S_IFMT) != S_IFSOCK { return nil }
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { throw .system(operation: "socket", errno: errno) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in path.utf8.enumerated() where i < raw.count - 1 { raw[i] = b }
+        }
+        let len = socklen_t(MemoryLayout<sa_family_t>.size + path.utf8.count + 1)
+        while true {
+            let r = withUnsafePointer(to: &addr) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, len) }
+            }
+            if r == 0 { break }
+            let e = errno
+            if e == EINTR { continue }
+            FD.close(fd)
+            if e == ENOENT || e == ECONNREFUSED { return nil }
+            throw .system(operation: "connect \(path)", errno: e)
+        }
+        Transport.dropPassRights(fd)
+        return fd
+    }
+
+    /// Sandbox settings for a spawned server.
+    public struct Sandbox: Sendable {
+        public var uid: uid_t
+        public var gid: gid_t
+        /// New mount, network, IPC and PID namespaces.
+        public var namespaces: Bool
+        public init(uid: uid_t = 65534, gid: gid_t = 65534, namespaces: Bool = true) {
+            self.uid = uid
+            self.gid = gid
+            self.namespaces = namespaces
+        }
+    }
+
+    /// A spawned server: our end of the socketpair and the child pid.
+    public struct Spawned: Sendable {
+        public let socket: Int32
+        public let pid: pid_t
+    }
+
+    /// Spawn `path --service-fd 3 [extraArgs]` with the socket as fd 3, sandboxed.
+    public static func spawn(serverPath path: String, extraArgs: [String] = [],
+                             sandbox: Sandbox = Sandbox()) throws(BrokerError) -> Spawned {
+        if sandbox.uid == 0 || sandbox.gid == 0 {
+            throw .denied("refusing to run the server as root", errno: EPERM)
+        }
+        let (mine, theirs) = try Transport.socketPair()
+        defer { FD.close(theirs) }
+        let argv = [path, "--service-fd", "3"] + extraArgs
+        let env = ["EXT4IOMAP_SERVICE_FD=3", "PATH=/usr/bin:/bin", "LANG=C.UTF-8"]
+        var ns: Int32 = 0
+        if sandbox.namespaces {
+            ns = cshim_broker_CLONE_NEWNS() | cshim_broker_CLONE_NEWNET() | cshim_broker_CLONE_NEWIPC()
+                | cshim_broker_CLONE_NEWPID()
+        }
+        let pid = withCStrings(argv) { a in
+            withCStrings(env) { e in
+                cshim_broker_spawn_sandboxed(path, a, e, theirs, sandbox.uid, sandbox.gid, ns)
+            }
+        }
+        if pid < 0 {
+            FD.close(mine)
+            throw .system(operation: "starting \(path)", errno: -pid)
+        }
+        return Spawned(socket: mine, pid: pid)
+    }
+
+    /// Reap a spawned server; with `kill`, SIGKILL it first.
+    @discardableResult
+    public static func reap(_ pid: pid_t, kill doKill: Bool) -> Int32? {
+        if doKill { _ = kill(pid, SIGKILL) }
+        var st: Int32 = 0
+        let r = cshim_broker_waitpid(pid, &st, 0)
+        if r < 0 { return nil }
+        if cshim_broker_wifexited(st) != 0 { return cshim_broker_wexitstatus(st) }
+        return 128 + cshim_broker_wtermsig(st)
+    }
+
+    /// Non-blocking: has the child exited? Returns its status if so.
+    public static func exited(_ pid: pid_t) -> Int32? {
+        var st: Int32 = 0
+        let r = cshim_broker_waitpid(pid, &st, WNOHANG)
+        if r <= 0 { return nil }
+        if cshim_broker_wifexited(st) != 0 { return cshim_broker_wexitstatus(st) }
+        return 128 + cshim_broker_wtermsig(st)
+    }
+}
+
+extension ServerLauncher {
+    /// Enter a mount namespace given as a pid or a path (mount -N).
+    public static func enterMountNamespace(_ ns: String) throws(BrokerError) {
+        let path = !ns.isEmpty && ns.allSatisfy({ $0.isNumber }) ? "/proc/\(ns)/ns/mnt" : ns
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw .system(operation: "open namespace \(path)", errno: errno) }
+        defer { FD.close(fd) }
+        let r = cshim_broker_setns_mnt(fd)
+        if r < 0 { throw .system(operation: "enter namespace \(path)", errno: -r) }
+    }
+}
+
+func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+    var ptrs: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    ptrs.append(nil)
+    defer { for p in ptrs { free(p) } }
+    return ptrs.withUnsafeBufferPointer { p in
+        // Never empty: it always holds the terminating nil.
+        guard let base = p.baseAddress else { preconditionFailure("empty argv buffer") }
+        return body(base)
+    }
+}

@@ -1,0 +1,92 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Testing
+@testable import ServiceBroker
+
+@Suite(.serialized, .enabled(if: getuid() == 0, "needs root to sandbox"))
+struct SpawnTests {
+    let lock = RootTestLock()
+
+    func readLink(_ p: String) -> String {
+        var buf = [CChar](repeating: 0, count: 256)
+        let n = readlink(p, &buf, 255)
+        return n > 0 ? String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self) : ""
+    }
+
+    @Test func spawnedServerIsSandboxed() throws {
+        var t = Array("/tmp/spawntest-XXXXXX".utf8CString)
+        let dir = t.withUnsafeMutableBufferPointer { p in mkdtemp(p.baseAddress!) }.map { String(cString: $0) } ?? "/tmp"
+        chmod(dir, 0o755)
+        let script = dir + "/fake-ext4iomapd"
+        let body = """
+        #!/bin/sh
+        s=$(grep -E '^(Uid|Gid|Groups|CapEff|CapPrm|CapBnd|NoNewPrivs):' /proc/self/status | tr '\\t\\n' '  ')
+        printf '%s pid=%s net=%s args=%s' "$s" "$$" "$(readlink /proc/self/ns/net)" "$*" >&3
+        """
+        let fd = open(script, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
+        _ = body.utf8.withContiguousStorageIfAvailable { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        defer { unlink(script); rmdir(dir) }
+
+        let before = FD.openCount()
+        let s = try ServerLauncher.spawn(serverPath: script)
+        let d = try Transport.receive(s.socket, timeoutMs: 10_000, maxFDs: 0)
+        let text = String(decoding: d.bytes, as: UTF8.self)
+        #expect(text.contains("Uid: 65534 65534 65534 65534"), "\(text)")
+        #expect(text.contains("Gid: 65534 65534 65534 65534"), "\(text)")
+        #expect(text.contains("CapEff: 0000000000000000"), "\(text)")
+        #expect(text.contains("CapPrm: 0000000000000000"), "\(text)")
+        #expect(text.contains("CapBnd: 0000000000000000"), "\(text)")
+        #expect(text.contains("NoNewPrivs: 1"), "\(text)")
+        #expect(text.contains("pid=1 "), "own PID namespace: \(text)")
+        #expect(!text.contains("net=\(readLink("/proc/self/ns/net")) "), "own network namespace: \(text)")
+        #expect(text.contains("args=--service-fd 3"), "\(text)")
+        #expect(ServerLauncher.reap(s.pid, kill: false) == 0)
+        close(s.socket)
+        #expect(FD.openCount() == before)
+    }
+
+    @Test func spawnFailureIsReported() {
+        #expect(throws: BrokerError.system(operation: "starting /nonexistent/ext4iomapd", errno: ENOENT)) {
+            _ = try ServerLauncher.spawn(serverPath: "/nonexistent/ext4iomapd")
+        }
+        #expect(throws: BrokerError.self) {
+            _ = try ServerLauncher.spawn(serverPath: "/bin/true", sandbox: .init(uid: 0, gid: 0))
+        }
+    }
+
+    @Test func socketPathAndCheck() throws {
+        #expect(throws: BrokerError.self) { _ = try ServerLauncher.socketPath(subtype: "../x") }
+        #expect(throws: BrokerError.self) { _ = try ServerLauncher.socketPath(subtype: "") }
+        #expect(throws: BrokerError.self) { _ = try ServerLauncher.socketPath(subtype: String(repeating: "a", count: 120)) }
+        #expect(try ServerLauncher.socketPath(subtype: "ext4") == "/run/filesystems/ext4")
+        #expect(!ServerLauncher.serviceSocketPresent(subtype: "nonexistent-subtype-\(getpid())"))
+        #expect(ServerLauncher.candidateServerPaths(helperExecutable: "/opt/x/bin/mount.fuse.ext4").first
+                == "/opt/x/bin/ext4iomapd")
+    }
+
+    /// The service-socket path: connect to a listening SOCK_SEQPACKET socket.
+    @Test func connectServiceSocket() throws {
+        var t = Array("/tmp/svcdir-XXXXXX".utf8CString)
+        let dir = t.withUnsafeMutableBufferPointer { p in mkdtemp(p.baseAddress!) }.map { String(cString: $0) } ?? "/tmp"
+        defer { rmdir(dir) }
+        #expect(try ServerLauncher.connectService(subtype: "ext4", directory: dir) == nil)
+        let l = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(l) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let path = dir + "/ext4"
+        defer { unlink(path) }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+        let len = socklen_t(MemoryLayout<sa_family_t>.size + path.utf8.count + 1)
+        _ = withUnsafePointer(to: &addr) { p in p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(l, $0, len) } }
+        // Bound but not listening: ECONNREFUSED means "spawn instead".
+        #expect(try ServerLauncher.connectService(subtype: "ext4", directory: dir) == nil)
+        #expect(ServerLauncher.serviceSocketPresent(subtype: "ext4", directory: dir))
+        listen(l, 1)
+        let c = try ServerLauncher.connectService(subtype: "ext4", directory: dir)
+        #expect(c != nil)
+        if let c { close(c) }
+    }
+}

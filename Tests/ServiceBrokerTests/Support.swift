@@ -1,0 +1,121 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ServiceBroker
+import LoopDevices
+
+/// Runs a closure on its own pthread; `join()` waits for it.
+final class TestThread: @unchecked Sendable {
+    let body: () -> Void
+    var tid = pthread_t()
+    init(_ body: @escaping () -> Void) {
+        self.body = body
+        let ctx = Unmanaged.passRetained(self).toOpaque()
+        _ = pthread_create(&tid, nil, { p in
+            guard let p else { return nil }
+            let t = Unmanaged<TestThread>.fromOpaque(p).takeRetainedValue()
+            t.body()
+            return nil
+        }, ctx)
+    }
+    func join() { _ = pthread_join(tid, nil) }
+}
+
+final class Box<T>: @unchecked Sendable {
+    var value: T
+    init(_ v: T) { value = v }
+}
+
+/// Run a helper session against `socket` on a thread.
+func runHelper(_ sock: Int32, _ config: HelperConfiguration) -> (TestThread, Box<Result<HelperOutcome, BrokerError>?>) {
+    let box = Box<Result<HelperOutcome, BrokerError>?>(nil)
+    let t = TestThread {
+        let s = HelperSession(socket: sock, config: config)
+        do throws(BrokerError) { box.value = .success(try s.run()) } catch { box.value = .failure(error) }
+    }
+    return (t, box)
+}
+
+struct Scratch {
+    let dir: String
+    let image: String
+    let mnt: String
+    init(imageSize: Int = 4 << 20) {
+        var t = Array("/tmp/brokertest-XXXXXX".utf8CString)
+        let d = t.withUnsafeMutableBufferPointer { p in mkdtemp(p.baseAddress!) }
+        dir = d.map { String(cString: $0) } ?? "/tmp/brokertest-fallback"
+        image = dir + "/disk.img"
+        mnt = dir + "/mnt"
+        mkdir(mnt, 0o755)
+        let fd = open(image, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        _ = ftruncate(fd, off_t(imageSize))
+        close(fd)
+    }
+    func config(_ subtype: String = "ext4test", options: String = "", timeoutMs: Int = 5000,
+                readOnly: Bool = false) -> HelperConfiguration {
+        HelperConfiguration(subtype: subtype, source: image, mountpoint: mnt, options: options,
+                            readOnly: readOnly, noMtab: true, receiveTimeoutMs: timeoutMs)
+    }
+    func cleanup() {
+        _ = umount2(mnt, Int32(MNT_DETACH))
+        unlink(image)
+        rmdir(mnt)
+        rmdir(dir)
+    }
+}
+
+func mountinfoLines() -> [[Substring]] {
+    let fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return [] }
+    defer { close(fd) }
+    var all: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = read(fd, &buf, buf.count)
+        if n <= 0 { break }
+        all += buf.prefix(n)
+    }
+    return String(decoding: all, as: UTF8.self).split(separator: "\n").map { $0.split(separator: " ") }
+}
+
+func isMounted(_ path: String) -> Bool {
+    mountinfoLines().contains { $0.count > 4 && $0[4] == path }
+}
+
+func mountOptions(_ path: String) -> String? {
+    mountinfoLines().first { $0.count > 5 && $0[4] == path }.map { String($0[5]) }
+}
+
+func loopExists(for path: String) -> Bool {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return false }
+    return LoopDevice.findLoop(device: UInt64(st.st_dev), inode: UInt64(st.st_ino)) != nil
+}
+
+func waitLoopGone(_ path: String) -> Bool {
+    for _ in 0..<100 {
+        if !loopExists(for: path) { return true }
+        usleep(20_000)
+    }
+    return false
+}
+
+func isBlockDevice(_ fd: Int32) -> Bool {
+    var st = stat()
+    return fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK
+}
+
+/// Same lock as LoopDevicesTests.RootTestLock: serialises root tests across targets.
+final class RootTestLock {
+    /// A per-process named semaphore: shared by both test targets, holds no fd.
+    nonisolated(unsafe) static let sem: UnsafeMutablePointer<sem_t>? = {
+        let name = "/ext4iomap-roottests-\(getpid())"
+        let s = sem_open(name, O_CREAT, 0o600, 1)
+        atexit { sem_unlink("/ext4iomap-roottests-\(getpid())") }
+        return s == SEM_FAILED ? nil : s
+    }()
+    init() {
+        if let s = Self.sem { while sem_wait(s) != 0 && errno == EINTR {} }
+    }
+    deinit { if let s = Self.sem { sem_post(s) } }
+}
