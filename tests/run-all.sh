@@ -26,7 +26,7 @@ if grep -q "warning:" "$LOGDIR/build.log"; then
 fi
 
 echo "== swift test"
-timeout 1500 swift test --skip-build 2>&1 | tee "$LOGDIR/swift-test.log" | grep -E "^(✘|✔ Test run|􀢄|􁁛)|Test run with|recorded an issue|Executed .* tests" || true
+timeout 1500 swift test --skip-build --no-parallel 2>&1 | tee "$LOGDIR/swift-test.log" | grep -E "^(✘|✔ Test run|􀢄|􁁛)|Test run with|recorded an issue|Executed .* tests" || true
 rc=${PIPESTATUS[0]}
 summary=$(grep -E "Test run with [0-9]+ tests?" "$LOGDIR/swift-test.log" | tail -1)
 if [ "$rc" -eq 0 ] && [ -n "$summary" ]; then

@@ -151,6 +151,9 @@ pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *c
         }
         // Park both fds high, then place the socket at 3 (inheritable) and the
         // error pipe at 4 (close-on-exec), and close everything else.
+        // The helper's stderr stays the server's stderr, so the server's one-line
+        // reason for a refused mount reaches the admin.
+        int e = fcntl(2, F_DUPFD_CLOEXEC, 10);
         int s = fcntl(sockfd, F_DUPFD_CLOEXEC, 10);
         if (s < 0) child_fail(wr, errno);
         int w = fcntl(wr, F_DUPFD_CLOEXEC, 10);
@@ -158,15 +161,18 @@ pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *c
         if (dup2(s, 3) < 0) child_fail(w, errno);
         if (dup3(w, 4, O_CLOEXEC) < 0) child_fail(w, errno);
         wr = 4;
-        if (syscall(SYS_close_range, 5, ~0U, 0) < 0) {
-            for (int fd = 5; fd < 4096; fd++) close(fd);
+        if (e >= 0 && dup3(e, 5, O_CLOEXEC) < 0) child_fail(wr, errno);
+        if (syscall(SYS_close_range, e >= 0 ? 6 : 5, ~0U, 0) < 0) {
+            for (int fd = e >= 0 ? 6 : 5; fd < 4096; fd++) close(fd);
         }
         int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
         if (nullfd < 0) child_fail(wr, errno);
         for (int fd = 0; fd < 3; fd++) {
-            if (dup2(nullfd, fd) < 0) child_fail(wr, errno);
+            int from = (fd == 2 && e >= 0) ? 5 : nullfd;
+            if (dup2(from, fd) < 0) child_fail(wr, errno);
         }
-        if (nullfd > 4) close(nullfd);
+        if (e >= 0) close(5);
+        if (nullfd > 5) close(nullfd);
         if (ns_flags & CLONE_NEWNS) {
             if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
                 child_fail(wr, errno);

@@ -4,6 +4,7 @@ import ArgumentParser
 import Ext4Server
 import Glibc
 import Logging
+import ServiceBroker
 
 struct Ext4IomapD: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -40,7 +41,20 @@ struct Ext4IomapD: ParsableCommand {
         var logger = Logger(label: "ext4iomapd")
         logger.logLevel = debug ? .debug : .info
         if service || serviceFd != nil {
-            fail(2, "service mode is not implemented yet (needs the service protocol from fuservicemount)")
+            let endpoint: ServiceEndpoint
+            do {
+                if let fd = serviceFd {
+                    endpoint = try ServiceEndpoint(inheritedFD: fd)
+                } else if let e = try ServiceEndpoint.fromSocketActivation() {
+                    endpoint = e
+                } else {
+                    fail(1, "--service: no socket from systemd (LISTEN_FDS) or fuservicemount")
+                }
+            } catch { fail(2, "service socket: \(error)") }
+            do { try runService(endpoint: endpoint, workers: workers, logger: logger) } catch {
+                fail(error.status, error.message)
+            }
+            return
         }
         guard let device, let mountpoint else {
             fail(1, "give --device and --mountpoint, or --service; see --help")

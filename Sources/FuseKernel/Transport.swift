@@ -83,9 +83,16 @@ public final class DevFuseTransport: FuseFDTransport, FuseTransport, @unchecked 
         return r == -ENOENT ? 0 : r  // ENOENT: the request was interrupted; nothing to do
     }
 
+    /// A cloned fd when /dev/fuse can be opened; otherwise (a sandboxed server
+    /// has no /dev/fuse, or may not open it) the workers share this fd, which
+    /// the kernel supports: each read() still returns a different request.
     public func workerChannel() throws(FuseTransportError) -> any FuseTransport {
         let nfd = Glibc.open("/dev/fuse", O_RDWR | O_CLOEXEC)
-        guard nfd >= 0 else { throw FuseTransportError(errno, "open /dev/fuse for a worker") }
+        guard nfd >= 0 else {
+            let e = errno
+            if e == EACCES || e == EPERM || e == ENOENT || e == ENXIO { return SharedDevFuseView(parent: self) }
+            throw FuseTransportError(e, "open /dev/fuse for a worker")
+        }
         var src = UInt32(bitPattern: fd)
         let r = cshim_ioctl_ptr(nfd, UInt(FuseDevIoctl.clone), &src)
         guard r >= 0 else {
@@ -206,6 +213,21 @@ final class SharedSocketView: FuseTransport, @unchecked Sendable {
     func send(_ parts: [[UInt8]]) -> Int32 { parent.send(parts) }
     func workerChannel() throws(FuseTransportError) -> any FuseTransport { SharedSocketView(parent: parent) }
     func wakeAll() { parent.wakeAll() }
+    func close() {}
+    func notify(_ code: FuseNotifyCode, payload: [UInt8]) -> Int32 { parent.notify(code, payload: payload) }
+    func backingOpen(fd: Int32, flags: UInt32) -> Int32 { parent.backingOpen(fd: fd, flags: flags) }
+    func backingClose(id: UInt32) -> Int32 { parent.backingClose(id: id) }
+    func iomapSetBlocksize(id: UInt32, blocksize: UInt32) -> Int32 { parent.iomapSetBlocksize(id: id, blocksize: blocksize) }
+}
+
+/// A worker's view of a shared /dev/fuse fd: same fd, does not close it.
+final class SharedDevFuseView: FuseTransport, @unchecked Sendable {
+    let parent: DevFuseTransport
+    init(parent: DevFuseTransport) { self.parent = parent }
+    func receive(into buf: UnsafeMutableRawBufferPointer) throws(FuseTransportError) -> Int? { try parent.receive(into: buf) }
+    func send(_ parts: [[UInt8]]) -> Int32 { parent.send(parts) }
+    func workerChannel() throws(FuseTransportError) -> any FuseTransport { SharedDevFuseView(parent: parent) }
+    func wakeAll() {}
     func close() {}
     func notify(_ code: FuseNotifyCode, payload: [UInt8]) -> Int32 { parent.notify(code, payload: payload) }
     func backingOpen(fd: Int32, flags: UInt32) -> Int32 { parent.backingOpen(fd: fd, flags: flags) }
