@@ -45,7 +45,7 @@ struct Ext4IomapD: ParsableCommand {
             do {
                 if let fd = serviceFd {
                     endpoint = try ServiceEndpoint(inheritedFD: fd)
-                } else if let e = try ServiceEndpoint.fromSocketActivation() {
+                } else if let e = try serviceEndpointFromEnvironment() {
                     endpoint = e
                 } else {
                     fail(1, "--service: no socket from systemd (LISTEN_FDS) or fuservicemount")
@@ -76,5 +76,9 @@ struct Ext4IomapD: ParsableCommand {
     }
 }
 
-LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+// Under systemd (service mode with a journal) log to the journal; otherwise stderr.
+let underSystemd = CommandLine.arguments.contains("--service") && JournalLogHandler.available
+LoggingSystem.bootstrap { label -> any LogHandler in
+    underSystemd ? JournalLogHandler(label: label) : StreamLogHandler.standardError(label: label)
+}
 Ext4IomapD.main()

@@ -85,6 +85,7 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTranspo
     try broker("saying goodbye") { () throws(BrokerError) in try endpoint.goodbye(status: 0) }
     endpoint.close()
     logger.info("serving \(args.source) at \(args.mountpoint) (read-only, \(workers) workers)")
+    notifySystemd("READY=1\nSTATUS=serving \(args.source) at \(args.mountpoint)")
     let session = FuseSession(transport: transport, fileSystem: Ext4FuseFS(fs: fs, options: options, logger: logger),
                               options: FuseSessionOptions(workers: workers), logger: logger)
     do { try session.run() } catch { throw ServerFailure(2, "\(error)") }
