@@ -55,15 +55,6 @@ pid_t cshim_gettid(void);
 /// Name the calling thread (PR_SET_NAME, 15 bytes max).
 void cshim_set_thread_name(const char *name);
 
-// ---- SCM_RIGHTS helpers --------------------------------------------------
-/// sendmsg one datagram with up to nfds fds attached. Returns bytes or -errno.
-ssize_t cshim_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
-/// recvmsg one datagram; received fds are stored in fds (up to maxfds, rest closed,
-/// *nfds set to the number received, including closed extras as a negative count
-/// flag via *truncated). Returns bytes or -errno. MSG_CMSG_CLOEXEC is always set.
-ssize_t cshim_recv_with_fds(int sock, void *buf, size_t len, int *fds, int maxfds, int *nfds,
-                            int *truncated);
-
 #ifdef __cplusplus
 }
 #endif
