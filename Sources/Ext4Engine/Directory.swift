@@ -234,6 +234,7 @@ extension Ext4FileSystem {
                 guard t + 8 <= blockSize else { return nil }
                 var c = crc32c(ri.seed, b[0..<(entries + 8 * count)])
                 c = crc32c(c, b[t..<(t + 4)])
+                c = crc32c(c, [0, 0, 0, 0])
                 guard c == b.le32(t + 4) else { throw corrupt("directory \(ri.ino): htree \(what) checksum mismatch") }
             }
             return DxFrame(block: b, entries: entries, count: count, at: 0)

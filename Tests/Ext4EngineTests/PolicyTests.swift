@@ -131,7 +131,7 @@ struct PolicyTests {
         try patch(img, at: pos, [old[0] ^ 0x55])
         let fs = try openImage(img)
         #expect(throws: Ext4Error.self) { try fs.inode(ino) }
-        do { _ = try fs.inode(ino) } catch let e as Ext4Error {
+        do throws(Ext4Error) { _ = try fs.inode(ino) } catch let e {
             #expect(e.errno == 117)
             if case .corrupted(let m) = e { #expect(m.contains("checksum")) } else { Issue.record("\(e)") }
         }

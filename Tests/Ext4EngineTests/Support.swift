@@ -73,7 +73,7 @@ func manyName(_ i: Int) -> String {
 }
 
 /// Build the reference source tree that mkfs -d copies.
-func buildTree(_ root: String, big: Bool = true) throws {
+func buildTree(_ root: String, big: Bool = true, trailingHole: Bool = true) throws {
     let fm = FileManager.default
     try fm.createDirectory(atPath: root, withIntermediateDirectories: true)
     try writeFile(root + "/empty", [])
@@ -82,7 +82,7 @@ func buildTree(_ root: String, big: Bool = true) throws {
     try writeFile(root + "/tiny40", pattern(40, seed: 9))
     // Sparse file: holes around two data islands.
     try writeFile(root + "/sparse.bin", [])
-    truncate(root + "/sparse.bin", 10 << 20)
+    if trailingHole { truncate(root + "/sparse.bin", 10 << 20) }
     writeAt(root + "/sparse.bin", 1 << 20, pattern(5000, seed: 2))
     writeAt(root + "/sparse.bin", 7 << 20 + 123, pattern(9000, seed: 3))
     if big { try writeFile(root + "/big.bin", pattern(20 << 20, seed: 4)) }
