@@ -88,6 +88,10 @@ public final class Ext4FileSystem: @unchecked Sendable {
     }
 
     public static func open(device: any BlockDevice, options: MountOptions) throws(Ext4Error) -> Ext4FileSystem {
+        try open(device: device, options: options, replaying: false)
+    }
+
+    static func open(device: any BlockDevice, options: MountOptions, replaying: Bool) throws(Ext4Error) -> Ext4FileSystem {
         let logger = Logger(label: "ext4engine")
         let clog = CorruptionLog(logger: logger)
         func fail(_ e: Ext4Error) -> Ext4Error {
@@ -134,9 +138,23 @@ public final class Ext4FileSystem: @unchecked Sendable {
             if options.readOnly {
                 throw .unsupported("journal needs recovery; mount with noRecovery to access the unrecovered file system read-only")
             }
-            throw .unsupported("journal needs recovery; replay not implemented yet")
+            // Read-write open: replay the journal onto the device, then start over.
+            var tmpOpts = options
+            tmpOpts.readOnly = true
+            tmpOpts.noRecovery = true
+            tmpOpts.cacheBlocks = 64
+            let tmp = try open(device: device, options: tmpOpts, replaying: true)
+            let r = try tmp.replayJournal()
+            var again = options
+            again.noRecovery = true
+            let fs = try open(device: device, options: again, replaying: false)
+            guard !fs.sb.has(incompat: Incompat.recover) else { throw .corrupted("journal recovery did not complete") }
+            var w = fs.warnings
+            w.insert("journal recovered: \(r.transactions) transaction(s), \(r.blocksWritten) block(s) written, \(r.blocksRevoked) revoked" + (r.badDataChecksums > 0 ? ", \(r.badDataChecksums) skipped for bad checksums" : ""), at: 0)
+            return Ext4FileSystem(dev: device, sb: fs.sb, groups: fs.groups, options: options, readOnly: fs.readOnly,
+                                  warnings: w, clog: fs.clog, csumSeed: fs.csumSeed)
         }
-        if sb.has(incompat: Incompat.recover) {
+        if sb.has(incompat: Incompat.recover) && !replaying {
             ro = true
             warnings.append("journal needs recovery but noRecovery was given: mounting read-only, recent changes may be missing")
         }
