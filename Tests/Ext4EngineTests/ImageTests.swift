@@ -44,6 +44,7 @@ let variants: [Variant] = [
     Variant(name: "ext4-legacy-128", args: ["-t", "ext4", "-I", "128"], rehash: "legacy"),
     Variant(name: "ext4-halfmd4-unsigned", args: ["-t", "ext4"], rehash: "half_md4", unsigned: true),
     Variant(name: "ext3-tea-unsigned", args: ["-t", "ext3"], rehash: "tea", unsigned: true),
+    Variant(name: "ext4-metabg", args: ["-t", "ext4", "-O", "meta_bg,^resize_inode", "-b", "1024"]),
     Variant(name: "ext4-64k", args: ["-t", "ext4", "-b", "65536", "-N", "8192"]),
 ]
 
@@ -191,8 +192,14 @@ struct ImageTests {
         let tree = tmp.sub("tree")
         try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
         try writeFile(tree + "/f", Array("x".utf8))
+        try writeFile(tree + "/future", Array("x".utf8))
+        try writeFile(tree + "/past", Array("x".utf8))
+        try run("/usr/bin/touch", ["-d", "1960-01-01 00:00:01", tree + "/past"])
         let img = tmp.sub("fs.img")
         try mkfs(img, tree: tree, args: ["-t", "ext4"], sizeMB: 16)
+        // 2300-05-06 07:08:09.123456789: epoch bits 2, nsec in the extra field.
+        try run("/usr/sbin/debugfs", ["-w", "-R", "sif /future mtime 0x6d5b0ad9", img])
+        try run("/usr/sbin/debugfs", ["-w", "-R", "sif /future mtime_extra 0x1D6F3456", img])
         try run("/usr/sbin/debugfs", ["-w", "-R", "mknod cdev c 4 5", img])
         try run("/usr/sbin/debugfs", ["-w", "-R", "mknod bdev b 259 1000", img])
         try run("/usr/sbin/debugfs", ["-w", "-R", "mknod pipe p", img])
@@ -204,6 +211,9 @@ struct ImageTests {
         let b = try fs.inode(try resolve(fs, "bdev"))
         #expect(b.fileType == .blockDevice && b.rdev.major == 259 && b.rdev.minor == 1000)
         #expect(try fs.inode(try resolve(fs, "pipe")).fileType == .fifo)
+        let fut = try fs.inode(try resolve(fs, "future"))
+        #expect(fut.mtime == Timespec(sec: 10_424_617_689, nsec: 123_456_789))
+        #expect(try fs.inode(try resolve(fs, "past")).mtime.sec == -315_619_199)
         // Cross-check an inode against debugfs stat.
         let fino = try resolve(fs, "f")
         let out = try run("/usr/sbin/debugfs", ["-R", "stat <\(fino)>", img])
