@@ -270,6 +270,29 @@ public final class Ext4FileSystem: @unchecked Sendable {
         return b
     }
 
+    /// Read `count` contiguous blocks through the cache; blocks missing from the
+    /// cache are fetched with one positioned read (sequential readahead).
+    func blockRun(_ start: UInt64, _ count: Int) throws(Ext4Error) -> [[UInt8]] {
+        guard count > 0 else { return [] }
+        guard validRun(start, UInt64(count)) else {
+            throw corrupt("block run \(start)+\(count) beyond end of file system")
+        }
+        var out: [[UInt8]?] = (0..<count).map { cache.get(start + UInt64($0)) }
+        guard let firstMiss = out.firstIndex(where: { $0 == nil }),
+              let lastMiss = out.lastIndex(where: { $0 == nil }) else {
+            return out.compactMap { $0 }
+        }
+        let n = lastMiss - firstMiss + 1
+        var buf = [UInt8](repeating: 0, count: n * blockSize)
+        try Ext4FileSystem.readRaw(dev, at: (start + UInt64(firstMiss)) * UInt64(blockSize), into: &buf)
+        for i in 0..<n where out[firstMiss + i] == nil {
+            let b = Array(buf[(i * blockSize)..<((i + 1) * blockSize)])
+            cache.put(start + UInt64(firstMiss + i), b)
+            out[firstMiss + i] = b
+        }
+        return out.compactMap { $0 }
+    }
+
     /// Is a physical run completely inside the data area of the fs?
     func validRun(_ start: UInt64, _ len: UInt64) -> Bool {
         guard start >= UInt64(sb.firstDataBlock), len > 0 else { return false }

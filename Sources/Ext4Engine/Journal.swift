@@ -119,7 +119,7 @@ extension Ext4FileSystem {
                     var last = false
                     while !last && off + tagBytes <= blockSize - tailBytes {
                         let lo = UInt64(b.be32(off))
-                        let flags: UInt32 = csum3 ? b.be32(off + 4) : UInt32(b.be16(off + (csum2 ? 6 : 6)))
+                        let flags: UInt32 = csum3 ? b.be32(off + 4) : UInt32(b.be16(off + 6))
                         var fsb = lo
                         if is64 { fsb |= UInt64(b.be32(off + 8)) << 32 }
                         let tcs: UInt32 = csum3 ? b.be32(off + 12) : UInt32(b.be16(off + 4))
