@@ -6,6 +6,17 @@ public protocol BlockDevice: Sendable {
     var size: UInt64 { get }
     /// Fill `buffer` completely from `offset` or throw.
     func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Ext4Error)
+    /// Write all of `buffer` at `offset` (journal replay). Default: `.readOnly`.
+    func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(Ext4Error)
+    /// Make previous writes durable. Default: no-op.
+    func flush() throws(Ext4Error)
+}
+
+extension BlockDevice {
+    public func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(Ext4Error) {
+        throw .readOnly
+    }
+    public func flush() throws(Ext4Error) {}
 }
 
 /// A block device backed by a file descriptor (regular file or block device).
@@ -14,6 +25,7 @@ public final class FileBlockDevice: BlockDevice, @unchecked Sendable {
     public let fd: Int32
     public let size: UInt64
     private let closeOnDeinit: Bool
+    public let writable: Bool
 
     public init(fd: Int32, closeOnDeinit: Bool) throws(Ext4Error) {
         var st = stat()
@@ -29,6 +41,8 @@ public final class FileBlockDevice: BlockDevice, @unchecked Sendable {
         }
         self.fd = fd
         self.size = sz
+        let fl = fcntl(fd, F_GETFL)
+        self.writable = fl >= 0 && (fl & O_ACCMODE) != O_RDONLY
         self.closeOnDeinit = closeOnDeinit
     }
 
@@ -45,6 +59,33 @@ public final class FileBlockDevice: BlockDevice, @unchecked Sendable {
 
     deinit {
         if closeOnDeinit { close(fd) }
+    }
+
+    public func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(Ext4Error) {
+        guard writable else { throw .readOnly }
+        let (end, o) = offset.addingReportingOverflow(UInt64(buffer.count))
+        if o || end > size { throw .io(EIO) }
+        guard let base = buffer.baseAddress else { return }
+        var done = 0
+        while done < buffer.count {
+            guard let off = off_t(exactly: offset + UInt64(done)) else { throw .io(EINVAL) }
+            let n = pwrite(fd, base + done, buffer.count - done, off)
+            if n < 0 {
+                let e = Glibc.errno
+                if e == EINTR { continue }
+                throw .io(e)
+            }
+            if n == 0 { throw .io(EIO) }
+            done += n
+        }
+    }
+
+    public func flush() throws(Ext4Error) {
+        guard writable else { return }
+        while fsync(fd) != 0 {
+            let e = Glibc.errno
+            if e != EINTR { throw .io(e) }
+        }
     }
 
     public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Ext4Error) {

@@ -11,6 +11,9 @@ private let dot: [UInt8] = [0x2E]
 private let dotdot: [UInt8] = [0x2E, 0x2E]
 
 extension Ext4FileSystem {
+    /// Directory blocks fetched per positioned read when not cached.
+    static let dirReadahead: UInt64 = 16
+
     func decodeRecLen(_ v: UInt16) -> Int {
         if blockSize < 65536 { return Int(v) }
         if v == 65535 || v == 0 { return blockSize }
@@ -93,18 +96,21 @@ extension Ext4FileSystem {
         let startOff = Int(cookie % bs)
         guard startBlock < nblocks else { return }
         let maps = try mapRange(ri, from: startBlock, count: nblocks - startBlock)
-        for x in maps {
-            for i in 0..<x.length {
-                let l = x.logical + i
-                if x.unwritten { continue }
-                let b = try block(x.physical + i)
-                for d in try direntsOfBlock(ri, b, logical: l) {
-                    if l == startBlock && d.off < startOff { continue }
-                    guard Ext4FileSystem.goodName(d.name) else { continue }
-                    let e = DirEntry(ino: d.ino, name: d.name, type: entryType(d),
-                                     nextCookie: l * bs + UInt64(d.off + d.recLen))
-                    if !body(e) { return }
+        for x in maps where !x.unwritten {
+            var i: UInt64 = 0
+            while i < x.length {
+                let run = try blockRun(x.physical + i, Int(min(Ext4FileSystem.dirReadahead, x.length - i)))
+                for (k, b) in run.enumerated() {
+                    let l = x.logical + i + UInt64(k)
+                    for d in try direntsOfBlock(ri, b, logical: l) {
+                        if l == startBlock && d.off < startOff { continue }
+                        guard Ext4FileSystem.goodName(d.name) else { continue }
+                        let e = DirEntry(ino: d.ino, name: d.name, type: entryType(d),
+                                         nextCookie: l * bs + UInt64(d.off + d.recLen))
+                        if !body(e) { return }
+                    }
                 }
+                i += UInt64(run.count)
             }
         }
     }
@@ -173,11 +179,15 @@ extension Ext4FileSystem {
         stats.linear()
         guard blocks > 0 else { throw .notFound }
         for x in try mapRange(ri, from: 0, count: blocks) where !x.unwritten {
-            for i in 0..<x.length {
-                let b = try block(x.physical + i)
-                for d in try direntsOfBlock(ri, b, logical: x.logical + i) where d.name == name {
-                    return d.ino
+            var i: UInt64 = 0
+            while i < x.length {
+                let run = try blockRun(x.physical + i, Int(min(Ext4FileSystem.dirReadahead, x.length - i)))
+                for (k, b) in run.enumerated() {
+                    for d in try direntsOfBlock(ri, b, logical: x.logical + i + UInt64(k)) where d.name == name {
+                        return d.ino
+                    }
                 }
+                i += UInt64(run.count)
             }
         }
         throw .notFound
@@ -234,6 +244,7 @@ extension Ext4FileSystem {
                 guard t + 8 <= blockSize else { return nil }
                 var c = crc32c(ri.seed, b[0..<(entries + 8 * count)])
                 c = crc32c(c, b[t..<(t + 4)])
+                c = crc32c(c, [0, 0, 0, 0])
                 guard c == b.le32(t + 4) else { throw corrupt("directory \(ri.ino): htree \(what) checksum mismatch") }
             }
             return DxFrame(block: b, entries: entries, count: count, at: 0)

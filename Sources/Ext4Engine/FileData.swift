@@ -10,10 +10,14 @@ extension Ext4FileSystem {
     /// Read file bytes; short at EOF; holes and unwritten extents are zeros.
     /// Each mapped run is fetched with one positioned read straight into the
     /// result (sequential readahead within the extent, no cache pollution).
+    /// One call returns at most this many bytes (a short read, as POSIX allows),
+    /// so a size field cannot make us allocate without bound.
+    public static let maxReadCount = 64 << 20
+
     func readData(_ ri: RawInode, offset: UInt64, count: Int) throws(Ext4Error) -> [UInt8] {
         let size = ri.pub.size
         guard count > 0, offset < size else { return [] }
-        let n = Int(min(UInt64(count), size - offset))
+        let n = Int(min(UInt64(min(count, Ext4FileSystem.maxReadCount)), size - offset))
         if ri.hasInline {
             let d = try inlineData(ri)
             guard size <= UInt64(d.count) else { throw corrupt("inode \(ri.ino): inline size \(size) exceeds inline data") }

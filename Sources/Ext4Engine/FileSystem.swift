@@ -88,6 +88,10 @@ public final class Ext4FileSystem: @unchecked Sendable {
     }
 
     public static func open(device: any BlockDevice, options: MountOptions) throws(Ext4Error) -> Ext4FileSystem {
+        try open(device: device, options: options, replaying: false)
+    }
+
+    static func open(device: any BlockDevice, options: MountOptions, replaying: Bool) throws(Ext4Error) -> Ext4FileSystem {
         let logger = Logger(label: "ext4engine")
         let clog = CorruptionLog(logger: logger)
         func fail(_ e: Ext4Error) -> Ext4Error {
@@ -134,9 +138,23 @@ public final class Ext4FileSystem: @unchecked Sendable {
             if options.readOnly {
                 throw .unsupported("journal needs recovery; mount with noRecovery to access the unrecovered file system read-only")
             }
-            throw .unsupported("journal needs recovery; replay not implemented yet")
+            // Read-write open: replay the journal onto the device, then start over.
+            var tmpOpts = options
+            tmpOpts.readOnly = true
+            tmpOpts.noRecovery = true
+            tmpOpts.cacheBlocks = 64
+            let tmp = try open(device: device, options: tmpOpts, replaying: true)
+            let r = try tmp.replayJournal()
+            var again = options
+            again.noRecovery = true
+            let fs = try open(device: device, options: again, replaying: false)
+            guard !fs.sb.has(incompat: Incompat.recover) else { throw .corrupted("journal recovery did not complete") }
+            var w = fs.warnings
+            w.insert("journal recovered: \(r.transactions) transaction(s), \(r.blocksWritten) block(s) written, \(r.blocksRevoked) revoked" + (r.badDataChecksums > 0 ? ", \(r.badDataChecksums) skipped for bad checksums" : ""), at: 0)
+            return Ext4FileSystem(dev: device, sb: fs.sb, groups: fs.groups, options: options, readOnly: fs.readOnly,
+                                  warnings: w, clog: fs.clog, csumSeed: fs.csumSeed)
         }
-        if sb.has(incompat: Incompat.recover) {
+        if sb.has(incompat: Incompat.recover) && !replaying {
             ro = true
             warnings.append("journal needs recovery but noRecovery was given: mounting read-only, recent changes may be missing")
         }
@@ -250,6 +268,29 @@ public final class Ext4FileSystem: @unchecked Sendable {
         try Ext4FileSystem.readRaw(dev, at: n * UInt64(blockSize), into: &b)
         cache.put(n, b)
         return b
+    }
+
+    /// Read `count` contiguous blocks through the cache; blocks missing from the
+    /// cache are fetched with one positioned read (sequential readahead).
+    func blockRun(_ start: UInt64, _ count: Int) throws(Ext4Error) -> [[UInt8]] {
+        guard count > 0 else { return [] }
+        guard validRun(start, UInt64(count)) else {
+            throw corrupt("block run \(start)+\(count) beyond end of file system")
+        }
+        var out: [[UInt8]?] = (0..<count).map { cache.get(start + UInt64($0)) }
+        guard let firstMiss = out.firstIndex(where: { $0 == nil }),
+              let lastMiss = out.lastIndex(where: { $0 == nil }) else {
+            return out.compactMap { $0 }
+        }
+        let n = lastMiss - firstMiss + 1
+        var buf = [UInt8](repeating: 0, count: n * blockSize)
+        try Ext4FileSystem.readRaw(dev, at: (start + UInt64(firstMiss)) * UInt64(blockSize), into: &buf)
+        for i in 0..<n where out[firstMiss + i] == nil {
+            let b = Array(buf[(i * blockSize)..<((i + 1) * blockSize)])
+            cache.put(start + UInt64(firstMiss + i), b)
+            out[firstMiss + i] = b
+        }
+        return out.compactMap { $0 }
     }
 
     /// Is a physical run completely inside the data area of the fs?

@@ -217,7 +217,9 @@ struct Superblock: Sendable {
     }
 
     var groupCount: UInt64 {
-        (blocksCount - UInt64(firstDataBlock) + UInt64(blocksPerGroup) - 1) / UInt64(blocksPerGroup)
+        let data = blocksCount > UInt64(firstDataBlock) ? blocksCount - UInt64(firstDataBlock) : 0
+        let bpg = UInt64(max(blocksPerGroup, 1))
+        return data / bpg + (data % bpg != 0 ? 1 : 0)
     }
 
     var inodeTableBlocksPerGroup: UInt64 {
