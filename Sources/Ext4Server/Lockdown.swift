@@ -54,6 +54,7 @@ public enum Lockdown {
         /// 0 none, 1 strict, 2 filter.
         public var seccomp = 0
         public var seccompFilters = 0
+        public var threads = 0
     }
 
     /// Parse the lines of /proc/PID/status we care about.
@@ -70,6 +71,7 @@ public enum Lockdown {
             case "NoNewPrivs": s.noNewPrivs = v == "1"
             case "Seccomp": s.seccomp = Int(v) ?? 0
             case "Seccomp_filters": s.seccompFilters = Int(v) ?? 0
+            case "Threads": s.threads = Int(v) ?? 0
             default: break
             }
         }
@@ -156,7 +158,7 @@ public final class ServerSandbox {
         }
         let before = try Lockdown.readStatus(fd: statusFD)
         if setting == .enforce { Lockdown.installTrapHandler() }
-        let filter = try Lockdown.build(stage, setting: setting)
+        let filter = try Lockdown.build(stage, setting: setting, threads: before.threads)
         defer { seccomp_release(filter) }
         let rc = seccomp_load(filter)
         if rc < 0 { throw LockdownError("cannot install the seccomp filter: \(String(cString: strerror(-rc)))") }
@@ -272,7 +274,7 @@ extension Lockdown {
 
     static func errnoAction(_ e: Int32) -> UInt32 { 0x0005_0000 | (UInt32(bitPattern: e) & 0xFFFF) }
 
-    static func build(_ stage: LockdownStage, setting: SeccompSetting) throws(LockdownError) -> scmp_filter_ctx {
+    static func build(_ stage: LockdownStage, setting: SeccompSetting, threads: Int) throws(LockdownError) -> scmp_filter_ctx {
         let defaultAction: UInt32
         switch setting {
         case .log: defaultAction = SCMP_ACT_LOG
@@ -286,7 +288,14 @@ extension Lockdown {
             }
         }
         try check(seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 1), "no_new_privs")
-        try check(seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1), "thread sync")
+        // Thread sync needs the seccomp() syscall; under a filter that denies it
+        // (systemd's SystemCallFilter without "seccomp") libseccomp falls back to
+        // prctl(PR_SET_SECCOMP), which only covers the calling thread: acceptable
+        // only while the process has a single thread.
+        if seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) < 0, threads != 1 {
+            seccomp_release(ctx)
+            throw LockdownError("seccomp: cannot synchronise the filter across \(threads) threads (is the seccomp() syscall blocked?)")
+        }
         if setting == .log { try check(seccomp_attr_set(ctx, SCMP_FLTATR_CTL_LOG, 1), "log") }
         for rule in rules(stage) {
             let nr = seccomp_syscall_resolve_name(rule.name)
