@@ -138,6 +138,8 @@ public final class ServerSandbox {
     public let setting: SeccompSetting
     let logger: Logger
     private var statusFD: Int32 = -1
+    /// The landlock ABI in force, nil when the kernel offers none.
+    public private(set) var landlockABI: Int?
 
     public init(setting: SeccompSetting, logger: Logger) throws(LockdownError) {
         self.setting = setting
@@ -157,6 +159,12 @@ public final class ServerSandbox {
             return
         }
         let before = try Lockdown.readStatus(fd: statusFD)
+        if stage != .serving { try Lockdown.setNoNewPrivs() }
+        // Not standalone: landlock also forbids umount, which its signal thread needs.
+        if stage == .setup {
+            landlockABI = try Lockdown.restrictFileSystem()
+            if landlockABI == nil { logger.debug("landlock not available; relying on seccomp to deny opening paths") }
+        }
         if setting == .enforce { Lockdown.installTrapHandler() }
         let filter = try Lockdown.build(stage, setting: setting, threads: before.threads)
         defer { seccomp_release(filter) }
@@ -167,7 +175,12 @@ public final class ServerSandbox {
         guard after.seccomp == 2, after.seccompFilters > before.seccompFilters else {
             throw LockdownError("the seccomp filter is not active (Seccomp: \(after.seccomp), filters \(after.seccompFilters))")
         }
-        logger.debug("seccomp \(stage) filter active (\(after.seccompFilters) filters, \(Lockdown.allowedCount(stage)) syscalls allowed)")
+        if stage == .setup {
+            logger.debug("seccomp setup filter active (\(after.seccompFilters) filters)")
+        } else {
+            let ll = landlockABI.map { "landlock ABI \($0)" } ?? (stage == .standalone ? "no landlock (standalone)" : "no landlock")
+            logger.info("sandboxed: no_new_privs, \(ll), seccomp allow-list of \(Lockdown.allowedCount(stage)) syscalls (\(after.seccompFilters) filters)")
+        }
     }
 
     var statusFDForSelftest: Int32 { statusFD }
@@ -175,6 +188,66 @@ public final class ServerSandbox {
     /// Close the status fd once the last stage is in place.
     public func finish() {
         if statusFD >= 0 { _ = Glibc.close(statusFD); statusFD = -1 }
+    }
+}
+
+// MARK: - no_new_privs and landlock (raw syscalls)
+
+/// libc's syscall(), resolved once before any lockdown. It is variadic, which
+/// Swift cannot call directly; on the Linux ABIs we build for (x86_64, arm64)
+/// integer arguments travel in the same registers either way.
+typealias RawSyscall = @convention(c) (Int, Int, Int, Int, Int, Int, Int) -> Int
+let rawSyscall: RawSyscall? = {
+    guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "syscall") else { return nil }
+    return unsafeBitCast(sym, to: RawSyscall.self)
+}()
+
+extension Lockdown {
+    static func sys(_ name: String, _ a: Int = 0, _ b: Int = 0, _ c: Int = 0, _ d: Int = 0, _ e: Int = 0) -> (Int, Int32) {
+        let nr = Int(seccomp_syscall_resolve_name(name))
+        guard nr >= 0, let raw = rawSyscall else { return (-1, ENOSYS) }
+        while true {
+            errno = 0
+            let r = raw(nr, a, b, c, d, e, 0)
+            if r == -1 && errno == EINTR { continue }
+            return (r, r == -1 ? errno : 0)
+        }
+    }
+
+    /// PR_SET_NO_NEW_PRIVS, explicitly (libseccomp would set it on load too).
+    static func setNoNewPrivs() throws(LockdownError) {
+        let (r, e) = sys("prctl", Int(K.prSetNoNewPrivs), 1, 0, 0, 0)
+        if r != 0 { throw LockdownError("cannot set no_new_privs: \(String(cString: strerror(e)))") }
+    }
+
+    /// Landlock: a ruleset that handles every file system access right (and, on
+    /// newer kernels, TCP and signal/abstract-socket scoping) with no rule
+    /// granting any, so no path can be opened, created or executed. The fds the
+    /// helper passed were opened outside the domain and keep working.
+    /// Returns the ABI version, or nil when the kernel (or a filter above us)
+    /// does not offer landlock; seccomp still denies every open then.
+    static func restrictFileSystem() throws(LockdownError) -> Int? {
+        let (abi, e) = sys("landlock_create_ruleset", 0, 0, 1 /* LANDLOCK_CREATE_RULESET_VERSION */)
+        if abi < 1 {
+            if e == ENOSYS || e == EOPNOTSUPP || e == EPERM || e == 76 /* EL3RST: systemd's filter */ { return nil }
+            throw LockdownError("landlock: \(String(cString: strerror(e)))")
+        }
+        var fsRights: UInt64 = (1 << 13) - 1                     // ABI 1: EXECUTE ... MAKE_SYM
+        if abi >= 2 { fsRights |= 1 << 13 }                      // REFER
+        if abi >= 3 { fsRights |= 1 << 14 }                      // TRUNCATE
+        if abi >= 5 { fsRights |= 1 << 15 }                      // IOCTL_DEV (files opened later)
+        let netRights: UInt64 = abi >= 4 ? 0b11 : 0              // BIND_TCP, CONNECT_TCP
+        let scoped: UInt64 = abi >= 6 ? 0b11 : 0                 // ABSTRACT_UNIX_SOCKET, SIGNAL
+        var attr: (UInt64, UInt64, UInt64) = (fsRights, netRights, scoped)
+        let size = abi >= 6 ? 24 : abi >= 4 ? 16 : 8
+        let (fd, e2) = withUnsafeMutableBytes(of: &attr) { p in
+            sys("landlock_create_ruleset", Int(bitPattern: p.baseAddress), size, 0)
+        }
+        if fd < 0 { throw LockdownError("landlock: create ruleset: \(String(cString: strerror(e2)))") }
+        defer { _ = Glibc.close(Int32(truncatingIfNeeded: fd)) }
+        let (r, e3) = sys("landlock_restrict_self", fd, 0)
+        if r != 0 { throw LockdownError("landlock: restrict: \(String(cString: strerror(e3)))") }
+        return abi
     }
 }
 
@@ -427,17 +500,12 @@ extension Lockdown {
     /// execve, fork, unshare, setuid, kill another process. Every one must fail.
     /// Runs in the calling process; call it last (the process stays locked down).
     public static func selftest(logger: Logger) throws(LockdownError) -> [SelftestResult] {
-        // Resolve libc's variadic syscall() before the lockdown (Swift cannot call variadic C).
-        typealias Syscall6 = @convention(c) (Int, Int, Int, Int, Int, Int, Int) -> Int
-        guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "syscall") else {
-            throw LockdownError("selftest: cannot resolve syscall()")
-        }
-        let raw = unsafeBitCast(sym, to: Syscall6.self)
-        func nr(_ name: String) -> Int { Int(seccomp_syscall_resolve_name(name)) }
+        guard rawSyscall != nil else { throw LockdownError("selftest: cannot resolve syscall()") }
         let sandbox = try ServerSandbox(setting: .enforce, logger: logger)
         try sandbox.apply(.setup)
         try sandbox.apply(.serving)
         let status = try Lockdown.readStatus(fd: sandbox.statusFDForSelftest)
+        let landlock = sandbox.landlockABI
         sandbox.finish()
 
         var out: [SelftestResult] = []
@@ -450,11 +518,7 @@ extension Lockdown {
             }
         }
         func sys(_ name: String, _ a: Int = 0, _ b: Int = 0, _ c: Int = 0, _ d: Int = 0, _ e: Int = 0) -> (Int, Int32) {
-            let n = nr(name)
-            if n < 0 { return (-1, ENOSYS) }
-            errno = 0
-            let r = raw(n, a, b, c, d, e, 0)
-            return (r, errno)
+            Lockdown.sys(name, a, b, c, d, e)
         }
         let closeFD: (Int) -> Void = { _ = Glibc.close(Int32(truncatingIfNeeded: $0)) }
         var r = (Glibc.open("/etc/passwd", O_RDONLY), errno)
@@ -487,6 +551,8 @@ extension Lockdown {
         prot = nil
         out.insert(SelftestResult(action: "no_new_privs", denied: status.noNewPrivs, detail: "NoNewPrivs: \(status.noNewPrivs ? 1 : 0)"), at: 0)
         out.insert(SelftestResult(action: "seccomp", denied: status.seccomp == 2, detail: "Seccomp: \(status.seccomp), filters \(status.seccompFilters)"), at: 1)
+        out.insert(SelftestResult(action: "landlock", denied: true,
+                                  detail: landlock.map { "ABI \($0): no file system access" } ?? "not offered by this kernel (seccomp still denies open)"), at: 2)
         return out
     }
 }

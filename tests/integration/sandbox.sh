@@ -112,6 +112,7 @@ for _ in $(seq 50); do [ -z "$(losetup -j "$IMG" -O NAME -n)" ] && { cleared=1; 
 check "loop device auto-cleared" [ -n "$cleared" ]
 check "no mountinfo entry" absent " $MNT " /proc/self/mountinfo
 check "no utab entry" absent "TARGET=$MNT " /run/mount/utab
+check "server reports its lockdown" grep -q "sandboxed: no_new_privs, .*seccomp allow-list" "$work/helper.err"
 check "server logged no seccomp denial" absent "seccomp: denied" "$work/helper.err"
 
 if [ $fails -ne 0 ]; then

@@ -127,6 +127,7 @@ sleep 0.3
 journalctl --no-pager -o cat -u "$unit" > /tmp/unit.log
 sed 's/^/  journal: /' /tmp/unit.log
 check "the server logged to the journal" grep -q "serving /dev/ext4test-blk" /tmp/unit.log
+check "the server confined itself (landlock + seccomp)" grep -q "sandboxed: no_new_privs, landlock ABI [0-9]*, seccomp" /tmp/unit.log
 check "no seccomp denial logged" bash -c '! grep -q "seccomp: denied" /tmp/unit.log'
 check "instance ended without failure" bash -c '! systemctl --no-legend --plain list-units --failed | grep -q ext4iomap@'
 check "nothing mounted" [ -z "$(findmnt -n /mnt/e4)" ]
@@ -140,7 +141,7 @@ for h in systemd unified; do mkdir -p "/sys/fs/cgroup/$h/$CG" 2>/dev/null; done
 t0=$(date +%s.%N)
 SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 bash -c 'for h in systemd unified; do [ -d /sys/fs/cgroup/$h/'$CG' ] && echo $$ > /sys/fs/cgroup/$h/'$CG'/cgroup.procs; done; exec "$@"' - \
   timeout -k 15 "$TIMEOUT" systemd-nspawn -D / --volatile=yes --register=no --keep-unit \
-    --machine="$machine" --console=read-only --private-network --system-call-filter=bpf \
+    --machine="$machine" --console=read-only --private-network --system-call-filter="bpf landlock_create_ruleset landlock_add_rule landlock_restrict_self" \
     --overlay-ro=/usr:"$stage"/usr:/usr \
     --bind-ro=/opt/swift \
     --bind-ro="$work/harness/etc":/etc/systemd/system \
