@@ -115,6 +115,29 @@ check "no utab entry" absent "TARGET=$MNT " /run/mount/utab
 check "server reports its lockdown" grep -q "sandboxed: no_new_privs, .*seccomp allow-list" "$work/helper.err"
 check "server logged no seccomp denial" absent "seccomp: denied" "$work/helper.err"
 
+# A killed server: the mount reports ENOTCONN, the loop device is freed, umount cleans up.
+if "$HELPER" "$IMG" "$MNT" -t fuse.ext4 -o ro 2>>"$work/helper.err"; then
+  LOOP=$(losetup -j "$IMG" -O NAME -n | head -1)
+  SPID=
+  for p in /proc/[0-9]*; do
+    for f in "$p"/fd/*; do [ "$(readlink "$f" 2>/dev/null)" = "$LOOP" ] && { SPID=${p#/proc/}; break 2; }; done
+  done
+  if [ -n "$SPID" ]; then
+    kill -KILL "$SPID"
+    for _ in $(seq 50); do [ -d /proc/$SPID ] || break; sleep 0.1; done
+    err=$(stat "$MNT/hello.txt" 2>&1 >/dev/null)
+    check "after SIGKILL: ENOTCONN on the mount ($err)" grep -q "Transport endpoint is not connected" <<<"$err"
+    for _ in $(seq 50); do [ -z "$(losetup -j "$IMG" -O NAME -n)" ] && break; sleep 0.1; done
+    check "after SIGKILL: loop device freed" [ -z "$(losetup -j "$IMG" -O NAME -n)" ]
+    SPID=
+  else fail "second mount: no server process found"; fi
+  umount "$MNT" 2>/dev/null || umount -l "$MNT"
+  check "after SIGKILL: umount removes the mount" [ -z "$(findmnt -n --mountpoint "$MNT")" ]
+  check "after SIGKILL: umount removes the utab entry" absent "TARGET=$MNT " /run/mount/utab
+else
+  fail "second mount (for the kill test)"
+fi
+
 if [ $fails -ne 0 ]; then
   echo "--- helper/server stderr"; cat "$work/helper.err"
   echo "$fails check(s) failed"; exit 1

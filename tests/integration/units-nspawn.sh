@@ -136,6 +136,11 @@ echo "CT result: $fails failure(s)"
 EOF
 chmod +x "$work/harness/bin/container-test.sh"
 
+# The Swift runtime the binaries link against (RUNPATH), when it lives outside /usr.
+binds=()
+swiftlib=$(ldd "$BUILD/ext4iomapd" | sed -n 's/.*libswiftCore.so => \(.*\)\/libswiftCore.so .*/\1/p')
+case $swiftlib in ""|/usr/*|/lib/*) ;; *) binds+=(--bind-ro="$swiftlib") ;; esac
+
 # ---- boot
 for h in systemd unified; do mkdir -p "/sys/fs/cgroup/$h/$CG" 2>/dev/null; done
 t0=$(date +%s.%N)
@@ -143,7 +148,7 @@ SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 bash -c 'for h in systemd unified; do [ -d /s
   timeout -k 15 "$TIMEOUT" systemd-nspawn -D / --volatile=yes --register=no --keep-unit \
     --machine="$machine" --console=read-only --private-network --system-call-filter="bpf landlock_create_ruleset landlock_add_rule landlock_restrict_self" \
     --overlay-ro=/usr:"$stage"/usr:/usr \
-    --bind-ro=/opt/swift \
+    "${binds[@]}" \
     --bind-ro="$work/harness/etc":/etc/systemd/system \
     --bind-ro="$work/harness":/ext4test \
     --bind=/dev/fuse --bind="$LOOP":/dev/ext4test-blk \
