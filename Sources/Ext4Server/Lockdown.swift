@@ -1,9 +1,11 @@
-// The server's own sandbox: final privilege checks, no_new_privs, and a
-// seccomp allow-list (libseccomp) installed in two stages:
+// The server's own sandbox: final privilege checks, no_new_privs, a landlock
+// domain without any file system access, and a seccomp allow-list (libseccomp)
+// installed in two stages:
 //
 //   1. setup:   after the helper handed over the device, before the engine
-//               parses any on-disk data; still allows the rest of the
-//               handshake (sendmsg/recvmsg/poll on the service socket).
+//               parses any on-disk data; no_new_privs and landlock, then a
+//               filter that still allows the rest of the handshake
+//               (sendmsg/recvmsg/poll on the service socket).
 //   2. serving: after the goodbye, before the first FUSE request; only what
 //               serving /dev/fuse needs.
 //
@@ -149,8 +151,9 @@ public final class ServerSandbox {
 
     deinit { if statusFD >= 0 { _ = Glibc.close(statusFD) } }
 
-    /// Load the filter for `stage` (libseccomp sets no_new_privs first), then
-    /// re-read /proc/self/status to prove NoNewPrivs=1 and Seccomp=2.
+    /// Set no_new_privs and enter landlock (setup stage), load the seccomp
+    /// filter for `stage`, then re-read /proc/self/status to prove
+    /// NoNewPrivs=1 and Seccomp=2.
     public func apply(_ stage: LockdownStage) throws(LockdownError) {
         guard setting != .off else {
             if stage != .setup {
