@@ -39,7 +39,10 @@ test: setup
 demo: setup build
 	bash scripts/demo.sh $(BUILDDIR)
 
-install: build
+# SKIP_BUILD=1 installs already-built binaries from BUILDDIR (the tests stage
+# the debug build this way: make install SKIP_BUILD=1 BUILDDIR=.build/debug DESTDIR=...).
+install: $(if $(SKIP_BUILD),,build)
+	test -x $(BUILDDIR)/fuservicemount -a -x $(BUILDDIR)/ext4iomapd
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(HELPERDIR) \
 	  $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8
 	install -m 0755 $(BUILDDIR)/fuservicemount $(DESTDIR)$(BINDIR)/fuservicemount

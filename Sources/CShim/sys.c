@@ -61,3 +61,28 @@ int cshim_move_mount(int from_dfd, const char *from_path, int to_dfd, const char
 }
 pid_t cshim_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 void cshim_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
+
+#define CSHIM_MAXFDS 16
+
+ssize_t cshim_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+    if (nfds < 0 || nfds > CSHIM_MAXFDS) return -EINVAL;
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int) * CSHIM_MAXFDS)]; } u;
+    struct msghdr m;
+    memset(&m, 0, sizeof(m));
+    memset(&u, 0, sizeof(u));
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    if (nfds > 0) {
+        m.msg_control = u.b;
+        m.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    ssize_t r;
+    do { r = sendmsg(sock, &m, MSG_NOSIGNAL); } while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : r;
+}

@@ -34,12 +34,26 @@ struct Ext4IomapD: ParsableCommand {
     @Option(help: "Serve one mount on this inherited socket fd (spawned by fuservicemount).")
     var serviceFd: Int32?
 
+    @Flag(help: "Apply the service sandbox to this process, try forbidden actions, report each; exit 0 if all were denied.")
+    var sandboxSelftest = false
+
     @Flag(help: "Log debug messages.")
     var debug = false
 
     func run() throws {
         var logger = Logger(label: "ext4iomapd")
         logger.logLevel = debug ? .debug : .info
+        if sandboxSelftest {
+            let results: [Lockdown.SelftestResult]
+            do { results = try Lockdown.selftest(logger: logger) } catch { fail(2, "sandbox selftest: \(error)") }
+            var ok = true
+            for r in results {
+                ok = ok && r.denied
+                let line = Array("\(r.denied ? "ok  " : "FAIL") \(r.action): \(r.detail)\n".utf8)
+                _ = line.withUnsafeBytes { Glibc.write(1, $0.baseAddress, $0.count) }
+            }
+            Glibc.exit(ok ? 0 : 1)
+        }
         if service || serviceFd != nil {
             let endpoint: ServiceEndpoint
             do {
@@ -51,6 +65,12 @@ struct Ext4IomapD: ParsableCommand {
                     fail(1, "--service: no socket from systemd (LISTEN_FDS) or fuservicemount")
                 }
             } catch { fail(2, "service socket: \(error)") }
+            // The spawn sandbox and the systemd unit drop every capability; a
+            // service-mode server that still has some was started wrongly.
+            do { try Lockdown.refuseCapabilities() } catch {
+                endpoint.close()
+                fail(1, error.message)
+            }
             do { try runService(endpoint: endpoint, workers: workers, logger: logger) } catch {
                 fail(error.status, error.message)
             }
@@ -76,9 +96,12 @@ struct Ext4IomapD: ParsableCommand {
     }
 }
 
+// Pin the time zone so log timestamps do not re-check /etc/localtime on every
+// line: after the lockdown the server cannot open or stat paths.
+if getenv("TZ") == nil { setenv("TZ", ":/etc/localtime", 0) }
+tzset()
 // Under systemd (service mode with a journal) log to the journal; otherwise stderr.
-let underSystemd = CommandLine.arguments.contains("--service") && JournalLogHandler.available
 LoggingSystem.bootstrap { label -> any LogHandler in
-    underSystemd ? JournalLogHandler(label: label) : StreamLogHandler.standardError(label: label)
+    journalLogging ? JournalLogHandler(label: label) : StreamLogHandler.standardError(label: label)
 }
 Ext4IomapD.main()

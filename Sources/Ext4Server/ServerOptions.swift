@@ -12,6 +12,8 @@ public struct ServerOptions: Sendable, Equatable {
     public var iomap: Bool? = nil
     public var allowSuid = false
     public var allowDev = false
+    /// The server's own seccomp filter (see Lockdown.swift); `seccomp=0` is for debugging only.
+    public var seccomp: SeccompSetting = .enforce
     /// Options passed through to the kernel's fuse mount unchanged.
     public var kernelOptions: [String] = []
 
@@ -71,6 +73,13 @@ public struct ServerOptions: Sendable, Equatable {
                 case "1": o.iomap = true
                 case "0": o.iomap = false
                 default: throw .bad("iomap must be 0 or 1")
+                }
+            case "seccomp":
+                switch value {
+                case "1": o.seccomp = .enforce
+                case "0": o.seccomp = .off
+                case "log": o.seccomp = .log
+                default: throw .bad("seccomp must be 1, 0 or log")
                 }
             // Generic VFS options the kernel applies itself.
             case "exec", "noexec", "atime", "noatime", "relatime", "norelatime", "strictatime",

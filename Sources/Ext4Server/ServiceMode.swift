@@ -39,6 +39,11 @@ struct ForwardedArgs {
 }
 
 public func runService(endpoint: ServiceEndpoint, workers: Int, logger: Logger) throws(ServerFailure) {
+    // Before any lockdown: libsystemd opens its sockets now (the journal's stays
+    // open; sd_notify needs a fresh one, so readiness is announced here, when the
+    // server is ready for the mount conversation).
+    logger.info("service connection accepted; waiting for the mount request")
+    notifySystemd("READY=1\nSTATUS=mount handshake")
     func broker<T>(_ what: String, _ body: () throws(BrokerError) -> T) throws(ServerFailure) -> T {
         do { return try body() } catch { throw ServerFailure(2, "\(what): \(error)") }
     }
@@ -51,8 +56,12 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, logger: Logger) 
         _ = try? endpoint.goodbye(status: 1)
         throw ServerFailure(1, "\(error)")
     }
-    do {
-        try serveMount(endpoint, transport, args, options, workers: workers, logger: logger)
+    do throws(ServerFailure) {
+        let sandbox: ServerSandbox
+        do { sandbox = try ServerSandbox(setting: options.seccomp, logger: logger) } catch {
+            throw ServerFailure(2, "\(error)")
+        }
+        try serveMount(endpoint, transport, args, options, sandbox, workers: workers, logger: logger)
     } catch {
         // Tell the helper how it ended so mount(8) exits with the right status.
         _ = try? endpoint.goodbye(status: UInt32(error.status == 1 ? 1 : 32))
@@ -62,7 +71,7 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, logger: Logger) 
 }
 
 private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTransport, _ args: ForwardedArgs,
-                        _ options: ServerOptions, workers: Int, logger: Logger) throws(ServerFailure) {
+                        _ options: ServerOptions, _ sandbox: ServerSandbox, workers: Int, logger: Logger) throws(ServerFailure) {
     func broker<T>(_ what: String, _ body: () throws(BrokerError) -> T) throws(ServerFailure) -> T {
         do { return try body() } catch { throw ServerFailure(2, "\(what): \(error)") }
     }
@@ -74,6 +83,8 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTranspo
         try endpoint.requestBlockDevice(path: args.source, flags: flags | O_CLOEXEC, loop: true,
                                         readOnly: options.readOnly, blockSize: 0)
     }
+    // Lock down before the engine parses anything from the device.
+    do { try sandbox.apply(.setup) } catch { throw ServerFailure(2, "sandbox: \(error)") }
     let fs = try openFileSystem(deviceFD: devFD, name: args.source, options: options, logger: logger)
     endpoint.finishFileRequests()
     let mtab = options.readOnly ? "ro" : "rw"
@@ -84,8 +95,9 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTranspo
     }
     try broker("saying goodbye") { () throws(BrokerError) in try endpoint.goodbye(status: 0) }
     endpoint.close()
+    do { try sandbox.apply(.serving) } catch { throw ServerFailure(2, "sandbox: \(error)") }
+    sandbox.finish()
     logger.info("serving \(args.source) at \(args.mountpoint) (read-only, \(workers) workers)")
-    notifySystemd("READY=1\nSTATUS=serving \(args.source) at \(args.mountpoint)")
     let session = FuseSession(transport: transport, fileSystem: Ext4FuseFS(fs: fs, options: options, logger: logger),
                               options: FuseSessionOptions(workers: workers), logger: logger)
     do { try session.run() } catch { throw ServerFailure(2, "\(error)") }

@@ -89,6 +89,14 @@ public func runStandalone(device: String, mountpoint: String, options: ServerOpt
     guard Glibc.mount(device, mountpoint, "fuse.ext4", mountFlags(options), data) == 0 else {
         throw ServerFailure(2, "mount \(mountpoint): \(String(cString: strerror(errno)))")
     }
+    do {
+        let sandbox = try ServerSandbox(setting: options.seccomp, logger: logger)
+        try sandbox.apply(.standalone)
+        sandbox.finish()
+    } catch {
+        _ = umount2(mountpoint, Int32(MNT_DETACH))
+        throw ServerFailure(2, "sandbox: \(error)")
+    }
     logger.info("serving \(device) at \(mountpoint) (read-only, \(workers) workers)")
     let unmountOnSignal = SignalUnmounter(mountpoint: mountpoint)
     unmountOnSignal.start()

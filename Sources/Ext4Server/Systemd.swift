@@ -28,6 +28,10 @@ public func notifySystemd(_ state: String) {
     _ = sd_notify(0, state)
 }
 
+/// Whether this process logs to the journal: service mode under systemd.
+/// Decided once; the seccomp filter keeps the journal socket usable when true.
+public let journalLogging: Bool = CommandLine.arguments.contains("--service") && JournalLogHandler.available
+
 /// A swift-log handler that writes structured entries to the systemd journal.
 public struct JournalLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]

@@ -55,6 +55,11 @@ pid_t cshim_gettid(void);
 /// Name the calling thread (PR_SET_NAME, 15 bytes max).
 void cshim_set_thread_name(const char *name);
 
+// ---- SCM_RIGHTS ----------------------------------------------------------
+/// sendmsg one datagram with up to 16 fds attached (tests use it to play a
+/// misbehaving peer). Returns bytes or -errno.
+ssize_t cshim_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+
 #ifdef __cplusplus
 }
 #endif
