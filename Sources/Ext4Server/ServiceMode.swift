@@ -42,7 +42,7 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, logger: Logger) 
     // Before any lockdown: libsystemd opens its sockets now (the journal's stays
     // open; sd_notify needs a fresh one, so readiness is announced here, when the
     // server is ready for the mount conversation).
-    logger.info("service connection accepted; waiting for the mount request")
+    primeJournal("service connection accepted; waiting for the mount request")
     notifySystemd("READY=1\nSTATUS=mount handshake")
     func broker<T>(_ what: String, _ body: () throws(BrokerError) -> T) throws(ServerFailure) -> T {
         do { return try body() } catch { throw ServerFailure(2, "\(what): \(error)") }

@@ -32,6 +32,14 @@ public func notifySystemd(_ state: String) {
 /// Decided once; the seccomp filter keeps the journal socket usable when true.
 public let journalLogging: Bool = CommandLine.arguments.contains("--service") && JournalLogHandler.available
 
+/// Open libsystemd's journal socket now, before the lockdown forbids creating
+/// sockets: it is cached and reused for every later entry. Sends one debug entry.
+public func primeJournal(_ message: String) {
+    guard journalLogging else { return }
+    JournalLogHandler(label: "ext4iomapd").log(event: LogEvent(level: .debug, message: "\(message)", metadata: nil,
+                                                             source: "Ext4Server", file: #fileID, function: #function, line: #line))
+}
+
 /// A swift-log handler that writes structured entries to the systemd journal.
 public struct JournalLogHandler: LogHandler {
     public var metadata: Logger.Metadata = [:]
