@@ -141,6 +141,11 @@ class Config:
         self.max_xattr = g("max_xattr", 300)
         self.slots = g("slots", 4)
         self.far_prob = g("far_prob", 0.004)
+        self.rename2 = not g("no_rename2", False)
+        self.falloc_modes = [m for m in (g("falloc_modes", None) or ",".join(FALLOC_MODES)).split(",") if m]
+        for m in self.falloc_modes:
+            if m not in FALLOC_MODES:
+                raise SystemExit(f"--falloc-modes: unknown mode {m!r} (modes: {', '.join(FALLOC_MODES)})")
         self.weights = dict(DEFAULT_WEIGHTS)
         for name in (g("exclude", None) or "").split(","):
             if name.strip():
@@ -305,7 +310,7 @@ class Generator:
             src = self.existing(None, 0.95)
             dst = self.existing(None, 1.0) if rng.random() < 0.4 else self.new_path(rng.choice("fd"))
             r = rng.random()
-            flags = 0 if r < 0.7 else ("noreplace" if r < 0.85 else "exchange")
+            flags = 0 if r < 0.7 or not self.cfg.rename2 else ("noreplace" if r < 0.85 else "exchange")
             return {"op": "rename", "src": src, "path": dst, "flags": flags}
         if kind == "tmpfile":
             op = {"op": "tmpfile", "dir": rng.choice(self.dirs()), "len": self.length(), "mode": 0o640}
@@ -335,7 +340,7 @@ class Generator:
                 size = self.offset()
             return {"op": "truncate", **self.file_target(), "size": size}
         if kind == "fallocate":
-            mode = rng.choice(sorted(FALLOC_MODES))
+            mode = rng.choice(sorted(self.cfg.falloc_modes))
             n = self.length() if rng.random() < 0.98 else 0  # len 0: EINVAL
             return {"op": "fallocate", **self.file_target(), "mode": mode, "off": self.offset(n), "len": n}
         if kind == "copy_range":
@@ -456,9 +461,10 @@ OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 class Side:
     """One mount: a root directory and its table of held file descriptors."""
 
-    def __init__(self, root):
+    def __init__(self, root, fault=False):
         self.root = os.path.abspath(root)
         self.slots = {}
+        self.fault = fault  # harness self-test: an off-by-one truncate on this side
 
     def p(self, rel):
         return os.path.join(self.root, rel) if rel else self.root
@@ -572,7 +578,7 @@ class Side:
         if k == "truncate":
             fd, own = self.fd_for(op, os.O_WRONLY)
             try:
-                os.ftruncate(fd, op["size"])
+                os.ftruncate(fd, op["size"] + (1 if self.fault else 0))
                 return os.fstat(fd).st_size
             finally:
                 if own:
@@ -839,11 +845,14 @@ class Watchdog:
                     os._exit(3)
 
 
+INJECT_FAULT = False
+
+
 def execute(ops, a_root, b_root, cfg, check_every=0, gen=None, nops=0, watchdog=None, verbose=False,
             progress=None):
     """Runs `ops` (or `nops` ops from `gen`, appending them to `ops`) on both roots.
     Raises Divergence on the first difference; compares the trees at the end."""
-    A, B = Side(a_root), Side(b_root)
+    A, B = Side(a_root, INJECT_FAULT), Side(b_root)
     total = nops if gen is not None else len(ops)
     try:
         for i in range(total):
@@ -1015,17 +1024,23 @@ def shrink(pair, ops, cfg, full, want, watchdog, budget_trials, budget_secs, log
             lo = mid
     cur = ops[:hi]
     log(f"shrink: shortest failing prefix: {len(cur)} ops ({tries} trials)")
-    changed = True
-    while changed and not out_of_budget():
+    # Drop chunks (halves, quarters, ... single ops), the last op always kept:
+    # a coarse ddmin, so long prefixes shrink in few trials.
+    chunk = max(1, (len(cur) - 1) // 2)
+    while chunk >= 1 and not out_of_budget():
         changed = False
-        j = len(cur) - 2
+        j = len(cur) - 1 - chunk
         while j >= 0 and not out_of_budget():
-            cand = cur[:j] + cur[j + 1:]
+            cand = cur[:j] + cur[j + chunk:]
             if fails(cand):
                 cur = cand
                 changed = True
-            j -= 1
-    log(f"shrink: {len(cur)} ops after dropping single ops ({tries} trials, {time.time() - t0:.0f}s"
+            j = min(j, len(cur) - 1) - chunk
+        if chunk == 1 and not changed:
+            break
+        if chunk > 1:
+            chunk //= 2
+    log(f"shrink: {len(cur)} ops after dropping chunks and single ops ({tries} trials, {time.time() - t0:.0f}s"
         + (", budget exhausted" if out_of_budget() else "") + ")")
     return cur, True
 
@@ -1051,7 +1066,7 @@ def cmd_run(a, replay_doc=None):
     log = lambda m: print(f"fsdiff: {m}", flush=True)
     cfg = Config.from_json(replay_doc["config"]) if replay_doc else Config(a)
     managed = not (a.a_dir or a.b_dir)
-    os.umask(0)
+    os.umask(int(a.umask, 8))
     seed = replay_doc.get("seed") if replay_doc else a.seed
     meta = {"seed": seed, "config": cfg.to_json(), "a": a.a, "b": a.b, "a_opts": a.a_opts, "b_opts": a.b_opts,
             "mkfs": a.mkfs, "size": a.size, "image": os.path.abspath(a.image) if a.image else None}
@@ -1190,6 +1205,9 @@ def add_common(p):
     p.add_argument("--shrink-time", type=int, default=180, help="seconds to spend shrinking at most")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("-v", "--verbose", action="store_true", help="print every op and its result")
+    p.add_argument("--umask", default="0", help="octal umask for the run (default 0)")
+    p.add_argument("--inject-fault", action="store_true",
+                   help="harness self-test: side A truncates one byte too far (must be caught and shrunk)")
 
 
 def main(argv=None):
@@ -1207,6 +1225,8 @@ def main(argv=None):
     r.add_argument("--max-xattr", type=int, default=300, help="usual largest xattr value")
     r.add_argument("--slots", type=int, default=4, help="held open file descriptors")
     r.add_argument("--far-prob", type=float, default=0.004, help="probability of an EFBIG-sized offset")
+    r.add_argument("--no-rename2", action="store_true", help="plain renames only (no NOREPLACE/EXCHANGE)")
+    r.add_argument("--falloc-modes", default=None, help="fallocate modes to use (default all: %s)" % ",".join(FALLOC_MODES))
     r.add_argument("--exclude", default="", help="comma-separated op kinds not to generate")
     r.add_argument("--weight", action="append", help="OP=N: weight of an op kind (repeatable)")
     r.add_argument("--compare-mtime", action="store_true", help="compare mtimes in tree snapshots")
@@ -1222,6 +1242,8 @@ def main(argv=None):
     s = sub.add_parser("show", help="print a saved op list readably")
     s.add_argument("file")
     a = ap.parse_args(argv)
+    global INJECT_FAULT
+    INJECT_FAULT = getattr(a, "inject_fault", False)
     if a.cmd == "show":
         return cmd_show(a)
     if a.cmd == "replay":
