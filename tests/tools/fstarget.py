@@ -15,7 +15,8 @@ over it) has exited and every loop device over it is detached, so that the image
 can be checked or copied right after. Python 3 standard library only.
 
 CLI (used by the integration scripts and bench/):
-  fstarget.py mount KIND IMG DIR [-o OPTS]     exit 0 mounted, else the mount's status
+  fstarget.py mount KIND IMG DIR [-o OPTS]     exit 0 mounted; 77 read-write refused as not
+                                               implemented (reason on the last line); else 32
   fstarget.py umount DIR [--image IMG]         unmount and wait for the servers
   fstarget.py pids IMG                         pids of servers holding IMG (one a line)
   fstarget.py cleanup [--image IMG]... [DIR]...  lazy unmount, kill servers, detach loops
@@ -189,9 +190,19 @@ def mount(kind, img, mnt, opts="", build=None, timeout=60, logfile=None):
                "--server", os.path.join(build, "ext4iomapd")]
         if opts:
             cmd += ["-o", opts]
-        p = run(cmd, timeout=timeout)
-        if p.returncode != 0:
-            return p.stdout.strip() or f"fuservicemount: exit {p.returncode}"
+        # Not a pipe: the spawned server inherits the helper's stdout/stderr and
+        # would hold a pipe open for as long as it runs.
+        with (open(logfile, "a+b") if logfile else tempfile.TemporaryFile()) as out:
+            start = out.seek(0, os.SEEK_END)
+            try:
+                rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                rc = None
+            out.seek(start)
+            text = out.read().decode(errors="replace").strip()
+        if rc != 0:
+            return text or (f"fuservicemount: exit {rc}" if rc is not None else f"fuservicemount: no answer in {timeout}s")
         return None
     if kind in ("ext4iomapd", "fuse2fs"):
         if kind == "ext4iomapd":
@@ -203,6 +214,7 @@ def mount(kind, img, mnt, opts="", build=None, timeout=60, logfile=None):
         out = open(logfile, "ab") if logfile else tempfile.TemporaryFile()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+        _children.append(proc)
         if wait_mounted(mnt, timeout, proc):
             out.close()
             return None
@@ -214,6 +226,15 @@ def mount(kind, img, mnt, opts="", build=None, timeout=60, logfile=None):
         out.close()
         return text or f"{kind}: exit {proc.returncode}"
     raise ValueError(f"unknown target kind {kind!r} (one of {', '.join(KINDS)})")
+
+
+_children = []  # servers started by this process, reaped after unmounts
+
+
+def reap():
+    for p in list(_children):
+        if p.poll() is not None:
+            _children.remove(p)
 
 
 def detach_loops(img):
@@ -246,7 +267,9 @@ def umount(mnt, img=None, timeout=60):
     if img:
         end = time.time() + timeout
         while time.time() < end and (server_pids(img) or loops_for(img)):
+            reap()
             time.sleep(0.05)
+        reap()
         pids = server_pids(img)
         if pids:
             forced.append(f"servers still running after {timeout}s: {pids} (killed)")
@@ -343,6 +366,11 @@ def main(argv=None):
         err = mount(a.kind, a.image, a.dir, a.opts, logfile=a.log)
         if err:
             print(err, file=sys.stderr)
+            refusal = [l for l in err.splitlines() if RW_REFUSAL.search(l)]
+            if refusal and "ro" not in a.opts.split(","):
+                # A read-write mount refused as not implemented: the caller may skip.
+                print(f"{a.kind} refuses read-write mounts: {refusal[-1].strip()}")
+                return 77
             return 32
         return 0
     if a.cmd == "umount":
