@@ -159,7 +159,8 @@ class Bench:
                 finally:
                     self.umount()
                 fs = sh(["e2fsck", "-fn", self.img])
-                self.results[t]["fsck_after_writes"] = "clean" if fs.returncode == 0 else fs.stdout[-2000:]
+                self.results[t]["fsck_after_writes"] = "clean" if fs.returncode == 0 else fsck_summary(fs)
+                self.results[t]["fsck_output"] = fs.stdout
         reads = [w for w in ("seqread", "randread") if w in wl]
         if reads:
             # The read image: the pristine image plus one file written by the kernel.
@@ -256,6 +257,14 @@ class Bench:
                             if k not in ("fio", "cmd")}
                     print(f"raw {LABEL[t]} {w}: {json.dumps(keep)}")
         print(f"raw results: {os.path.join(a.out, 'results.json')}")
+
+
+def fsck_summary(p):
+    """One line for a failed e2fsck -fn: exit status, number of problems, the first one."""
+    lines = [l.strip() for l in p.stdout.splitlines()]
+    probs = [l for l in lines if l.endswith("?") or l.endswith("? no") or "differences" in l]
+    first = next((l for l in lines if l and not l.startswith(("e2fsck", "Pass ")) and not l.endswith("? no")), "")
+    return f"NOT clean (exit {p.returncode}, {len(probs)} problems; first: {first[:120]})"
 
 
 def vm_hwm(pid):
