@@ -313,7 +313,11 @@ public final class Ext4FileSystem: @unchecked Sendable {
         let blocks = sb.blocksCount > overhead ? sb.blocksCount - overhead : 0
         bfree = min(bfree, blocks)
         ifree = min(ifree, UInt64(sb.inodesCount))
-        let bavail = bfree > sb.rBlocksCount ? bfree - sb.rBlocksCount : 0
+        // Like the kernel, also hold back the reserved pool for extent-mapped
+        // file systems: 2% of the blocks, at most 4096.
+        let resv: UInt64 = sb.has(incompat: Incompat.extents) ? min(sb.blocksCount / 50, 4096) : 0
+        let reserved = sb.rBlocksCount &+ resv
+        let bavail = bfree > reserved ? bfree - reserved : 0
         return FsStats(blocks: blocks, bfree: bfree, bavail: bavail, files: UInt64(sb.inodesCount),
                        ffree: ifree, bsize: UInt32(blockSize), frsize: UInt32(blockSize), namelen: 255)
     }
