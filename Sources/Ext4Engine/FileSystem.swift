@@ -87,8 +87,19 @@ public final class Ext4FileSystem: @unchecked Sendable {
         return .corrupted(msg)
     }
 
+    /// Open a file system. Refuses unknown INCOMPAT features (and encrypt,
+    /// casefold, compression, bigalloc, verity); unknown RO_COMPAT features force
+    /// read-only (see `warnings`). A journal needing recovery is refused for
+    /// read-only opens unless `noRecovery`; read-write opens replay it first.
     public static func open(device: any BlockDevice, options: MountOptions) throws(Ext4Error) -> Ext4FileSystem {
         try open(device: device, options: options, replaying: false)
+    }
+
+    /// Convenience: open the image or block device at `path`.
+    public static func open(path: String, options: MountOptions) throws(Ext4Error) -> Ext4FileSystem {
+        let needWrite = !options.readOnly
+        let dev = try FileBlockDevice(path: path, readOnly: !needWrite)
+        return try open(device: dev, options: options)
     }
 
     static func open(device: any BlockDevice, options: MountOptions, replaying: Bool) throws(Ext4Error) -> Ext4FileSystem {
