@@ -83,6 +83,9 @@ extension Ext4FileSystem {
 
     // ---- readdir -----------------------------------------------------------------------
 
+    /// Enumerate `dir` from `cookie` (0 = start). Entries come in on-disk block
+    /// order with "." and ".." first; `nextCookie` resumes after an entry.
+    /// `body` returns false to stop.
     public func readDirectory(_ dir: UInt32, from cookie: UInt64, _ body: (DirEntry) -> Bool) throws(Ext4Error) {
         let ri = try rawInode(dir)
         guard ri.isDir else { throw .notDirectory }
@@ -144,7 +147,18 @@ extension Ext4FileSystem {
 
     // ---- lookup --------------------------------------------------------------------------
 
+    /// Find `name` in directory `dir`. Throws `.notFound` when absent and
+    /// `.corrupted` when the entry names an inode that cannot be a file
+    /// (reserved or out of range), as the kernel does.
     public func lookup(dir: UInt32, name: [UInt8]) throws(Ext4Error) -> UInt32 {
+        let ino = try lookupRaw(dir: dir, name: name)
+        guard ino == Ext4FileSystem.rootIno || (ino >= sb.firstIno && ino <= sb.inodesCount) else {
+            throw corrupt("directory \(dir): entry refers to reserved inode \(ino)")
+        }
+        return ino
+    }
+
+    func lookupRaw(dir: UInt32, name: [UInt8]) throws(Ext4Error) -> UInt32 {
         guard !name.isEmpty else { throw .invalid("empty name") }
         let ri = try rawInode(dir)
         guard ri.isDir else { throw .notDirectory }

@@ -87,8 +87,19 @@ public final class Ext4FileSystem: @unchecked Sendable {
         return .corrupted(msg)
     }
 
+    /// Open a file system. Refuses unknown INCOMPAT features (and encrypt,
+    /// casefold, compression, bigalloc, verity); unknown RO_COMPAT features force
+    /// read-only (see `warnings`). A journal needing recovery is refused for
+    /// read-only opens unless `noRecovery`; read-write opens replay it first.
     public static func open(device: any BlockDevice, options: MountOptions) throws(Ext4Error) -> Ext4FileSystem {
         try open(device: device, options: options, replaying: false)
+    }
+
+    /// Convenience: open the image or block device at `path`.
+    public static func open(path: String, options: MountOptions) throws(Ext4Error) -> Ext4FileSystem {
+        let needWrite = !options.readOnly
+        let dev = try FileBlockDevice(path: path, readOnly: !needWrite)
+        return try open(device: dev, options: options)
     }
 
     static func open(device: any BlockDevice, options: MountOptions, replaying: Bool) throws(Ext4Error) -> Ext4FileSystem {
@@ -313,7 +324,11 @@ public final class Ext4FileSystem: @unchecked Sendable {
         let blocks = sb.blocksCount > overhead ? sb.blocksCount - overhead : 0
         bfree = min(bfree, blocks)
         ifree = min(ifree, UInt64(sb.inodesCount))
-        let bavail = bfree > sb.rBlocksCount ? bfree - sb.rBlocksCount : 0
+        // Like the kernel, also hold back the reserved pool for extent-mapped
+        // file systems: 2% of the blocks, at most 4096.
+        let resv: UInt64 = sb.has(incompat: Incompat.extents) ? min(sb.blocksCount / 50, 4096) : 0
+        let reserved = sb.rBlocksCount &+ resv
+        let bavail = bfree > reserved ? bfree - reserved : 0
         return FsStats(blocks: blocks, bfree: bfree, bavail: bavail, files: UInt64(sb.inodesCount),
                        ffree: ifree, bsize: UInt32(blockSize), frsize: UInt32(blockSize), namelen: 255)
     }

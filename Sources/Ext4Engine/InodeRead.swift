@@ -83,6 +83,10 @@ extension Ext4FileSystem {
             blocks |= UInt64(b.le16(0x74)) << 32
             if flags & InodeFlag.hugeFile != 0 { blocks = blocks &* UInt64(blockSize / 512) }
         }
+        if flags & InodeFlag.inlineData != 0 && mode & 0xF000 == 0x8000 {
+            // As the kernel's file getattr: report the sectors the inline data occupies.
+            blocks = blocks &+ ((size &+ 511) >> 9)
+        }
         var fileACL = UInt64(b.le32(0x68))
         if sb.is64 { fileACL |= UInt64(b.le16(0x76)) << 32 }
         if fileACL != 0 && !validRun(fileACL, 1) {

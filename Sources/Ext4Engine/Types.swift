@@ -64,7 +64,8 @@ public struct Inode: Sendable {
     public var gid: UInt32
     public var size: UInt64
     public var links: UInt32
-    /// i_blocks in 512-byte units.
+    /// i_blocks in 512-byte units (huge_file aware); for regular files with
+    /// inline data plus their size in sectors, as the kernel reports st_blocks.
     public var blocks512: UInt64
     public var atime: Timespec
     public var mtime: Timespec

@@ -68,6 +68,8 @@ struct ImageTests {
         }
         let fs = try openImage(img)
         #expect(fs.readOnly)
+        // Group descriptor checksums (crc16 / crc32c) verify: no warnings on a clean image.
+        #expect(fs.warnings.isEmpty, "\(fs.warnings)")
         let root = try fs.inode(Ext4FileSystem.rootIno)
         #expect(root.fileType == .directory)
 
@@ -154,6 +156,14 @@ struct ImageTests {
         #expect(maps.contains { $0.logical <= (1 << 20) / bs && $0.logical + $0.length > (1 << 20) / bs })
         #expect(try fs.read(sparse, offset: 4096, count: 100) == [UInt8](repeating: 0, count: 100))
         #expect(try fs.inode(sparse).blocks512 * 512 < 1 << 20)
+
+        // Fragmented file: every island mapped, separately.
+        let frag = try resolve(fs, "frag.bin")
+        let fragMaps = try fs.mappings(frag, fromBlock: 0, maxBlocks: UInt64.max)
+        #expect(fragMaps.count >= 200 || v.name == "ext4-64k", "frag extents \(fragMaps.count)")
+        #expect(fragMaps.reduce(UInt64(0)) { $0 + $1.length } >= 200 || v.name == "ext4-64k")
+        let mid = try fs.mappings(frag, fromBlock: 65536 * 100 / bs, maxBlocks: 1)
+        #expect(mid.count == 1 && mid.first?.logical == 65536 * 100 / bs)
 
         // Big directory: htree lookups of every name, paged readdir with cookies.
         let many = try resolve(fs, "many")

@@ -86,6 +86,9 @@ func buildTree(_ root: String, big: Bool = true, trailingHole: Bool = true) thro
     writeAt(root + "/sparse.bin", 1 << 20, pattern(5000, seed: 2))
     writeAt(root + "/sparse.bin", 7 << 20 + 123, pattern(9000, seed: 3))
     if big { try writeFile(root + "/big.bin", pattern(20 << 20, seed: 4)) }
+    // Many small data islands: more extents than fit in the inode (extent tree depth >= 1).
+    try writeFile(root + "/frag.bin", [])
+    for i in 0..<200 { writeAt(root + "/frag.bin", i * 65536, pattern(100, seed: UInt32(100 + i))) }
     try fm.createDirectory(atPath: root + "/sub/dir", withIntermediateDirectories: true)
     try writeFile(root + "/sub/dir/nested.txt", Array("nested file\n".utf8))
     try fm.createDirectory(atPath: root + "/emptydir", withIntermediateDirectories: true)
