@@ -72,7 +72,7 @@ extension Ext4FileSystem {
 
         let mode = b.le16(0)
         let links = UInt32(b.le16(0x1A))
-        if checkLive && links == 0 {
+        if checkLive && links == 0 && !isOrphan(ino) {
             throw corrupt("deleted inode \(ino) referenced")
         }
         let flags = b.le32(0x20)
