@@ -16,11 +16,15 @@ struct RawInode: Sendable {
 
 extension Ext4FileSystem {
     public func inode(_ ino: UInt32) throws(Ext4Error) -> Inode {
-        try rawInode(ino).pub
+        try withReadLock(ino) { () throws(Ext4Error) -> Inode in
+            try rawInode(ino).pub
+        }
     }
 
     public func inodeFlags(_ ino: UInt32) throws(Ext4Error) -> UInt32 {
-        try rawInode(ino).flags & InodeFlag.userVisible
+        try withReadLock(ino) { () throws(Ext4Error) -> UInt32 in
+            try rawInode(ino).flags & InodeFlag.userVisible
+        }
     }
 
     func decodeTime(_ b: [UInt8], _ base: Int, _ extra: Int?, _ extraIsize: Int) -> Timespec {

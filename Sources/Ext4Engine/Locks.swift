@@ -54,3 +54,37 @@ extension NSLock {
         return try body()
     }
 }
+
+/// Recursive striped locks (inode locks: readers and writers on one thread may re-enter).
+final class RecursiveStripedLocks: @unchecked Sendable {
+    private let locks: [NSRecursiveLock]
+    init(_ n: Int) { locks = (0..<max(1, n)).map { _ in NSRecursiveLock() } }
+
+    func stripe(_ key: UInt64) -> Int {
+        Int(((key &* 0x9E37_79B9_7F4A_7C15) >> 40) % UInt64(locks.count))
+    }
+
+    func withLocks<R, E: Error>(_ keys: [UInt64], _ body: () throws(E) -> R) throws(E) -> R {
+        let stripes = Array(Set(keys.map(stripe))).sorted()
+        for s in stripes { locks[s].lock() }
+        defer { for s in stripes.reversed() { locks[s].unlock() } }
+        return try body()
+    }
+
+    func withLock<R, E: Error>(_ key: UInt64, _ body: () throws(E) -> R) throws(E) -> R {
+        let l = locks[stripe(key)]
+        l.lock()
+        defer { l.unlock() }
+        return try body()
+    }
+}
+
+extension Ext4FileSystem {
+    /// Public read entry points take the inode's lock on read-write mounts so they
+    /// never observe a half-rewritten map or directory. Readers hold one lock only.
+    @inline(__always)
+    func withReadLock<R>(_ ino: UInt32, _ body: () throws(Ext4Error) -> R) throws(Ext4Error) -> R {
+        guard let w else { return try body() }
+        return try w.inodeLocks.withLock(UInt64(ino), body)
+    }
+}

@@ -312,6 +312,15 @@ extension Ext4FileSystem {
             for _ in 0..<100 {
                 let src = try lookup(dir: parent, name: name)
                 let dst = try? lookup(dir: newParent, name: newName)
+                // Ancestry only changes under renameLock: check it before taking inode locks.
+                if parent != newParent {
+                    if try inode(src).fileType == .directory, try isAncestor(src, of: newParent) {
+                        throw .invalid("move into own subtree")
+                    }
+                    if exchange, let dst, try inode(dst).fileType == .directory, try isAncestor(dst, of: parent) {
+                        throw .invalid("move into own subtree")
+                    }
+                }
                 var keys = [UInt64(parent), UInt64(newParent), UInt64(src)]
                 if let dst { keys.append(UInt64(dst)) }
                 let done = try w.inodeLocks.withLocks(keys) { () throws(Ext4Error) -> Bool in
@@ -345,10 +354,6 @@ extension Ext4FileSystem {
         try checkMutable(pm); try checkMutable(npm); try checkMutable(sm)
         let dm: MInode? = try dst.map { (d) throws(Ext4Error) -> MInode in try get(d) }
         if let dm { try checkMutable(dm) }
-        if sm.isDir && parent != newParent, try isAncestor(src, of: newParent) { throw .invalid("move into own subtree") }
-        if exchange, let dm, dm.isDir, parent != newParent, try isAncestor(dm.ino, of: parent) {
-            throw .invalid("move into own subtree")
-        }
         if let dm, !exchange {
             if sm.isDir && !dm.isDir { throw .notDirectory }
             if !sm.isDir && dm.isDir { throw .isDirectory }

@@ -227,6 +227,7 @@ struct WriteTests {
 
     @Test(arguments: writeVariants)
     func manyEntriesHtree(_ v: WVariant) throws {
+        defer { }
         let tmp = try TempDir()
         let img = try makeImage(tmp, v, sizeMB: 96)
         let fs = try openRW(img)
@@ -235,6 +236,7 @@ struct WriteTests {
         for i in 0..<n {
             _ = try fs.mknod(parent: d.ino, name: b("file-with-a-longish-name-\(i)"), fileMode)
         }
+        #expect(try fs.inodeFlags(d.ino) & 0x1000 != 0, "directory should be indexed")
         for i in stride(from: 0, to: n, by: 3) {
             _ = try fs.unlink(parent: d.ino, name: b("file-with-a-longish-name-\(i)"))
         }
@@ -370,6 +372,16 @@ struct WriteTests {
             for i in 0..<150 {
                 let d = dirs[next() % dirs.count]
                 let name = b("t\(t)-\(i)")
+                if t == 7 {
+                    // A reader racing the writers.
+                    for dd in dirs {
+                        try? fs.readDirectory(dd, from: 0) { e in
+                            _ = try? fs.inode(e.ino)
+                            return true
+                        }
+                    }
+                    continue
+                }
                 do {
                     let f = try fs.mknod(parent: d, name: name, fileMode)
                     try fs.put(f.ino, 0, pattern(1000 + next() % 20_000, seed: UInt32(i)))
