@@ -87,33 +87,35 @@ extension Ext4FileSystem {
     /// order with "." and ".." first; `nextCookie` resumes after an entry.
     /// `body` returns false to stop.
     public func readDirectory(_ dir: UInt32, from cookie: UInt64, _ body: (DirEntry) -> Bool) throws(Ext4Error) {
-        let ri = try rawInode(dir)
-        guard ri.isDir else { throw .notDirectory }
-        if ri.hasInline {
-            try readInlineDirectory(ri, from: cookie, body)
-            return
-        }
-        let bs = UInt64(blockSize)
-        let nblocks = dirBlockCount(ri)
-        let startBlock = cookie / bs
-        let startOff = Int(cookie % bs)
-        guard startBlock < nblocks else { return }
-        let maps = try mapRange(ri, from: startBlock, count: nblocks - startBlock)
-        for x in maps where !x.unwritten {
-            var i: UInt64 = 0
-            while i < x.length {
-                let run = try blockRun(x.physical + i, Int(min(Ext4FileSystem.dirReadahead, x.length - i)))
-                for (k, b) in run.enumerated() {
-                    let l = x.logical + i + UInt64(k)
-                    for d in try direntsOfBlock(ri, b, logical: l) {
-                        if l == startBlock && d.off < startOff { continue }
-                        guard Ext4FileSystem.goodName(d.name) else { continue }
-                        let e = DirEntry(ino: d.ino, name: d.name, type: entryType(d),
-                                         nextCookie: l * bs + UInt64(d.off + d.recLen))
-                        if !body(e) { return }
+        try withReadLock(dir) { () throws(Ext4Error) -> Void in
+            let ri = try rawInode(dir)
+            guard ri.isDir else { throw .notDirectory }
+            if ri.hasInline {
+                try readInlineDirectory(ri, from: cookie, body)
+                return
+            }
+            let bs = UInt64(blockSize)
+            let nblocks = dirBlockCount(ri)
+            let startBlock = cookie / bs
+            let startOff = Int(cookie % bs)
+            guard startBlock < nblocks else { return }
+            let maps = try mapRange(ri, from: startBlock, count: nblocks - startBlock)
+            for x in maps where !x.unwritten {
+                var i: UInt64 = 0
+                while i < x.length {
+                    let run = try blockRun(x.physical + i, Int(min(Ext4FileSystem.dirReadahead, x.length - i)))
+                    for (k, b) in run.enumerated() {
+                        let l = x.logical + i + UInt64(k)
+                        for d in try direntsOfBlock(ri, b, logical: l) {
+                            if l == startBlock && d.off < startOff { continue }
+                            guard Ext4FileSystem.goodName(d.name) else { continue }
+                            let e = DirEntry(ino: d.ino, name: d.name, type: entryType(d),
+                                             nextCookie: l * bs + UInt64(d.off + d.recLen))
+                            if !body(e) { return }
+                        }
                     }
+                    i += UInt64(run.count)
                 }
-                i += UInt64(run.count)
             }
         }
     }
@@ -151,42 +153,36 @@ extension Ext4FileSystem {
     /// `.corrupted` when the entry names an inode that cannot be a file
     /// (reserved or out of range), as the kernel does.
     public func lookup(dir: UInt32, name: [UInt8]) throws(Ext4Error) -> UInt32 {
-        let ino = try lookupRaw(dir: dir, name: name)
-        guard ino == Ext4FileSystem.rootIno || (ino >= sb.firstIno && ino <= sb.inodesCount) else {
-            throw corrupt("directory \(dir): entry refers to reserved inode \(ino)")
-        }
-        return ino
-    }
-
-    func lookupRaw(dir: UInt32, name: [UInt8]) throws(Ext4Error) -> UInt32 {
-        guard !name.isEmpty else { throw .invalid("empty name") }
-        let ri = try rawInode(dir)
-        guard ri.isDir else { throw .notDirectory }
-        guard name.count <= 255 else { throw .notFound }
-        if ri.hasInline {
-            if name == dot { return dir }
-            let data = try inlineData(ri)
-            if name == dotdot {
-                let p = data.le32(0)
-                guard p >= 1, p <= sb.inodesCount else { throw corrupt("inline directory \(dir): bad parent \(p)") }
-                return p
+        try withReadLock(dir) { () throws(Ext4Error) -> UInt32 in
+            guard !name.isEmpty else { throw .invalid("empty name") }
+            let ri = try rawInode(dir)
+            guard ri.isDir else { throw .notDirectory }
+            guard name.count <= 255 else { throw .notFound }
+            if ri.hasInline {
+                if name == dot { return dir }
+                let data = try inlineData(ri)
+                if name == dotdot {
+                    let p = data.le32(0)
+                    guard p >= 1, p <= sb.inodesCount else { throw corrupt("inline directory \(dir): bad parent \(p)") }
+                    return p
+                }
+                for d in try inlineDirents(ri, data) where d.name == name { return d.ino }
+                throw .notFound
             }
-            for d in try inlineDirents(ri, data) where d.name == name { return d.ino }
-            throw .notFound
-        }
-        let nblocks = dirBlockCount(ri)
-        if name == dot || name == dotdot {
-            return try linearLookup(ri, name: name, blocks: min(1, nblocks))
-        }
-        if isIndexed(ri) {
-            switch try htreeLookup(ri, name: name, nblocks: nblocks) {
-            case .found(let ino): stats.htree(); return ino
-            case .notFound: stats.htree(); throw .notFound
-            case .bad(let why):
-                clog.report("directory \(dir): bad htree index (\(why)); falling back to linear search")
+            let nblocks = dirBlockCount(ri)
+            if name == dot || name == dotdot {
+                return try linearLookup(ri, name: name, blocks: min(1, nblocks))
             }
+            if isIndexed(ri) {
+                switch try htreeLookup(ri, name: name, nblocks: nblocks) {
+                case .found(let ino): stats.htree(); return ino
+                case .notFound: stats.htree(); throw .notFound
+                case .bad(let why):
+                    clog.report("directory \(dir): bad htree index (\(why)); falling back to linear search")
+                }
+            }
+            return try linearLookup(ri, name: name, blocks: nblocks)
         }
-        return try linearLookup(ri, name: name, blocks: nblocks)
     }
 
     private func linearLookup(_ ri: RawInode, name: [UInt8], blocks: UInt64) throws(Ext4Error) -> UInt32 {

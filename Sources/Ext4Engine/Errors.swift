@@ -14,6 +14,15 @@ public enum Ext4Error: Error, Equatable, Sendable {
     case unsupported(String)
     case invalid(String)
     case readOnly
+    case exists
+    case notEmpty
+    case noSpace
+    case tooManyLinks
+    case nameTooLong
+    case fileTooBig
+    case permission
+    case busy
+    case crossDevice
 
     public var errno: Int32 {
         switch self {
@@ -28,6 +37,15 @@ public enum Ext4Error: Error, Equatable, Sendable {
         case .unsupported: return EOPNOTSUPP
         case .invalid: return EINVAL
         case .readOnly: return EROFS
+        case .exists: return EEXIST
+        case .notEmpty: return ENOTEMPTY
+        case .noSpace: return ENOSPC
+        case .tooManyLinks: return EMLINK
+        case .nameTooLong: return ENAMETOOLONG
+        case .fileTooBig: return EFBIG
+        case .permission: return EPERM
+        case .busy: return EBUSY
+        case .crossDevice: return EXDEV
         }
     }
 }

@@ -1,10 +1,12 @@
 /// File contents, inline data and symlink targets.
 extension Ext4FileSystem {
     public func read(_ ino: UInt32, offset: UInt64, count: Int) throws(Ext4Error) -> [UInt8] {
-        guard count >= 0 else { throw .invalid("negative count") }
-        let ri = try rawInode(ino)
-        if ri.isDir { throw .isDirectory }
-        return try readData(ri, offset: offset, count: count)
+        try withReadLock(ino) { () throws(Ext4Error) -> [UInt8] in
+            guard count >= 0 else { throw .invalid("negative count") }
+            let ri = try rawInode(ino)
+            if ri.isDir { throw .isDirectory }
+            return try readData(ri, offset: offset, count: count)
+        }
     }
 
     /// Read file bytes; short at EOF; holes and unwritten extents are zeros.
@@ -54,18 +56,20 @@ extension Ext4FileSystem {
     }
 
     public func readlink(_ ino: UInt32) throws(Ext4Error) -> [UInt8] {
-        let ri = try rawInode(ino)
-        guard ri.pub.fileType == .symlink else { throw .notSymlink }
-        let size = ri.pub.size
-        guard size > 0, size < 4096 else { throw corrupt("inode \(ino): bad symlink size \(size)") }
-        if isFastSymlink(ri) {
-            guard size < 60 else { throw corrupt("inode \(ino): fast symlink size \(size)") }
-            let t = Array(ri.iBlock[0..<Int(size)])
-            if t.contains(0) { throw corrupt("inode \(ino): NUL inside fast symlink") }
+        try withReadLock(ino) { () throws(Ext4Error) -> [UInt8] in
+            let ri = try rawInode(ino)
+            guard ri.pub.fileType == .symlink else { throw .notSymlink }
+            let size = ri.pub.size
+            guard size > 0, size < 4096 else { throw corrupt("inode \(ino): bad symlink size \(size)") }
+            if isFastSymlink(ri) {
+                guard size < 60 else { throw corrupt("inode \(ino): fast symlink size \(size)") }
+                let t = Array(ri.iBlock[0..<Int(size)])
+                if t.contains(0) { throw corrupt("inode \(ino): NUL inside fast symlink") }
+                return t
+            }
+            let t = try readData(ri, offset: 0, count: Int(size))
+            guard t.count == Int(size) else { throw corrupt("inode \(ino): short symlink") }
             return t
         }
-        let t = try readData(ri, offset: 0, count: Int(size))
-        guard t.count == Int(size) else { throw corrupt("inode \(ino): short symlink") }
-        return t
     }
 }

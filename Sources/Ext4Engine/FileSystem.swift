@@ -38,6 +38,8 @@ public final class Ext4FileSystem: @unchecked Sendable {
     let csumSeed: UInt32
     let hashUnsigned: Bool
     let inodesPerBlock: Int
+    /// Mutable state of a read-write mount (nil when read-only).
+    let w: WriteState?
 
     public let blockSize: Int
     public let readOnly: Bool
@@ -74,6 +76,7 @@ public final class Ext4FileSystem: @unchecked Sendable {
         self.readOnly = readOnly
         self.warnings = warnings
         self.inodesPerBlock = sb.blockSize / sb.inodeSize
+        self.w = readOnly ? nil : WriteState(sb: sb, groups: groups)
         if sb.flags & 0x2 != 0 {
             hashUnsigned = true
         } else {
@@ -158,21 +161,22 @@ public final class Ext4FileSystem: @unchecked Sendable {
             let r = try tmp.replayJournal()
             var again = options
             again.noRecovery = true
-            let fs = try open(device: device, options: again, replaying: false)
+            let fs = try open(device: device, options: again, replaying: true)
             guard !fs.sb.has(incompat: Incompat.recover) else { throw .corrupted("journal recovery did not complete") }
             var w = fs.warnings
             w.insert("journal recovered: \(r.transactions) transaction(s), \(r.blocksWritten) block(s) written, \(r.blocksRevoked) revoked" + (r.badDataChecksums > 0 ? ", \(r.badDataChecksums) skipped for bad checksums" : ""), at: 0)
-            return Ext4FileSystem(dev: device, sb: fs.sb, groups: fs.groups, options: options, readOnly: fs.readOnly,
-                                  warnings: w, clog: fs.clog, csumSeed: fs.csumSeed)
+            let out = Ext4FileSystem(dev: device, sb: fs.sb, groups: fs.groups, options: options, readOnly: fs.readOnly,
+                                     warnings: w, clog: fs.clog, csumSeed: fs.csumSeed)
+            if !out.readOnly { try out.startWriting() }
+            return out
         }
         if sb.has(incompat: Incompat.recover) && !replaying {
             ro = true
             warnings.append("journal needs recovery but noRecovery was given: mounting read-only, recent changes may be missing")
         }
-        if !ro {
-            // No write path exists yet.
+        if !ro, let why = Ext4FileSystem.writeRefusal(sb) {
             ro = true
-            warnings.append("mounting read-only: write support not implemented")
+            warnings.append("mounting read-only: \(why)")
         }
 
         // ---- geometry ---------------------------------------------------------------
@@ -257,8 +261,14 @@ public final class Ext4FileSystem: @unchecked Sendable {
             // The kernel accepts this on read-only mounts with a warning.
             warnings.append(msg)
         }
-        return Ext4FileSystem(dev: device, sb: sb, groups: groups, options: options, readOnly: ro,
-                              warnings: warnings, clog: clog, csumSeed: csumSeed)
+        if !ro && !badCsum.isEmpty {
+            ro = true
+            warnings.append("mounting read-only: group descriptor checksums are wrong (run e2fsck)")
+        }
+        let fs = Ext4FileSystem(dev: device, sb: sb, groups: groups, options: options, readOnly: ro,
+                                warnings: warnings, clog: clog, csumSeed: csumSeed)
+        if !ro && !replaying { try fs.startWriting() }
+        return fs
     }
 
     static func readRaw(_ dev: any BlockDevice, at off: UInt64, into buf: inout [UInt8]) throws(Ext4Error) {
@@ -316,9 +326,13 @@ public final class Ext4FileSystem: @unchecked Sendable {
     public func statfs() -> FsStats {
         var bfree: UInt64 = 0
         var ifree: UInt64 = 0
-        for g in groups {
-            bfree &+= UInt64(g.freeBlocks)
-            ifree &+= UInt64(g.freeInodes)
+        if let w {
+            (bfree, ifree) = w.totals()
+        } else {
+            for g in groups {
+                bfree &+= UInt64(g.freeBlocks)
+                ifree &+= UInt64(g.freeInodes)
+            }
         }
         let overhead = computeOverhead()
         let blocks = sb.blocksCount > overhead ? sb.blocksCount - overhead : 0

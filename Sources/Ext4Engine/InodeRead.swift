@@ -16,11 +16,15 @@ struct RawInode: Sendable {
 
 extension Ext4FileSystem {
     public func inode(_ ino: UInt32) throws(Ext4Error) -> Inode {
-        try rawInode(ino).pub
+        try withReadLock(ino) { () throws(Ext4Error) -> Inode in
+            try rawInode(ino).pub
+        }
     }
 
     public func inodeFlags(_ ino: UInt32) throws(Ext4Error) -> UInt32 {
-        try rawInode(ino).flags & InodeFlag.userVisible
+        try withReadLock(ino) { () throws(Ext4Error) -> UInt32 in
+            try rawInode(ino).flags & InodeFlag.userVisible
+        }
     }
 
     func decodeTime(_ b: [UInt8], _ base: Int, _ extra: Int?, _ extraIsize: Int) -> Timespec {
@@ -72,7 +76,7 @@ extension Ext4FileSystem {
 
         let mode = b.le16(0)
         let links = UInt32(b.le16(0x1A))
-        if checkLive && links == 0 {
+        if checkLive && links == 0 && !isOrphan(ino) {
             throw corrupt("deleted inode \(ino) referenced")
         }
         let flags = b.le32(0x20)

@@ -4,9 +4,11 @@ extension Ext4FileSystem {
     static let maxMappingResults = 1 << 20
 
     public func mappings(_ ino: UInt32, fromBlock: UInt64, maxBlocks: UInt64) throws(Ext4Error) -> [Extent] {
-        let ri = try rawInode(ino)
-        guard hasBlockMap(ri) else { return [] }
-        return try mapRange(ri, from: fromBlock, count: maxBlocks)
+        try withReadLock(ino) { () throws(Ext4Error) -> [Extent] in
+            let ri = try rawInode(ino)
+            guard hasBlockMap(ri) else { return [] }
+            return try mapRange(ri, from: fromBlock, count: maxBlocks)
+        }
     }
 
     func isFastSymlink(_ ri: RawInode) -> Bool {

@@ -133,25 +133,29 @@ extension Ext4FileSystem {
     }
 
     public func listxattr(_ ino: UInt32) throws(Ext4Error) -> [[UInt8]] {
-        let ri = try rawInode(ino)
-        var out: [[UInt8]] = []
-        for e in try allXattrs(ri) {
-            if let n = Ext4FileSystem.fullName(e) { out.append(n) }
+        try withReadLock(ino) { () throws(Ext4Error) -> [[UInt8]] in
+            let ri = try rawInode(ino)
+            var out: [[UInt8]] = []
+            for e in try allXattrs(ri) {
+                if let n = Ext4FileSystem.fullName(e) { out.append(n) }
+            }
+            return out
         }
-        return out
     }
 
     public func getxattr(_ ino: UInt32, name: [UInt8]) throws(Ext4Error) -> [UInt8] {
-        let (idx, suffix) = try Ext4FileSystem.splitName(name)
-        let ri = try rawInode(ino)
-        for e in try allXattrs(ri) where e.index == idx && e.name == suffix {
-            let v = try xattrValue(e, owner: ino)
-            if idx == XattrIndex.aclAccess || idx == XattrIndex.aclDefault {
-                return try convertACL(v, ino: ino)
+        try withReadLock(ino) { () throws(Ext4Error) -> [UInt8] in
+            let (idx, suffix) = try Ext4FileSystem.splitName(name)
+            let ri = try rawInode(ino)
+            for e in try allXattrs(ri) where e.index == idx && e.name == suffix {
+                let v = try xattrValue(e, owner: ino)
+                if idx == XattrIndex.aclAccess || idx == XattrIndex.aclDefault {
+                    return try convertACL(v, ino: ino)
+                }
+                return v
             }
-            return v
+            throw .noData
         }
-        throw .noData
     }
 
     /// ext4 on-disk ACL (version 1, short entries for *_OBJ/MASK/OTHER) ->

@@ -71,7 +71,7 @@ struct Ext4IomapD: ParsableCommand {
                 endpoint.close()
                 fail(1, error.message)
             }
-            do { try runService(endpoint: endpoint, workers: workers, logger: logger) } catch {
+            do { try runService(endpoint: endpoint, workers: workers, detachStderr: serviceFd != nil, logger: logger) } catch {
                 fail(error.status, error.message)
             }
             return

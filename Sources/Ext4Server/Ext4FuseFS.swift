@@ -6,6 +6,7 @@ import Ext4Engine
 import FuseKernel
 import Glibc
 import Logging
+import Synchronization
 
 public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
     let fs: Ext4FileSystem
@@ -14,6 +15,7 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
     /// The server owns the device exclusively, so cached entries and attributes
     /// stay valid until we change them ourselves.
     let timeout: UInt64 = 86_400
+    let destroyed = Mutex(false)
 
     public init(fs: Ext4FileSystem, options: ServerOptions, logger: Logger) {
         self.fs = fs
@@ -21,7 +23,7 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         self.logger = logger
     }
 
-    var readOnly: Bool { true }  // write support arrives with the write-side engine
+    var readOnly: Bool { fs.readOnly }
 
     // MARK: ids and attributes
 
@@ -96,9 +98,6 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         logger.info("data path: classic FUSE READ/WRITE (iomap \(info.iomap ? "negotiated" : "not offered or not requested"))")
     }
 
-    public func destroy() {
-        logger.info("unmounted; closing the file system")
-    }
 
     // MARK: read side
 
@@ -116,7 +115,7 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
             throw .uclean
         }
         let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
-        return entry(i)
+        return referenced(i)
     }
 
     public func getattr(_ c: FuseContext, fh: UInt64?) throws(FuseError) -> FuseAttrOut {
@@ -156,6 +155,13 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         }
         let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
         guard i.fileType != .directory else { throw .isdir }
+        // FUSE_ATOMIC_O_TRUNC: the truncation of open(O_TRUNC) is ours to do.
+        if a.flags & UInt32(O_TRUNC) != 0 && i.fileType == .regular && i.size > 0 {
+            try mutable(i)
+            var ch = AttrChange()
+            ch.size = 0
+            _ = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
+        }
         return FuseOpenOut(fh: 0, openFlags: FuseOpenOutFlags.keepCache.rawValue)
     }
 
@@ -164,11 +170,7 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         return try engine { () throws(Ext4Error) in try fs.read(ino, offset: a.offset, count: Int(a.size)) }
     }
 
-    public func release(_ c: FuseContext, _ a: FuseReleaseIn) {}
     public func flush(_ c: FuseContext, _ a: FuseFlushIn) throws(FuseError) {}
-    public func fsync(_ c: FuseContext, _ a: FuseFsyncIn) throws(FuseError) {}
-    public func fsyncdir(_ c: FuseContext, _ a: FuseFsyncIn) throws(FuseError) {}
-    public func syncfs(_ c: FuseContext) throws(FuseError) {}
 
     public func opendir(_ c: FuseContext, _ a: FuseOpenIn) throws(FuseError) -> FuseOpenOut {
         let ino = try Self.ino(c.nodeid)
@@ -190,8 +192,10 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
                     // whose inode cannot be read is sent without attributes.
                     if !dots, e.ino > 1, let i = try? fs.inode(e.ino) { ent = entry(i) } else { ent = FuseEntryOut() }
                 }
-                return out.add(name: e.name, ino: UInt64(e.ino), type: Self.direntType(e.type),
-                               nextOffset: e.nextCookie, entry: ent)
+                guard out.add(name: e.name, ino: UInt64(e.ino), type: Self.direntType(e.type),
+                              nextOffset: e.nextCookie, entry: ent) else { return false }
+                if let ent, ent.nodeid != 0 { fs.retain(e.ino, count: 1) }
+                return true
             }
         } catch {
             // Entries already gathered are still valid; report the error only if there are none.
@@ -269,7 +273,8 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
 
     static let fsIocGetflags: UInt32 = 0x8008_6601, fsIoc32Getflags: UInt32 = 0x8004_6601
     static let fsIocGetversion: UInt32 = 0x8008_7601, fsIoc32Getversion: UInt32 = 0x8004_7601
-    static let fsIocFsgetxattr: UInt32 = 0x801c_581f
+    static let fsIocFsgetxattr: UInt32 = 0x801c_581f, fsIocFssetxattr: UInt32 = 0x401c_5820
+    static let fsIocSetflags: UInt32 = 0x4008_6602, fsIoc32Setflags: UInt32 = 0x4004_6602
     static let fsIocFiemap: UInt32 = 0xC020_660B
 
     public func ioctl(_ c: FuseContext, _ a: FuseIoctlIn, input: [UInt8]) throws(FuseError) -> FuseIoctlReply {
@@ -290,6 +295,26 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
             if f & Self.noatimeFL != 0 { x |= 0x40 }
             if f & 0x2000_0000 != 0 { x |= 0x200 }  // PROJINHERIT
             w.u32(x); w.zeros(24)
+        case Self.fsIocSetflags, Self.fsIoc32Setflags:
+            try writable()
+            guard input.count >= 4 else { throw .inval }
+            let f = UInt32(input[0]) | UInt32(input[1]) << 8 | UInt32(input[2]) << 16 | UInt32(input[3]) << 24
+            _ = try engine { () throws(Ext4Error) in try fs.setInodeFlags(ino, f) }
+        case Self.fsIocFssetxattr:
+            try writable()
+            guard input.count >= 4 else { throw .inval }
+            let x = UInt32(input[0]) | UInt32(input[1]) << 8 | UInt32(input[2]) << 16 | UInt32(input[3]) << 24
+            // Keep the flags that fsxattr does not describe; map the ones it does.
+            let old = try engine { () throws(Ext4Error) in try fs.inodeFlags(ino) }
+            let described = Self.syncFL | Self.immutableFL | Self.appendFL | Self.nodumpFL | Self.noatimeFL | 0x2000_0000
+            var f = old & ~described
+            if x & 0x20 != 0 { f |= Self.syncFL }
+            if x & 0x8 != 0 { f |= Self.immutableFL }
+            if x & 0x10 != 0 { f |= Self.appendFL }
+            if x & 0x80 != 0 { f |= Self.nodumpFL }
+            if x & 0x40 != 0 { f |= Self.noatimeFL }
+            if x & 0x200 != 0 { f |= 0x2000_0000 }
+            _ = try engine { () throws(Ext4Error) in try fs.setInodeFlags(ino, f) }
         case Self.fsIocFiemap:
             return FuseIoctlReply(result: 0, output: try fiemap(ino, input, outSize: Int(a.outSize)))
         default:
@@ -343,22 +368,4 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         }
         return w.bytes
     }
-
-    // MARK: modifications: read-only for now
-
-    public func setattr(_ c: FuseContext, _ a: FuseSetattrIn) throws(FuseError) -> FuseAttrOut { throw .rofs }
-    public func symlink(_ c: FuseContext, name: FuseName, target: [UInt8]) throws(FuseError) -> FuseEntryOut { throw .rofs }
-    public func mknod(_ c: FuseContext, name: FuseName, _ a: FuseMknodIn) throws(FuseError) -> FuseEntryOut { throw .rofs }
-    public func mkdir(_ c: FuseContext, name: FuseName, _ a: FuseMkdirIn) throws(FuseError) -> FuseEntryOut { throw .rofs }
-    public func unlink(_ c: FuseContext, name: FuseName) throws(FuseError) { throw .rofs }
-    public func rmdir(_ c: FuseContext, name: FuseName) throws(FuseError) { throw .rofs }
-    public func rename(_ c: FuseContext, name: FuseName, newParent: UInt64, newName: FuseName, flags: UInt32) throws(FuseError) { throw .rofs }
-    public func link(_ c: FuseContext, oldNode: UInt64, name: FuseName) throws(FuseError) -> FuseEntryOut { throw .rofs }
-    public func write(_ c: FuseContext, _ a: FuseWriteIn, data: [UInt8]) throws(FuseError) -> UInt32 { throw .rofs }
-    public func setxattr(_ c: FuseContext, name: FuseName, value: [UInt8], flags: UInt32) throws(FuseError) { throw .rofs }
-    public func removexattr(_ c: FuseContext, name: FuseName) throws(FuseError) { throw .rofs }
-    public func create(_ c: FuseContext, name: FuseName, _ a: FuseCreateIn) throws(FuseError) -> (FuseEntryOut, FuseOpenOut) { throw .rofs }
-    public func tmpfile(_ c: FuseContext, name: FuseName, _ a: FuseCreateIn) throws(FuseError) -> (FuseEntryOut, FuseOpenOut) { throw .rofs }
-    public func fallocate(_ c: FuseContext, _ a: FuseFallocateIn) throws(FuseError) { throw .rofs }
-    public func copyFileRange(_ c: FuseContext, _ a: FuseCopyFileRangeIn) throws(FuseError) -> UInt64 { throw .rofs }
 }

@@ -332,6 +332,9 @@ extension Lockdown {
         case .setup:
             // The rest of the handshake, and loading the stage-2 filter.
             for n in ["sendmsg", "recvmsg", "poll", "ppoll", "shutdown", "seccomp"] { r.append(Rule(n)) }
+            // Spawn mode: stderr is replaced by /dev/null once the mount is made.
+            r.append(Rule("dup2", [eq(1, 2)]))
+            r.append(Rule("dup3", [eq(1, 2)]))
             r.append(Rule("setsockopt", [eq(1, UInt64(SOL_SOCKET))]))
             r.append(Rule("getsockopt", [eq(1, UInt64(SOL_SOCKET))]))
             r.append(Rule("prctl", [eq(0, K.prSetNoNewPrivs)]))

@@ -38,7 +38,12 @@ struct ForwardedArgs {
     }
 }
 
-public func runService(endpoint: ServiceEndpoint, workers: Int, logger: Logger) throws(ServerFailure) {
+/// `detachStderr`: spawn mode, where stderr is the helper's (so a refusal reaches
+/// the admin). Once mounted, stderr becomes /dev/null, so that nothing the
+/// admin ran (mount piped into tee, say) waits on a pipe the server holds.
+public func runService(endpoint: ServiceEndpoint, workers: Int, detachStderr: Bool = false,
+                       logger: Logger) throws(ServerFailure) {
+    let devNull = detachStderr ? Glibc.open("/dev/null", O_WRONLY | O_CLOEXEC) : -1
     // Before any lockdown: libsystemd opens its sockets now (the journal's stays
     // open; sd_notify needs a fresh one, so readiness is announced here, when the
     // server is ready for the mount conversation).
@@ -61,7 +66,7 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, logger: Logger) 
         do { sandbox = try ServerSandbox(setting: options.seccomp, logger: logger) } catch {
             throw ServerFailure(2, "\(error)")
         }
-        try serveMount(endpoint, transport, args, options, sandbox, workers: workers, logger: logger)
+        try serveMount(endpoint, transport, args, devNull: devNull, options, sandbox, workers: workers, logger: logger)
     } catch {
         // Tell the helper how it ended so mount(8) exits with the right status.
         _ = try? endpoint.goodbye(status: UInt32(error.status == 1 ? 1 : 32))
@@ -71,7 +76,7 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, logger: Logger) 
 }
 
 private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTransport, _ args: ForwardedArgs,
-                        _ options: ServerOptions, _ sandbox: ServerSandbox, workers: Int, logger: Logger) throws(ServerFailure) {
+                        devNull: Int32, _ options: ServerOptions, _ sandbox: ServerSandbox, workers: Int, logger: Logger) throws(ServerFailure) {
     func broker<T>(_ what: String, _ body: () throws(BrokerError) -> T) throws(ServerFailure) -> T {
         do { return try body() } catch { throw ServerFailure(2, "\(what): \(error)") }
     }
@@ -95,10 +100,16 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTranspo
     }
     try broker("saying goodbye") { () throws(BrokerError) in try endpoint.goodbye(status: 0) }
     endpoint.close()
+    if devNull >= 0 {
+        _ = dup2(devNull, 2)
+        _ = Glibc.close(devNull)
+    }
     do { try sandbox.apply(.serving) } catch { throw ServerFailure(2, "sandbox: \(error)") }
     sandbox.finish()
-    logger.info("serving \(args.source) at \(args.mountpoint) (read-only, \(workers) workers)")
-    let session = FuseSession(transport: transport, fileSystem: Ext4FuseFS(fs: fs, options: options, logger: logger),
+    logger.info("serving \(args.source) at \(args.mountpoint) (\(options.readOnly ? "read-only" : "read-write"), \(workers) workers)")
+    let adapter = Ext4FuseFS(fs: fs, options: options, logger: logger)
+    defer { adapter.destroy() }  // flush and mark clean however the session ended
+    let session = FuseSession(transport: transport, fileSystem: adapter,
                               options: FuseSessionOptions(workers: workers), logger: logger)
     do { try session.run() } catch { throw ServerFailure(2, "\(error)") }
     transport.close()

@@ -17,9 +17,6 @@ public struct ServerFailure: Error, CustomStringConvertible {
 
 /// Opens the engine on an already-open device fd, applying the server's option policy.
 public func openFileSystem(deviceFD: Int32, name: String, options: ServerOptions, logger: Logger) throws(ServerFailure) -> Ext4FileSystem {
-    guard options.readOnly else {
-        throw ServerFailure(2, "\(name): read-write mounts are not supported yet (the ext4 write side is not implemented); mount with -o ro")
-    }
     guard options.iomap != true else {
         throw ServerFailure(2, "\(name): iomap=1 requested, but iomap is not implemented yet; use iomap=0 or leave it unset")
     }
@@ -27,7 +24,7 @@ public func openFileSystem(deviceFD: Int32, name: String, options: ServerOptions
     do { dev = try FileBlockDevice(fd: deviceFD, closeOnDeinit: true) } catch {
         throw ServerFailure(2, "\(name): cannot use the device: \(error)")
     }
-    let opts = MountOptions(readOnly: true, noRecovery: options.noRecovery, cacheBlocks: options.cacheBlocks)
+    let opts = MountOptions(readOnly: options.readOnly, noRecovery: options.noRecovery, cacheBlocks: options.cacheBlocks)
     do {
         let fs = try Ext4FileSystem.open(device: dev, options: opts)
         for w in fs.warnings { logger.warning("\(name): \(w)") }
@@ -97,10 +94,12 @@ public func runStandalone(device: String, mountpoint: String, options: ServerOpt
         _ = umount2(mountpoint, Int32(MNT_DETACH))
         throw ServerFailure(2, "sandbox: \(error)")
     }
-    logger.info("serving \(device) at \(mountpoint) (read-only, \(workers) workers)")
+    logger.info("serving \(device) at \(mountpoint) (\(options.readOnly ? "read-only" : "read-write"), \(workers) workers)")
     let unmountOnSignal = SignalUnmounter(mountpoint: mountpoint)
     unmountOnSignal.start()
-    let session = FuseSession(transport: transport, fileSystem: Ext4FuseFS(fs: fs, options: options, logger: logger),
+    let adapter = Ext4FuseFS(fs: fs, options: options, logger: logger)
+    defer { adapter.destroy() }  // flush and mark clean however the session ended
+    let session = FuseSession(transport: transport, fileSystem: adapter,
                               options: FuseSessionOptions(workers: workers), logger: logger)
     do { try session.run() } catch {
         _ = umount2(mountpoint, Int32(MNT_DETACH))

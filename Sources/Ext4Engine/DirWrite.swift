@@ -1,0 +1,466 @@
+import Foundation
+
+/// Directory modification: linear blocks, htree (insert into the hashed leaf,
+/// rebuild the index when a leaf is full), inline directories (converted to blocks).
+struct DirRec { var off: Int; var ino: UInt32; var recLen: Int; var nameLen: Int }
+
+struct DirItem { var name: [UInt8]; var ino: UInt32; var ftype: UInt8; var hash: UInt32 }
+
+extension Ext4FileSystem {
+    func ftypeCode(_ mode: UInt16) -> UInt8 {
+        guard sb.has(incompat: Incompat.filetype) else { return 0 }
+        switch mode & 0xF000 {
+        case 0x8000: return 1
+        case 0x4000: return 2
+        case 0x2000: return 3
+        case 0x6000: return 4
+        case 0x1000: return 5
+        case 0xC000: return 6
+        case 0xA000: return 7
+        default: return 0
+        }
+    }
+
+    func encodeRecLen(_ n: Int) -> UInt16 {
+        if blockSize < 65536 { return UInt16(n) }
+        if n == 65536 { return 65535 }
+        return UInt16(n & 65532) | UInt16((n >> 16) & 3)
+    }
+
+    var dirTail: Int { sb.metadataCsum ? 12 : 0 }
+
+    static func recSize(_ nameLen: Int) -> Int { (8 + nameLen + 3) & ~3 }
+
+    /// All records (including unused ones) of a leaf block.
+    func records(_ b: [UInt8], start: Int = 0, end: Int) throws(Ext4Error) -> [DirRec] {
+        var out: [DirRec] = []
+        var off = start
+        while off < end {
+            guard off + 8 <= end else { throw corrupt("directory record header past end") }
+            let rl = decodeRecLen(b.le16(off + 4))
+            let nl = Int(b.u8(off + 6))
+            guard rl >= 12, rl % 4 == 0, rl <= end - off, rl >= Ext4FileSystem.recSize(nl) else {
+                throw corrupt("bad directory rec_len \(rl) at \(off)")
+            }
+            out.append(DirRec(off: off, ino: b.le32(off), recLen: rl, nameLen: nl))
+            off += rl
+        }
+        return out
+    }
+
+    func putRec(_ b: inout [UInt8], _ off: Int, ino: UInt32, recLen: Int, name: [UInt8], ftype: UInt8) {
+        b.putLE32(off, ino)
+        b.putLE16(off + 4, encodeRecLen(recLen))
+        b[off + 6] = UInt8(name.count)
+        b[off + 7] = ftype
+        b.putBytes(off + 8, name)
+        let pad = Ext4FileSystem.recSize(name.count) - 8 - name.count
+        b.zeroRange(off + 8 + name.count, pad)
+    }
+
+    func finishLeaf(_ dm: MInode, _ b: inout [UInt8]) {
+        guard sb.metadataCsum else { return }
+        let t = blockSize - 12
+        b.putLE32(t, 0); b.putLE16(t + 4, 12); b[t + 6] = 0; b[t + 7] = 0xDE
+        b.putLE32(t + 8, crc32c(inodeSeed(dm.ino, dm.generation), b[0..<t]))
+    }
+
+    func finishDx(_ dm: MInode, _ b: inout [UInt8], entries: Int) {
+        guard sb.metadataCsum else { return }
+        let limit = Int(b.le16(entries)), count = Int(b.le16(entries + 2))
+        let t = entries + 8 * limit
+        b.putLE32(t, 0)
+        var c = crc32c(inodeSeed(dm.ino, dm.generation), b[0..<(entries + 8 * count)])
+        c = crc32c(c, b[t..<(t + 4)])
+        c = crc32c(c, [0, 0, 0, 0])
+        b.putLE32(t + 4, c)
+    }
+
+    func emptyLeaf(_ dm: MInode) -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: blockSize)
+        b.putLE16(4, encodeRecLen(blockSize - dirTail))
+        finishLeaf(dm, &b)
+        return b
+    }
+
+    /// Physical block of each logical directory block (holes are corruption).
+    func dirBlocks(_ dm: MInode) throws(Ext4Error) -> [UInt64] {
+        let n = (dm.size + UInt64(blockSize) - 1) / UInt64(blockSize)
+        var out: [UInt64] = []
+        for x in try allExtents(dm) where x.logical < n {
+            guard x.logical == UInt64(out.count), !x.unwritten else { throw corrupt("directory \(dm.ino) has a hole") }
+            for k in 0..<min(x.length, n - x.logical) { out.append(x.physical + k) }
+        }
+        guard UInt64(out.count) == n else { throw corrupt("directory \(dm.ino) has a hole") }
+        return out
+    }
+
+    func nameHash(_ name: [UInt8]) -> UInt32 {
+        var v = Int(sb.defHashVersion)
+        if v > DirHash.tea { v = DirHash.halfMD4 }
+        if hashUnsigned { v += 3 }
+        return DirHash.hash(name, version: v, seed: sb.hashSeed) ?? 0
+    }
+
+    func dxVersion(_ root: [UInt8]) -> Int {
+        var v = Int(root.u8(28))
+        if hashUnsigned { v += 3 }
+        return v
+    }
+
+    /// Is logical block `l` of an indexed directory an index block?
+    func isDxNode(_ b: [UInt8]) -> Bool { b.le32(0) == 0 && decodeRecLen(b.le16(4)) == blockSize }
+
+    // ---- inline -> block conversion --------------------------------------------------
+
+    func convertInlineDir(_ dm: inout MInode) throws(Ext4Error) {
+        var items: [DirItem] = []
+        var parent: UInt32 = 2
+        try readDirectory(dm.ino, from: 0) { e in
+            if e.name == [0x2E] { return true }
+            if e.name == [0x2E, 0x2E] { parent = e.ino; return true }
+            items.append(DirItem(name: e.name, ino: e.ino, ftype: 0, hash: 0))
+            return true
+        }
+        // Recover file types from the raw inline dirents.
+        for i in items.indices { items[i].ftype = ftypeCode((try? rawInode(items[i].ino).pub.mode) ?? 0) }
+        try removeInlineData(&dm)
+        dm.flags = (dm.flags & ~InodeFlag.inlineData) | (sb.has(incompat: Incompat.extents) ? InodeFlag.extents : 0)
+        if dm.hasExtents { dm.iBlock = extentRootEmpty() } else { dm.iBlock = [] }
+        dm.size = 0
+        try setBlocks(&dm, fsBlocks: dm.fileACL(sb.is64) != 0 ? 1 : 0)
+        let blk = try appendDirBlock(&dm, firstBlock: dotBlock(dm, parent: parent))
+        _ = blk
+        for it in items { try dirAdd(&dm, name: it.name, ino: it.ino, ftype: it.ftype) }
+    }
+
+    func extentRootEmpty() -> [UInt8] {
+        var h = [UInt8](repeating: 0, count: 12)
+        h.putLE16(0, 0xF30A); h.putLE16(4, 4)
+        return h
+    }
+
+    func dotBlock(_ dm: MInode, parent: UInt32) -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: blockSize)
+        let ft = ftypeCode(0x4000)
+        putRec(&b, 0, ino: dm.ino, recLen: 12, name: [0x2E], ftype: ft)
+        putRec(&b, 12, ino: parent, recLen: blockSize - 12 - dirTail, name: [0x2E, 0x2E], ftype: ft)
+        finishLeaf(dm, &b)
+        return b
+    }
+
+    /// Append one block to a directory; returns its physical number.
+    @discardableResult
+    func appendDirBlock(_ dm: inout MInode, firstBlock: [UInt8]? = nil) throws(Ext4Error) -> UInt64 {
+        var exts = try allExtents(dm)
+        let meta = try mapMetaBlocks(dm)
+        let l = (dm.size + UInt64(blockSize) - 1) / UInt64(blockSize)
+        let goal = exts.last.map { $0.physical + $0.length } ?? groupStart(Int(UInt64(dm.ino - 1) / UInt64(sb.inodesPerGroup)))
+        let (p, _) = try allocBlocks(goal: goal, count: 1)
+        var b = firstBlock ?? emptyLeaf(dm)
+        if firstBlock != nil { finishLeaf(dm, &b) }
+        do throws(Ext4Error) {
+            try writeMeta(p, b)
+            Ext4FileSystem.put(&exts, Extent(logical: l, physical: p, length: 1, unwritten: false))
+            try storeMap(&dm, exts, oldMeta: meta)
+        } catch {
+            try? freeBlocks(p, 1)
+            throw error
+        }
+        dm.size = (l + 1) * UInt64(blockSize)
+        return p
+    }
+
+    // ---- insert ------------------------------------------------------------------------
+
+    /// Try to put an entry into a leaf block in memory. Returns false when full.
+    func insertInLeaf(_ b: inout [UInt8], name: [UInt8], ino: UInt32, ftype: UInt8, start: Int = 0) throws(Ext4Error) -> Bool {
+        let need = Ext4FileSystem.recSize(name.count)
+        for r in try records(b, start: start, end: blockSize - dirTail) {
+            if r.ino == 0 && r.recLen >= need {
+                putRec(&b, r.off, ino: ino, recLen: r.recLen, name: name, ftype: ftype)
+                return true
+            }
+            let used = r.ino == 0 ? 0 : Ext4FileSystem.recSize(r.nameLen)
+            if r.ino != 0 && r.recLen - used >= need {
+                b.putLE16(r.off + 4, encodeRecLen(used))
+                putRec(&b, r.off + used, ino: ino, recLen: r.recLen - used, name: name, ftype: ftype)
+                return true
+            }
+        }
+        return false
+    }
+
+    /// Add `name` -> `ino` to directory `dm` (caller holds its lock and checked for duplicates).
+    func dirAdd(_ dm: inout MInode, name: [UInt8], ino: UInt32, ftype: UInt8) throws(Ext4Error) {
+        if dm.hasInline { try convertInlineDir(&dm) }
+        let blocks = try dirBlocks(dm)
+        if isIndexedM(dm) {
+            if let (l, _) = try dxLeaf(dm, blocks, hash: nameHash(name)), l < blocks.count {
+                var b = try block(blocks[l])
+                if try insertInLeaf(&b, name: name, ino: ino, ftype: ftype) {
+                    finishLeaf(dm, &b)
+                    try writeMeta(blocks[l], b)
+                    return
+                }
+            }
+            try rebuildIndexed(&dm, adding: DirItem(name: name, ino: ino, ftype: ftype, hash: 0))
+            return
+        }
+        for (l, p) in blocks.enumerated() {
+            var b = try block(p)
+            if try insertInLeaf(&b, name: name, ino: ino, ftype: ftype, start: 0) {
+                finishLeaf(dm, &b)
+                try writeMeta(p, b)
+                _ = l
+                return
+            }
+        }
+        if sb.has(compat: Compat.dirIndex) && blocks.count >= 1 {
+            try rebuildIndexed(&dm, adding: DirItem(name: name, ino: ino, ftype: ftype, hash: 0))
+            return
+        }
+        var nb = emptyLeaf(dm)
+        _ = try insertInLeaf(&nb, name: name, ino: ino, ftype: ftype)
+        try appendDirBlock(&dm, firstBlock: nb)
+    }
+
+    func isIndexedM(_ dm: MInode) -> Bool { sb.has(compat: Compat.dirIndex) && dm.flags & InodeFlag.index != 0 }
+
+    /// Follow the index to the leaf for `hash`: (logical leaf, levels) or nil if the index looks wrong.
+    func dxLeaf(_ dm: MInode, _ blocks: [UInt64], hash: UInt32) throws(Ext4Error) -> (Int, Int)? {
+        guard let p0 = blocks.first else { return nil }
+        let root = try block(p0)
+        guard root.u8(29) == 8 else { return nil }
+        let levels = Int(root.u8(30))
+        guard levels <= 2 else { return nil }
+        var node = root
+        var entries = 32
+        for depth in 0...levels {
+            let count = Int(node.le16(entries + 2))
+            guard count >= 1 else { return nil }
+            var best = 0
+            for i in 1..<max(1, count) where node.le32(entries + 8 * i) <= hash { best = i }
+            let child = Int(node.le32(entries + 8 * best + 4) & 0x0FFF_FFFF)
+            guard child < blocks.count else { return nil }
+            if depth == levels { return (child, levels) }
+            node = try block(blocks[child])
+            guard isDxNode(node) else { return nil }
+            entries = 8
+        }
+        return nil
+    }
+
+    /// Every live entry of a block directory except "." and "..".
+    func dirItems(_ dm: MInode, _ blocks: [UInt64]) throws(Ext4Error) -> [DirItem] {
+        var out: [DirItem] = []
+        let indexed = isIndexedM(dm)
+        for (l, p) in blocks.enumerated() {
+            let b = try block(p)
+            if indexed && (l == 0 || isDxNode(b)) {
+                if l == 0 { continue }
+                continue
+            }
+            for r in try records(b, end: blockSize - dirTail) where r.ino != 0 && r.nameLen > 0 {
+                guard let name = b.sub(r.off + 8, r.nameLen) else { continue }
+                if l == 0 && (name == [0x2E] || name == [0x2E, 0x2E]) { continue }
+                out.append(DirItem(name: name, ino: r.ino, ftype: b.u8(r.off + 7), hash: 0))
+            }
+        }
+        return out
+    }
+
+    /// Rebuild the directory as an htree holding every entry (plus `adding`).
+    func rebuildIndexed(_ dm: inout MInode, adding: DirItem?) throws(Ext4Error) {
+        var blocks = try dirBlocks(dm)
+        guard let p0 = blocks.first else { throw corrupt("directory \(dm.ino) empty") }
+        let b0 = try block(p0)
+        let parent = b0.le32(12)
+        var items = try dirItems(dm, blocks)
+        if let adding { items.append(adding) }
+        for i in items.indices { items[i].hash = nameHash(items[i].name) }
+        items.sort { $0.hash != $1.hash ? $0.hash < $1.hash : $0.name.lexicographicallyPrecedes($1.name) }
+        let cap = blockSize - dirTail
+        let csum = sb.metadataCsum ? 8 : 0
+        let rootLimit = (blockSize - 32 - csum) / 8
+        let nodeLimit = (blockSize - 8 - csum) / 8
+        var total = 0
+        for it in items { total += Ext4FileSystem.recSize(it.name.count) }
+        // Leaves: fill to about 70%; never fewer than the blocks the directory already has.
+        var nLeaves = max(1, (total * 10 / 7 + cap - 1) / cap)
+        func layout(_ n: Int) -> (levels: Int, nodes: Int) {
+            if n <= rootLimit { return (0, 0) }
+            let l1 = (n + nodeLimit - 1) / nodeLimit
+            if l1 <= rootLimit { return (1, l1) }
+            let l2 = (l1 + nodeLimit - 1) / nodeLimit
+            return (2, l1 + l2)
+        }
+        var (levels, nodes) = layout(nLeaves)
+        if 1 + nodes + nLeaves < blocks.count {
+            nLeaves = blocks.count - 1 - nodes
+            (levels, nodes) = layout(nLeaves)
+            if 1 + nodes + nLeaves > blocks.count { nLeaves = max(1, blocks.count - 1 - nodes) }
+        }
+        if levels == 2 && !sb.has(incompat: Incompat.largeDir) { throw .noSpace }
+        let needBlocks = 1 + nodes + nLeaves
+        while blocks.count < needBlocks {
+            try appendDirBlock(&dm)
+            blocks = try dirBlocks(dm)
+        }
+        // Distribute entries over leaves by size, keeping equal hashes mostly together.
+        var leaves: [[DirItem]] = Array(repeating: [], count: nLeaves)
+        var li = 0, used = 0
+        let target = max(1, total / nLeaves + 1)
+        var remainingLeaves = nLeaves
+        for (i, it) in items.enumerated() {
+            let sz = Ext4FileSystem.recSize(it.name.count)
+            let mustMove = used + sz > cap
+            let shouldMove = used >= target && remainingLeaves > 1 && (i == 0 || items[i - 1].hash != it.hash || used + sz > cap)
+            if (mustMove || shouldMove) && li + 1 < nLeaves {
+                li += 1; used = 0; remainingLeaves -= 1
+            }
+            guard used + sz <= cap else { throw .noSpace }
+            leaves[li].append(it)
+            used += sz
+        }
+        // Index keys.
+        var keys: [UInt32] = []
+        var lastHash: UInt32? = nil
+        for lf in leaves {
+            if let f = lf.first {
+                var k = f.hash
+                if let lh = lastHash, lh == f.hash { k |= 1 }
+                keys.append(k)
+            } else {
+                keys.append(lastHash.map { $0 &+ 2 > $0 ? $0 &+ 2 : $0 } ?? 0)
+            }
+            if let l = lf.last { lastHash = l.hash }
+        }
+        // Keys must be strictly increasing after the first.
+        for i in 1..<max(1, keys.count) where keys[i] <= keys[i - 1] { keys[i] = keys[i - 1] &+ 1 }
+        let firstLeaf = 1 + nodes
+        // Write leaves.
+        for (i, lf) in leaves.enumerated() {
+            var b = [UInt8](repeating: 0, count: blockSize)
+            var off = 0
+            for (j, it) in lf.enumerated() {
+                let sz = Ext4FileSystem.recSize(it.name.count)
+                let rl = j == lf.count - 1 ? cap - off : sz
+                putRec(&b, off, ino: it.ino, recLen: rl, name: it.name, ftype: it.ftype)
+                off += sz
+            }
+            if lf.isEmpty { b.putLE16(4, encodeRecLen(cap)) }
+            finishLeaf(dm, &b)
+            try writeMeta(blocks[firstLeaf + i], b)
+        }
+        func dxEntries(_ b: inout [UInt8], at e: Int, limit: Int, pairs: [(UInt32, Int)]) {
+            b.putLE16(e, UInt16(limit)); b.putLE16(e + 2, UInt16(pairs.count))
+            for (k, (h, blk)) in pairs.enumerated() {
+                if k > 0 { b.putLE32(e + 8 * k, h) }
+                b.putLE32(e + 8 * k + 4, UInt32(blk))
+            }
+        }
+        var level: [(UInt32, Int)] = keys.enumerated().map { ($0.element, firstLeaf + $0.offset) }
+        var nextNode = 1
+        for _ in 0..<levels {
+            var up: [(UInt32, Int)] = []
+            var i = 0
+            while i < level.count {
+                let chunk = Array(level[i..<min(level.count, i + nodeLimit)])
+                var b = [UInt8](repeating: 0, count: blockSize)
+                b.putLE16(4, encodeRecLen(blockSize))
+                dxEntries(&b, at: 8, limit: nodeLimit, pairs: chunk)
+                finishDx(dm, &b, entries: 8)
+                try writeMeta(blocks[nextNode], b)
+                up.append((chunk[0].0, nextNode))
+                nextNode += 1
+                i += nodeLimit
+            }
+            level = up
+        }
+        var root = [UInt8](repeating: 0, count: blockSize)
+        let ft = ftypeCode(0x4000)
+        putRec(&root, 0, ino: dm.ino, recLen: 12, name: [0x2E], ftype: ft)
+        putRec(&root, 12, ino: parent, recLen: blockSize - 12, name: [0x2E, 0x2E], ftype: ft)
+        var hv = Int(sb.defHashVersion)
+        if hv > DirHash.tea { hv = DirHash.halfMD4 }
+        root[28] = UInt8(hv); root[29] = 8; root[30] = UInt8(levels); root[31] = 0
+        dxEntries(&root, at: 32, limit: rootLimit, pairs: level)
+        finishDx(dm, &root, entries: 32)
+        try writeMeta(blocks[0], root)
+        dm.flags |= InodeFlag.index
+    }
+
+    // ---- lookup / remove / replace -------------------------------------------------------
+
+    /// Locate a name: (logical block, physical block, record offset, previous record offset or -1).
+    func dirFind(_ dm: MInode, _ blocks: [UInt64], name: [UInt8]) throws(Ext4Error) -> (Int, UInt64, Int, Int, UInt32)? {
+        let indexed = isIndexedM(dm)
+        var order: [Int] = Array(blocks.indices)
+        if indexed, let (l, _) = try dxLeaf(dm, blocks, hash: nameHash(name)) {
+            order.removeAll { $0 == l }
+            order.insert(l, at: 0)
+        }
+        for l in order {
+            let p = blocks[l]
+            let b = try block(p)
+            if indexed && (l == 0 || isDxNode(b)) { continue }
+            var prev = -1
+            for r in try records(b, end: blockSize - dirTail) {
+                if r.ino != 0, r.nameLen == name.count, b.sub(r.off + 8, r.nameLen) == name {
+                    return (l, p, r.off, prev, r.ino)
+                }
+                prev = r.off
+            }
+        }
+        return nil
+    }
+
+    /// Remove `name`; returns the inode it pointed to.
+    func dirRemove(_ dm: inout MInode, name: [UInt8]) throws(Ext4Error) -> UInt32 {
+        if dm.hasInline { try convertInlineDir(&dm) }
+        let blocks = try dirBlocks(dm)
+        guard let (_, p, off, prev, ino) = try dirFind(dm, blocks, name: name) else { throw .notFound }
+        var b = try block(p)
+        if prev >= 0 {
+            let prl = decodeRecLen(b.le16(prev + 4)), rl = decodeRecLen(b.le16(off + 4))
+            b.putLE16(prev + 4, encodeRecLen(prl + rl))
+            b.zeroRange(off, 8)
+        } else {
+            b.putLE32(off, 0)
+        }
+        finishLeaf(dm, &b)
+        try writeMeta(p, b)
+        return ino
+    }
+
+    /// Point an existing entry at another inode.
+    func dirRetarget(_ dm: inout MInode, name: [UInt8], ino: UInt32, ftype: UInt8) throws(Ext4Error) {
+        if dm.hasInline { try convertInlineDir(&dm) }
+        let blocks = try dirBlocks(dm)
+        if name == [0x2E, 0x2E], let p0 = blocks.first {
+            var b = try block(p0)
+            guard b.u8(18) == 2, b.u8(20) == 0x2E, b.u8(21) == 0x2E else { throw corrupt("directory \(dm.ino): bad '..'") }
+            b.putLE32(12, ino)
+            if isIndexedM(dm) { finishDx(dm, &b, entries: 32) } else { finishLeaf(dm, &b) }
+            try writeMeta(p0, b)
+            return
+        }
+        guard let (_, p, off, _, _) = try dirFind(dm, blocks, name: name) else { throw .notFound }
+        var b = try block(p)
+        b.putLE32(off, ino)
+        b[off + 7] = ftype
+        finishLeaf(dm, &b)
+        try writeMeta(p, b)
+    }
+
+    func dirIsEmpty(_ dm: MInode) throws(Ext4Error) -> Bool {
+        var empty = true
+        try readDirectory(dm.ino, from: 0) { e in
+            if e.name == [0x2E] || e.name == [0x2E, 0x2E] { return true }
+            empty = false
+            return false
+        }
+        return empty
+    }
+}

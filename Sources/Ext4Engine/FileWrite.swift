@@ -1,0 +1,316 @@
+import Foundation
+
+public enum TimeChange: Sendable { case now, set(Timespec) }
+
+public struct AttrChange: Sendable {
+    public var mode: UInt16?
+    public var uid: UInt32?
+    public var gid: UInt32?
+    public var size: UInt64?
+    public var atime: TimeChange?
+    public var mtime: TimeChange?
+    public var ctime: TimeChange?
+    public init() {}
+}
+
+/// File data writes, truncation, fallocate, setattr.
+extension Ext4FileSystem {
+    func inodeGoal(_ m: MInode) -> UInt64 {
+        groupStart(Int(UInt64(m.ino - 1) / UInt64(sb.inodesPerGroup))) + UInt64(groupBlocks(0) / 8)
+    }
+
+    /// Physical goal for logical block `l`: right after the mapping before it.
+    func goalFor(_ exts: [Extent], _ l: UInt64, _ m: MInode) -> UInt64 {
+        var g: UInt64? = nil
+        for x in exts where x.logical <= l {
+            g = x.physical + min(x.length, l - x.logical)
+            if l - x.logical < x.length { g = x.physical + (l - x.logical) }
+        }
+        return g ?? inodeGoal(m)
+    }
+
+    func withBytes(_ a: [UInt8], _ body: (UnsafeRawBufferPointer) throws(Ext4Error) -> Void) throws(Ext4Error) {
+        var err: Ext4Error? = nil
+        a.withUnsafeBytes { p in
+            do throws(Ext4Error) { try body(p) } catch { err = error }
+        }
+        if let err { throw err }
+    }
+
+    func devRead(_ off: UInt64, _ n: Int) throws(Ext4Error) -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: n)
+        try Ext4FileSystem.readRaw(dev, at: off, into: &b)
+        return b
+    }
+
+    /// Convert an inline-data regular file or symlink to a block-mapped one (in memory + disk).
+    func convertInlineFile(_ m: inout MInode) throws(Ext4Error) {
+        let data = try readData(try rawInodeFrom(m), offset: 0, count: Int(min(m.size, 65536)))
+        try removeInlineData(&m)
+        m.flags = (m.flags & ~InodeFlag.inlineData) | (sb.has(incompat: Incompat.extents) ? InodeFlag.extents : 0)
+        m.iBlock = m.hasExtents ? extentRootEmpty() : []
+        try setBlocks(&m, fsBlocks: m.fileACL(sb.is64) != 0 ? 1 : 0)
+        let size = m.size
+        if !data.isEmpty {
+            try withBytes(data) { (p) throws(Ext4Error) in try writeData(&m, offset: 0, p) }
+        }
+        m.size = size
+    }
+
+    /// Write bytes into the file's blocks, allocating as needed. Does not change size.
+    func writeData(_ m: inout MInode, offset: UInt64, _ data: UnsafeRawBufferPointer) throws(Ext4Error) {
+        let n = UInt64(data.count)
+        guard n > 0 else { return }
+        let bs = UInt64(blockSize)
+        let first = offset / bs
+        let last = (offset + n - 1) / bs
+        var exts = try allExtents(m)
+        let meta = try mapMetaBlocks(m)
+        let nblk = Int(last - first + 1)
+        var buf = [UInt8](repeating: 0, count: nblk * blockSize)
+        // Current mapping of each block in range.
+        let cur = Ext4FileSystem.clip(exts, first, last + 1)
+        func mapped(_ l: UInt64) -> Extent? {
+            for x in cur where l >= x.logical && l < x.logical + x.length { return x }
+            return nil
+        }
+        // Preserve partial head/tail contents of written blocks.
+        for l in Set([first, last]) {
+            let headPartial = l == first && offset % bs != 0
+            let tailPartial = l == last && (offset + n) % bs != 0
+            guard headPartial || tailPartial, let x = mapped(l), !x.unwritten else { continue }
+            let old = try devRead((x.physical + (l - x.logical)) * bs, blockSize)
+            let o = Int(l - first) * blockSize
+            buf.replaceSubrange(o..<(o + blockSize), with: old)
+        }
+        let dataOff = Int(offset - first * bs)
+        buf.withUnsafeMutableBytes { p in
+            guard let base = p.baseAddress, let src = data.baseAddress else { return }
+            (base + dataOff).copyMemory(from: src, byteCount: data.count)
+        }
+        // Allocate holes.
+        var newRuns: [Extent] = []
+        var l = first
+        do throws(Ext4Error) {
+            while l <= last {
+                if let x = mapped(l) {
+                    if x.unwritten {
+                        let e = min(x.logical + x.length, last + 1)
+                        newRuns.append(Extent(logical: l, physical: x.physical + (l - x.logical), length: e - l, unwritten: false))
+                        l = e
+                    } else {
+                        l = min(x.logical + x.length, last + 1)
+                    }
+                    continue
+                }
+                var e = l
+                while e <= last && mapped(e) == nil { e += 1 }
+                var cursor = l
+                while cursor < e {
+                    let goal = goalFor(exts + newRuns.filter { !$0.unwritten }, cursor, m)
+                    let (p, got) = try allocBlocks(goal: goal, count: Int(min(e - cursor, 32768)))
+                    let x = Extent(logical: cursor, physical: p, length: UInt64(got), unwritten: false)
+                    newRuns.append(x)
+                    Ext4FileSystem.put(&exts, Extent(logical: cursor, physical: p, length: UInt64(got), unwritten: true))
+                    cursor += UInt64(got)
+                }
+                l = e
+            }
+        } catch {
+            for x in newRuns where mapped(x.logical) == nil { try? freeBlocks(x.physical, x.length) }
+            throw error
+        }
+        // Write data along physical runs.
+        var runs = Ext4FileSystem.clip(exts, first, last + 1)
+        for x in newRuns { Ext4FileSystem.put(&runs, x) }
+        for x in runs {
+            let o = Int(x.logical - first) * blockSize
+            let len = Int(x.length) * blockSize
+            var err: Ext4Error? = nil
+            buf.withUnsafeBytes { p in
+                let sub = UnsafeRawBufferPointer(rebasing: p[o..<(o + len)])
+                do throws(Ext4Error) { try dev.write(at: x.physical * bs, from: sub) } catch { err = error }
+            }
+            if let err { throw err }
+        }
+        for x in newRuns { Ext4FileSystem.put(&exts, x) }
+        try storeMap(&m, exts, oldMeta: meta)
+    }
+
+    static func clip(_ exts: [Extent], _ from: UInt64, _ end: UInt64) -> [Extent] {
+        var out: [Extent] = []
+        for var x in exts {
+            let xe = x.logical + x.length
+            if xe <= from || x.logical >= end { continue }
+            if x.logical < from { let d = from - x.logical; x.logical += d; x.physical += d; x.length -= d }
+            if x.logical + x.length > end { x.length = end - x.logical }
+            out.append(x)
+        }
+        return out
+    }
+
+    public func write(_ ino: UInt32, offset: UInt64, data: UnsafeRawBufferPointer) throws(Ext4Error) -> Int {
+        let w = try wstate
+        guard data.count > 0 else { return 0 }
+        let (end, o) = offset.addingReportingOverflow(UInt64(data.count))
+        guard !o, end <= maxFileSize else { throw .fileTooBig }
+        return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> Int in
+            var m = try loadInode(ino)
+            guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a regular file") }
+            if m.flags & 0x10 != 0 { throw .permission }
+            if m.flags & 0x20 != 0 && offset != m.size { throw .permission }
+            if m.hasInline { try convertInlineFile(&m) }
+            try writeData(&m, offset: offset, data)
+            if end > m.size { m.size = end }
+            let now = nowSpec()
+            m.setTime(.mtime, now); m.setTime(.ctime, now)
+            m.bumpVersion()
+            try storeInode(m)
+            return data.count
+        }
+    }
+
+    /// Zero bytes [from, to) inside one block on disk if it is mapped and written.
+    func zeroPartial(_ exts: [Extent], from: UInt64, to: UInt64) throws(Ext4Error) {
+        guard from < to else { return }
+        let bs = UInt64(blockSize)
+        let l = from / bs
+        for x in exts where l >= x.logical && l < x.logical + x.length && !x.unwritten {
+            let zeros = [UInt8](repeating: 0, count: Int(to - from))
+            try devWrite((x.physical + (l - x.logical)) * bs + from % bs, zeros)
+        }
+    }
+
+    func zeroBytes(_ exts: [Extent], from: UInt64, to: UInt64) throws(Ext4Error) {
+        let bs = UInt64(blockSize)
+        var f = from
+        while f < to {
+            let e = min(to, (f / bs + 1) * bs)
+            try zeroPartial(exts, from: f, to: e)
+            f = e
+        }
+    }
+
+    /// Truncate/extend `m` to `newSize` (in memory + blocks freed on disk).
+    func truncateInode(_ m: inout MInode, _ newSize: UInt64) throws(Ext4Error) {
+        if m.hasInline { try convertInlineFile(&m) }
+        let bs = UInt64(blockSize)
+        if newSize < m.size {
+            var exts = try allExtents(m)
+            let meta = try mapMetaBlocks(m)
+            if newSize % bs != 0 {
+                try zeroPartial(exts, from: newSize, to: (newSize / bs + 1) * bs)
+            }
+            let keep = (newSize + bs - 1) / bs
+            let removed = Ext4FileSystem.cut(&exts, from: keep, count: UInt64.max - keep)
+            try storeMap(&m, exts, oldMeta: meta)
+            for x in removed { try freeBlocks(x.physical, x.length) }
+        }
+        m.size = newSize
+    }
+
+    public func setattr(_ ino: UInt32, _ c: AttrChange) throws(Ext4Error) -> Inode {
+        let w = try wstate
+        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+            var m = try loadInode(ino)
+            let now = nowSpec()
+            if m.flags & 0x10 != 0 && (c.mode != nil || c.uid != nil || c.gid != nil || c.size != nil || c.mtime != nil) {
+                throw .permission
+            }
+            if let mode = c.mode { m.mode = (m.mode & 0xF000) | (mode & 0x0FFF) }
+            if let u = c.uid { m.uid = u }
+            if let g = c.gid { m.gid = g }
+            if let s = c.size {
+                guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("size of non-file") }
+                guard s <= maxFileSize else { throw .fileTooBig }
+                if m.flags & 0x20 != 0 && s < m.size { throw .permission }
+                if s != m.size || true {
+                    try truncateInode(&m, s)
+                    if c.mtime == nil { m.setTime(.mtime, now) }
+                }
+            }
+            func resolve(_ t: TimeChange) -> Timespec { if case .set(let x) = t { return x }; return now }
+            if let t = c.atime { m.setTime(.atime, resolve(t)) }
+            if let t = c.mtime { m.setTime(.mtime, resolve(t)) }
+            m.setTime(.ctime, c.ctime.map(resolve) ?? now)
+            m.bumpVersion()
+            try storeInode(m)
+        }
+        return try inode(ino)
+    }
+
+    public func fallocate(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
+        let w = try wstate
+        let keepSize = mode & 1 != 0
+        let punch = mode & 2 != 0
+        let zero = mode & 0x10 != 0
+        guard mode & ~UInt32(0x13) == 0, !(punch && zero), !(punch && !keepSize) else {
+            throw .unsupported("fallocate mode \(mode)")
+        }
+        guard length > 0 else { throw .invalid("zero length") }
+        let (end, o) = offset.addingReportingOverflow(length)
+        guard !o, end <= maxFileSize else { throw .fileTooBig }
+        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+            var m = try loadInode(ino)
+            guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a file") }
+            if m.flags & 0x30 != 0 { throw .permission }
+            if m.hasInline { try convertInlineFile(&m) }
+            guard m.hasExtents else { throw .unsupported("fallocate on a block-mapped file") }
+            let bs = UInt64(blockSize)
+            var exts = try allExtents(m)
+            let meta = try mapMetaBlocks(m)
+            if punch || zero {
+                // Zero partial edges, drop whole blocks inside.
+                let fb = (offset + bs - 1) / bs, lb = end / bs
+                if offset % bs != 0 { try zeroBytes(exts, from: offset, to: min(end, fb * bs)) }
+                if end % bs != 0 && lb * bs >= offset { try zeroBytes(exts, from: max(offset, lb * bs), to: end) }
+                if lb > fb {
+                    let removed = Ext4FileSystem.cut(&exts, from: fb, count: lb - fb)
+                    if zero {
+                        // Reuse the blocks as unwritten extents.
+                        for x in removed { Ext4FileSystem.put(&exts, Extent(logical: x.logical, physical: x.physical, length: x.length, unwritten: true)) }
+                    } else {
+                        try storeMap(&m, exts, oldMeta: meta)
+                        for x in removed { try freeBlocks(x.physical, x.length) }
+                        m.setTime(.mtime, nowSpec()); m.setTime(.ctime, nowSpec())
+                        m.bumpVersion()
+                        try storeInode(m)
+                        return
+                    }
+                }
+                if !zero { try storeMap(&m, exts, oldMeta: meta); try storeInode(m); return }
+            }
+            // Allocate unwritten extents over holes in [offset, end).
+            let first = offset / bs, last = (end - 1) / bs
+            var allocated: [Extent] = []
+            do throws(Ext4Error) {
+                var l = first
+                while l <= last {
+                    let covered = exts.first { l >= $0.logical && l < $0.logical + $0.length }
+                    if let x = covered { l = x.logical + x.length; continue }
+                    var e = l
+                    while e <= last && !exts.contains(where: { e >= $0.logical && e < $0.logical + $0.length }) { e += 1 }
+                    var cur = l
+                    while cur < e {
+                        let (p, got) = try allocBlocks(goal: goalFor(exts, cur, m), count: Int(min(e - cur, 32767)))
+                        let x = Extent(logical: cur, physical: p, length: UInt64(got), unwritten: true)
+                        allocated.append(x)
+                        Ext4FileSystem.put(&exts, x)
+                        cur += UInt64(got)
+                    }
+                    l = e
+                }
+                try storeMap(&m, exts, oldMeta: meta)
+            } catch {
+                for x in allocated { try? freeBlocks(x.physical, x.length) }
+                throw error
+            }
+            if !keepSize && end > m.size { m.size = end }
+            let now = nowSpec()
+            m.setTime(.ctime, now)
+            if zero { m.setTime(.mtime, now) }
+            m.bumpVersion()
+            try storeInode(m)
+        }
+    }
+}

@@ -1,0 +1,90 @@
+import Foundation
+
+/*
+ Lock order of the ext4 engine's write side, outermost first. A thread may
+ only acquire a lock that comes later in this list than every lock it holds.
+
+  1. renameLock      – serializes RENAME (tree-ancestry check, multi-dir moves).
+  2. inode locks     – striped per inode number (`InodeLocks`, 1024 stripes);
+                       several are always taken in one call, sorted by stripe
+                       index and de-duplicated (`withInodes`), never one after
+                       another. Protects the inode's bytes, its block map /
+                       extent tree, directory blocks, xattr block contents it owns.
+  3. orphanLock      – the on-disk orphan chain and the in-memory reference counts.
+  4. group locks     – one per block group (`GroupLock`), taken one at a time by
+                       the allocators; protects that group's bitmaps and counters.
+  5. gdLock          – group descriptor table blocks + superblock bytes
+                       (descriptor rewrite, s_free_* totals, s_last_orphan).
+  6. metadata block stripes – read-modify-write of one metadata block shared by
+                       several owners (inode table blocks, shared xattr blocks).
+  7. orphanMapLock   – tiny map lock read while an inode is being encoded.
+  8. block cache shard locks (BlockCache), leaf.
+*/
+
+/// A fixed set of striped mutexes.
+final class StripedLocks: @unchecked Sendable {
+    private let locks: [NSLock]
+    init(_ n: Int) { locks = (0..<max(1, n)).map { _ in NSLock() } }
+
+    func stripe(_ key: UInt64) -> Int {
+        Int(((key &* 0x9E37_79B9_7F4A_7C15) >> 40) % UInt64(locks.count))
+    }
+
+    /// Lock every key's stripe in ascending stripe order (deadlock-free).
+    func withLocks<R, E: Error>(_ keys: [UInt64], _ body: () throws(E) -> R) throws(E) -> R {
+        let stripes = Array(Set(keys.map(stripe))).sorted()
+        for s in stripes { locks[s].lock() }
+        defer { for s in stripes.reversed() { locks[s].unlock() } }
+        return try body()
+    }
+
+    func withLock<R, E: Error>(_ key: UInt64, _ body: () throws(E) -> R) throws(E) -> R {
+        let l = locks[stripe(key)]
+        l.lock()
+        defer { l.unlock() }
+        return try body()
+    }
+}
+
+extension NSLock {
+    @inline(__always)
+    func with<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+        lock()
+        defer { unlock() }
+        return try body()
+    }
+}
+
+/// Recursive striped locks (inode locks: readers and writers on one thread may re-enter).
+final class RecursiveStripedLocks: @unchecked Sendable {
+    private let locks: [NSRecursiveLock]
+    init(_ n: Int) { locks = (0..<max(1, n)).map { _ in NSRecursiveLock() } }
+
+    func stripe(_ key: UInt64) -> Int {
+        Int(((key &* 0x9E37_79B9_7F4A_7C15) >> 40) % UInt64(locks.count))
+    }
+
+    func withLocks<R, E: Error>(_ keys: [UInt64], _ body: () throws(E) -> R) throws(E) -> R {
+        let stripes = Array(Set(keys.map(stripe))).sorted()
+        for s in stripes { locks[s].lock() }
+        defer { for s in stripes.reversed() { locks[s].unlock() } }
+        return try body()
+    }
+
+    func withLock<R, E: Error>(_ key: UInt64, _ body: () throws(E) -> R) throws(E) -> R {
+        let l = locks[stripe(key)]
+        l.lock()
+        defer { l.unlock() }
+        return try body()
+    }
+}
+
+extension Ext4FileSystem {
+    /// Public read entry points take the inode's lock on read-write mounts so they
+    /// never observe a half-rewritten map or directory. Readers hold one lock only.
+    @inline(__always)
+    func withReadLock<R>(_ ino: UInt32, _ body: () throws(Ext4Error) -> R) throws(Ext4Error) -> R {
+        guard let w else { return try body() }
+        return try w.inodeLocks.withLock(UInt64(ino), body)
+    }
+}

@@ -1,0 +1,284 @@
+import Foundation
+
+/// Writing a file's logical->physical map: the whole map is kept as a sorted
+/// extent list and stored back either as an extent tree (growing or shrinking
+/// its depth as needed, reusing the old tree's blocks) or as an ext2/3
+/// indirect block map.
+extension Ext4FileSystem {
+    static let maxWrittenLen: UInt64 = 32768
+    static let maxUnwrittenLen: UInt64 = 32767
+
+    /// Every extent of the inode.
+    func allExtents(_ m: MInode) throws(Ext4Error) -> [Extent] {
+        if m.hasInline { return [] }
+        let ri = try rawInodeFrom(m)
+        guard hasBlockMap(ri) else { return [] }
+        return try mapRange(ri, from: 0, count: UInt64.max)
+    }
+
+    func rawInodeFrom(_ m: MInode) throws(Ext4Error) -> RawInode {
+        let seed = sb.metadataCsum ? inodeSeed(m.ino, m.generation) : 0
+        var blocks = UInt64(m.b.le32(0x1C))
+        if sb.has(roCompat: RoCompat.hugeFile) {
+            blocks |= UInt64(m.b.le16(0x74)) << 32
+            if m.flags & InodeFlag.hugeFile != 0 { blocks = blocks &* UInt64(blockSize / 512) }
+        }
+        let z = Timespec(sec: 0, nsec: 0)
+        let pub = Inode(ino: m.ino, mode: m.mode, uid: m.uid, gid: m.gid, size: m.size, links: UInt32(m.links),
+                        blocks512: blocks, atime: z, mtime: z, ctime: z,
+                        crtime: nil, rdev: (0, 0), generation: m.generation, flags: m.flags, version: 0,
+                        fileType: m.fileType)
+        let acl = m.fileACL(sb.is64)
+        if acl != 0 && !validRun(acl, 1) { throw corrupt("inode \(m.ino): xattr block \(acl) not in file system") }
+        return RawInode(ino: m.ino, bytes: m.b, pub: pub, flags: m.flags, fileACL: acl,
+                        extraIsize: m.extraIsize, seed: seed)
+    }
+
+    /// Blocks used by the map itself (extent index/leaf blocks or indirect blocks).
+    func mapMetaBlocks(_ m: MInode) throws(Ext4Error) -> [UInt64] {
+        guard !m.hasInline else { return [] }
+        let ri = try rawInodeFrom(m)
+        guard hasBlockMap(ri) else { return [] }
+        var out: [UInt64] = []
+        if m.hasExtents {
+            func walk(_ node: [UInt8], _ depth: Int) throws(Ext4Error) {
+                guard depth > 0 else { return }
+                let n = Int(node.le16(2))
+                for i in 0..<n {
+                    let o = 12 + 12 * i
+                    let child = (UInt64(node.le16(o + 8)) << 32) | UInt64(node.le32(o + 4))
+                    guard validRun(child, 1) else { throw corrupt("inode \(m.ino): bad extent index") }
+                    out.append(child)
+                    if out.count > 1_000_000 { throw corrupt("inode \(m.ino): extent tree too large") }
+                    try walk(try block(child), depth - 1)
+                }
+            }
+            let root = m.iBlock
+            guard root.le16(0) == 0xF30A else { throw corrupt("inode \(m.ino): bad extent root") }
+            try walk(root, min(Int(root.le16(6)), Ext4FileSystem.maxExtentDepth))
+        } else {
+            let ib = m.iBlock
+            func walk(_ blk: UInt64, _ level: Int) throws(Ext4Error) {
+                guard validRun(blk, 1) else { throw corrupt("inode \(m.ino): bad indirect block") }
+                out.append(blk)
+                if level > 1 {
+                    let b = try block(blk)
+                    for j in 0..<(blockSize / 4) {
+                        let p = UInt64(b.le32(4 * j))
+                        if p != 0 { try walk(p, level - 1) }
+                    }
+                }
+            }
+            for lv in 1...3 {
+                let p = UInt64(ib.le32(4 * (11 + lv)))
+                if p != 0 { try walk(p, lv) }
+            }
+        }
+        return out
+    }
+
+    // ---- extent list editing -----------------------------------------------------------
+
+    /// Remove [from, from+count) from the list; returns the removed pieces.
+    @discardableResult
+    static func cut(_ exts: inout [Extent], from: UInt64, count: UInt64) -> [Extent] {
+        let end = from &+ count < from ? UInt64.max : from + count
+        var out: [Extent] = []
+        var removed: [Extent] = []
+        for x in exts {
+            let xe = x.logical + x.length
+            if xe <= from || x.logical >= end { out.append(x); continue }
+            if x.logical < from {
+                out.append(Extent(logical: x.logical, physical: x.physical, length: from - x.logical, unwritten: x.unwritten))
+            }
+            let s = max(x.logical, from), e = min(xe, end)
+            removed.append(Extent(logical: s, physical: x.physical + (s - x.logical), length: e - s, unwritten: x.unwritten))
+            if xe > end {
+                out.append(Extent(logical: end, physical: x.physical + (end - x.logical), length: xe - end, unwritten: x.unwritten))
+            }
+        }
+        exts = out
+        return removed
+    }
+
+    static func put(_ exts: inout [Extent], _ x: Extent) {
+        cut(&exts, from: x.logical, count: x.length)
+        var i = 0
+        while i < exts.count && exts[i].logical < x.logical { i += 1 }
+        exts.insert(x, at: i)
+    }
+
+    /// Merge adjacent extents and split over-long ones.
+    static func normalize(_ exts: [Extent]) -> [Extent] {
+        var merged: [Extent] = []
+        for x in exts where x.length > 0 {
+            if var l = merged.last, l.unwritten == x.unwritten, l.logical + l.length == x.logical,
+               l.physical + l.length == x.physical {
+                l.length += x.length
+                merged[merged.count - 1] = l
+            } else {
+                merged.append(x)
+            }
+        }
+        var out: [Extent] = []
+        for var x in merged {
+            let maxLen = x.unwritten ? maxUnwrittenLen : maxWrittenLen
+            while x.length > maxLen {
+                out.append(Extent(logical: x.logical, physical: x.physical, length: maxLen, unwritten: x.unwritten))
+                x.logical += maxLen; x.physical += maxLen; x.length -= maxLen
+            }
+            out.append(x)
+        }
+        return out
+    }
+
+    // ---- storing the map ---------------------------------------------------------------
+
+    /// Store `exts` as the inode's map, reusing `oldMeta` blocks; frees surplus
+    /// meta blocks and sets i_blocks (data + map + xattr block). Does not store the inode.
+    func storeMap(_ m: inout MInode, _ exts: [Extent], oldMeta: [UInt64]) throws(Ext4Error) {
+        let list = Ext4FileSystem.normalize(exts)
+        var pool = oldMeta
+        var fresh: [UInt64] = []
+        let goal = list.first?.physical ?? groupStart(Int(UInt64(m.ino - 1) / UInt64(sb.inodesPerGroup)))
+        func newBlock() throws(Ext4Error) -> UInt64 {
+            if !pool.isEmpty { return pool.removeFirst() }
+            let (b, _) = try allocBlocks(goal: goal, count: 1)
+            fresh.append(b)
+            return b
+        }
+        var metaCount: UInt64 = 0
+        do throws(Ext4Error) {
+            if m.hasExtents {
+                metaCount = try storeExtentTree(&m, list, newBlock)
+            } else {
+                metaCount = try storeBlockMap(&m, list, newBlock)
+            }
+        } catch {
+            for b in fresh { try? freeBlocks(b, 1) }
+            throw error
+        }
+        for b in pool { try freeBlocks(b, 1) }
+        var data: UInt64 = 0
+        for x in list { data += x.length }
+        let xb: UInt64 = m.fileACL(sb.is64) != 0 ? 1 : 0
+        try setBlocks(&m, fsBlocks: data + metaCount + xb)
+    }
+
+    private func extentHeader(entries: Int, max: Int, depth: Int) -> [UInt8] {
+        var h = [UInt8](repeating: 0, count: 12)
+        h.putLE16(0, 0xF30A); h.putLE16(2, UInt16(entries)); h.putLE16(4, UInt16(max)); h.putLE16(6, UInt16(depth))
+        return h
+    }
+
+    private func storeExtentTree(_ m: inout MInode, _ list: [Extent], _ newBlock: () throws(Ext4Error) -> UInt64) throws(Ext4Error) -> UInt64 {
+        for x in list where x.logical + x.length > (1 << 32) { throw .fileTooBig }
+        // Level 0 entries.
+        var entries: [[UInt8]] = list.map { x in
+            var e = [UInt8](repeating: 0, count: 12)
+            e.putLE32(0, UInt32(x.logical))
+            e.putLE16(4, UInt16(x.unwritten ? x.length + 32768 : (x.length == 32768 ? 32768 : x.length)))
+            e.putLE16(6, UInt16(truncatingIfNeeded: x.physical >> 32))
+            e.putLE32(8, UInt32(truncatingIfNeeded: x.physical))
+            return e
+        }
+        var firsts: [UInt32] = list.map { UInt32($0.logical) }
+        let per = (blockSize - 12) / 12
+        var depth = 0
+        var meta: UInt64 = 0
+        let seed = inodeSeed(m.ino, m.generation)
+        while entries.count > 4 {
+            var nextE: [[UInt8]] = []
+            var nextF: [UInt32] = []
+            var i = 0
+            while i < entries.count {
+                let chunk = Array(entries[i..<min(entries.count, i + per)])
+                var node = extentHeader(entries: chunk.count, max: per, depth: depth)
+                for e in chunk { node += e }
+                node += [UInt8](repeating: 0, count: blockSize - node.count)
+                if sb.metadataCsum {
+                    let t = 12 + 12 * per
+                    node.putLE32(t, crc32c(seed, node[0..<t]))
+                }
+                let blk = try newBlock()
+                try writeMeta(blk, node)
+                meta += 1
+                var ie = [UInt8](repeating: 0, count: 12)
+                ie.putLE32(0, firsts[i])
+                ie.putLE32(4, UInt32(truncatingIfNeeded: blk))
+                ie.putLE16(8, UInt16(truncatingIfNeeded: blk >> 32))
+                nextE.append(ie)
+                nextF.append(firsts[i])
+                i += per
+            }
+            entries = nextE
+            firsts = nextF
+            depth += 1
+            if depth > Ext4FileSystem.maxExtentDepth { throw .fileTooBig }
+        }
+        var root = extentHeader(entries: entries.count, max: 4, depth: depth)
+        for e in entries { root += e }
+        m.iBlock = root
+        return meta
+    }
+
+    private struct NodeKey: Hashable { let level: Int; let base: UInt64 }
+
+    private func storeBlockMap(_ m: inout MInode, _ list: [Extent], _ newBlock: () throws(Ext4Error) -> UInt64) throws(Ext4Error) -> UInt64 {
+        let p = UInt64(blockSize / 4)
+        var direct = [UInt32](repeating: 0, count: 12)
+        var nodes: [NodeKey: [UInt32]] = [:]
+        let tops: [(Int, UInt64, UInt64)] = [(1, 12, p), (2, 12 + p, p * p), (3, 12 + p + p * p, p * p * p)]
+        for x in list {
+            guard !x.unwritten else { throw .unsupported("unwritten extents in a block-mapped file") }
+            guard x.physical + x.length <= (1 << 32) else { throw .noSpace }
+            for k in 0..<x.length {
+                let l = x.logical + k
+                let phys = UInt32(x.physical + k)
+                if l < 12 { direct[Int(l)] = phys; continue }
+                guard let top = tops.first(where: { l >= $0.1 && l < $0.1 + $0.2 }) else { throw .fileTooBig }
+                var level = top.0, base = top.1, span = top.2
+                while true {
+                    let childSpan = span / p
+                    let idx = Int((l - base) / childSpan)
+                    let key = NodeKey(level: level, base: base)
+                    var arr = nodes[key] ?? [UInt32](repeating: 0, count: Int(p))
+                    if level == 1 { arr[idx] = phys }
+                    nodes[key] = arr
+                    if level == 1 { break }
+                    base = base + UInt64(idx) * childSpan
+                    span = childSpan
+                    level -= 1
+                }
+            }
+        }
+        var meta: UInt64 = 0
+        var blockOf: [NodeKey: UInt64] = [:]
+        for level in 1...3 {
+            let keys = nodes.keys.filter { $0.level == level }.sorted { $0.base < $1.base }
+            for key in keys {
+                guard var arr = nodes[key] else { continue }
+                if level > 1 {
+                    let childSpan = (level == 2 ? p : p * p)
+                    for (ck, cb) in blockOf where ck.level == level - 1 && ck.base >= key.base && ck.base < key.base + childSpan * p {
+                        arr[Int((ck.base - key.base) / childSpan)] = UInt32(truncatingIfNeeded: cb)
+                    }
+                }
+                let blk = try newBlock()
+                guard blk < (1 << 32) else { throw .noSpace }
+                var bytes = [UInt8](repeating: 0, count: blockSize)
+                for (i, v) in arr.enumerated() where v != 0 { bytes.putLE32(4 * i, v) }
+                try writeMeta(blk, bytes)
+                blockOf[key] = blk
+                meta += 1
+            }
+        }
+        var ib = [UInt8](repeating: 0, count: 60)
+        for i in 0..<12 { ib.putLE32(4 * i, direct[i]) }
+        for (lv, base, _) in tops {
+            if let b = blockOf[NodeKey(level: lv, base: base)] { ib.putLE32(4 * (11 + lv), UInt32(truncatingIfNeeded: b)) }
+        }
+        m.iBlock = ib
+        return meta
+    }
+}

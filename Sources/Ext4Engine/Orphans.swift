@@ -1,0 +1,138 @@
+import Foundation
+
+/// Mount/unmount of a read-write file system, the orphan list, inode lifetime.
+extension Ext4FileSystem {
+    /// Called by `open` for read-write mounts.
+    func startWriting() throws(Ext4Error) {
+        let w = try wstate
+        try loadWriteState(w)
+        try recoverOrphans()
+        let now = UInt32(truncatingIfNeeded: nowSpec().sec)
+        try updateSuper { s in
+            s.putLE16(0x3A, s.le16(0x3A) & ~1) // not clean while mounted
+            s.putLE32(0x2C, now)                // s_mtime
+            s.putLE16(0x34, s.le16(0x34) &+ 1)  // s_mnt_count
+        }
+        try dev.flush()
+    }
+
+    var lastOrphan: UInt32 { wstateOrNil?.gdLock.with { wstateOrNil?.sbRaw.le32(0xE8) ?? 0 } ?? 0 }
+    var wstateOrNil: WriteState? { w }
+
+    func isOrphan(_ ino: UInt32) -> Bool {
+        guard let w else { return false }
+        return w.orphanMapLock.with { w.orphanNext[ino] != nil }
+    }
+
+    /// Free (or truncate) every inode on the on-disk orphan chain left by a crash.
+    func recoverOrphans() throws(Ext4Error) {
+        var ino = lastOrphan
+        var seen = Set<UInt32>()
+        while ino != 0 {
+            guard ino >= 1, ino <= sb.inodesCount, seen.insert(ino).inserted, seen.count <= 1_000_000 else {
+                throw corrupt("orphan list is corrupt at inode \(ino)")
+            }
+            var m = try loadInode(ino, checkLive: false)
+            let next = m.dtime
+            m.dtime = 0
+            if m.links == 0 {
+                try destroyInode(&m)
+            } else {
+                if m.fileType == .regular { try truncateInode(&m, m.size) }
+                try storeInode(m)
+            }
+            ino = next
+        }
+        try updateSuper { s in s.putLE32(0xE8, 0) }
+    }
+
+    /// Put `ino` at the head of the orphan chain. The caller stores the inode afterwards.
+    func addOrphan(_ ino: UInt32) throws(Ext4Error) {
+        let w = try wstate
+        try w.orphanLock.with { () throws(Ext4Error) in
+            if w.orphanMapLock.with({ w.orphanNext[ino] != nil }) { return }
+            let head = w.gdLock.with { w.sbRaw.le32(0xE8) }
+            w.orphanMapLock.with { w.orphanNext[ino] = head }
+            try updateSuper { s in s.putLE32(0xE8, ino) }
+        }
+    }
+
+    /// Unlink `ino` from the orphan chain. The caller stores the inode (dtime 0) afterwards.
+    func removeOrphan(_ ino: UInt32) throws(Ext4Error) {
+        let w = try wstate
+        try w.orphanLock.with { () throws(Ext4Error) in
+            guard let next = w.orphanMapLock.with({ w.orphanNext[ino] }) else { return }
+            let pred: UInt32? = w.orphanMapLock.with {
+                w.orphanNext.first(where: { $0.value == ino && $0.key != ino })?.key
+            }
+            w.orphanMapLock.with {
+                w.orphanNext[ino] = nil
+                if let pred { w.orphanNext[pred] = next }
+            }
+            if let pred {
+                try patchDtime(pred, next)
+            } else {
+                try updateSuper { s in s.putLE32(0xE8, next) }
+            }
+        }
+    }
+
+    public func retain(_ ino: UInt32, count: UInt64) {
+        guard let w, count > 0 else { return }
+        w.orphanLock.with { w.refs[ino, default: 0] &+= count }
+    }
+
+    public func release(_ ino: UInt32, count: UInt64) throws(Ext4Error) {
+        let w = try wstate
+        let last = w.orphanLock.with { () -> Bool in
+            let c = w.refs[ino] ?? 0
+            let n = c > count ? c - count : 0
+            if n == 0 { w.refs[ino] = nil } else { w.refs[ino] = n }
+            return n == 0 && c > 0
+        }
+        guard last, isOrphan(ino) else { return }
+        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+            guard isOrphan(ino), w.orphanLock.with({ w.refs[ino] == nil }) else { return }
+            var m = try loadInode(ino, checkLive: false)
+            guard m.links == 0 else { return }
+            try removeOrphan(ino)
+            m.dtime = 0
+            try destroyInode(&m)
+        }
+    }
+
+    public func fileClosed(_ ino: UInt32) {
+        // No per-file preallocation is kept: allocation is goal-based and exact.
+    }
+
+    public func fsync(_ ino: UInt32, dataOnly: Bool) throws(Ext4Error) {
+        _ = try wstate
+        try dev.flush()
+    }
+
+    public func sync() throws(Ext4Error) {
+        try updateSuper()
+        try dev.flush()
+    }
+
+    public func unmount() throws(Ext4Error) {
+        let w = try wstate
+        // Free every remaining orphan, referenced or not.
+        while true {
+            let ino = w.orphanMapLock.with { w.orphanNext.keys.first }
+            guard let ino else { break }
+            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                var m = try loadInode(ino, checkLive: false)
+                try removeOrphan(ino)
+                m.dtime = 0
+                if m.links == 0 { try destroyInode(&m) } else { try storeInode(m) }
+            }
+        }
+        let now = UInt32(truncatingIfNeeded: nowSpec().sec)
+        try updateSuper { s in
+            s.putLE16(0x3A, s.le16(0x3A) | 1)
+            s.putLE32(0x30, now) // s_wtime
+        }
+        try dev.flush()
+    }
+}

@@ -1,0 +1,236 @@
+import Foundation
+
+extension Array where Element == UInt8 {
+    mutating func putLE16(_ o: Int, _ v: UInt16) {
+        guard o >= 0, o <= count - 2 else { return }
+        self[o] = UInt8(truncatingIfNeeded: v); self[o + 1] = UInt8(truncatingIfNeeded: v >> 8)
+    }
+    mutating func putLE64(_ o: Int, _ v: UInt64) {
+        putLE32(o, UInt32(truncatingIfNeeded: v))
+        putLE32(o + 4, UInt32(truncatingIfNeeded: v >> 32))
+    }
+    mutating func putBytes(_ o: Int, _ b: [UInt8]) {
+        guard o >= 0, b.count <= count - o else { return }
+        for (i, x) in b.enumerated() { self[o + i] = x }
+    }
+    mutating func zeroRange(_ o: Int, _ n: Int) {
+        var i = Swift.max(0, o)
+        let e = Swift.min(count, o + n)
+        while i < e { self[i] = 0; i += 1 }
+    }
+}
+
+/// Mutable state of a read-write mount. See Locks.swift for the lock order.
+final class WriteState: @unchecked Sendable {
+    let renameLock = NSLock()
+    let inodeLocks = RecursiveStripedLocks(1024)
+    let metaLocks = StripedLocks(256)
+    let orphanLock = NSLock()
+    let orphanMapLock = NSLock()
+    let gdLock = NSLock()
+    let groupLocks: [NSLock]
+
+    // gdLock
+    var sbRaw: [UInt8]
+    var gd: [[UInt8]]
+    var gdBlock: [UInt64]
+    var gdOffset: [Int]
+    var freeBlocksTotal: UInt64 = 0
+    var freeInodesTotal: UInt64 = 0
+    var dirRotor: Int = 0
+    var wroteSomething = false
+
+    // orphanLock
+    var refs: [UInt32: UInt64] = [:]
+    // orphanMapLock: ino -> next orphan (on-disk dtime of an orphan inode)
+    var orphanNext: [UInt32: UInt32] = [:]
+
+    init(sb: Superblock, groups: [GroupDesc]) {
+        sbRaw = sb.raw
+        gd = []
+        gdBlock = []
+        gdOffset = []
+        groupLocks = groups.map { _ in NSLock() }
+    }
+
+    func totals() -> (UInt64, UInt64) {
+        gdLock.with { (freeBlocksTotal, freeInodesTotal) }
+    }
+}
+
+/// Group descriptor field offsets.
+enum GD {
+    static let freeBlocksLo = 0xC, freeInodesLo = 0xE, usedDirsLo = 0x10, flags = 0x12
+    static let bbCsumLo = 0x18, ibCsumLo = 0x1A, itableUnusedLo = 0x1C, checksum = 0x1E
+    static let freeBlocksHi = 0x2C, freeInodesHi = 0x2E, usedDirsHi = 0x30, itableUnusedHi = 0x32
+    static let bbCsumHi = 0x38, ibCsumHi = 0x3A
+    static let inodeUninit: UInt16 = 1, blockUninit: UInt16 = 2, itableZeroed: UInt16 = 4
+}
+
+extension Ext4FileSystem {
+    var wstate: WriteState {
+        get throws(Ext4Error) {
+            guard let w else { throw .readOnly }
+            return w
+        }
+    }
+
+    static func writeRefusal(_ sb: Superblock) -> String? {
+        if sb.has(compat: 0x1000) { return "orphan_file feature not supported for writing" }
+        if sb.has(compat: 0x400) { return "stable_inodes/exclude_bitmap not supported for writing" }
+        if sb.has(roCompat: RoCompat.quota) || sb.has(roCompat: RoCompat.project) {
+            return "quota/project features not supported for writing"
+        }
+        if sb.has(incompat: Incompat.encrypt) || sb.has(incompat: Incompat.casefold) {
+            return "encrypt/casefold not supported for writing"
+        }
+        if sb.has(incompat: Incompat.journalDev) { return "external journal device" }
+        if sb.has(compat: Compat.hasJournal) == false && sb.has(incompat: Incompat.recover) {
+            return "needs_recovery without a journal"
+        }
+        return nil
+    }
+
+    // ---- group geometry ----------------------------------------------------------
+
+    var groupCount: Int { groups.count }
+    func groupStart(_ g: Int) -> UInt64 { UInt64(sb.firstDataBlock) + UInt64(g) * UInt64(sb.blocksPerGroup) }
+    func groupBlocks(_ g: Int) -> Int {
+        let s = groupStart(g)
+        let e = min(sb.blocksCount, s + UInt64(sb.blocksPerGroup))
+        return e > s ? Int(e - s) : 0
+    }
+    func groupOf(block b: UInt64) -> Int {
+        guard b >= UInt64(sb.firstDataBlock) else { return 0 }
+        return Int(min(UInt64(groups.count - 1), (b - UInt64(sb.firstDataBlock)) / UInt64(sb.blocksPerGroup)))
+    }
+
+    // ---- metadata writes ---------------------------------------------------------
+
+    /// Write one metadata block through the cache (write-through).
+    func writeMeta(_ n: UInt64, _ b: [UInt8]) throws(Ext4Error) {
+        guard n < sb.blocksCount, n > 0 || sb.firstDataBlock == 1, b.count == blockSize else {
+            throw .corrupted("metadata write to bad block \(n)")
+        }
+        if let old = cache.get(n), old == b { return }
+        try devWrite(n * UInt64(blockSize), b)
+        cache.put(n, b)
+    }
+
+    func devWrite(_ off: UInt64, _ b: [UInt8]) throws(Ext4Error) {
+        var err: Ext4Error? = nil
+        b.withUnsafeBytes { p in
+            do throws(Ext4Error) { try dev.write(at: off, from: p) } catch { err = error }
+        }
+        if let err { throw err }
+    }
+
+    // ---- group descriptors and superblock ------------------------------------------
+
+    func loadWriteState(_ w: WriteState) throws(Ext4Error) {
+        let descPerBlock = UInt64(blockSize / sb.descSize)
+        var cur: (UInt64, [UInt8])? = nil
+        var fb: UInt64 = 0, fi: UInt64 = 0
+        for gi in 0..<groups.count {
+            let g = UInt64(gi)
+            let metaIndex = g / descPerBlock
+            let blk: UInt64
+            if sb.has(incompat: Incompat.metaBG) && metaIndex >= UInt64(sb.firstMetaBG) {
+                let first = metaIndex * descPerBlock
+                let gstart = UInt64(sb.firstDataBlock) + first * UInt64(sb.blocksPerGroup)
+                blk = gstart + (sb.groupHasSuper(first) ? 1 : 0)
+            } else {
+                blk = UInt64(sb.firstDataBlock) + 1 + metaIndex
+            }
+            if cur?.0 != blk { cur = (blk, try block(blk)) }
+            let off = Int(g % descPerBlock) * sb.descSize
+            guard let d = cur?.1.sub(off, sb.descSize) else { throw corrupt("group descriptor out of block") }
+            w.gd.append(d)
+            w.gdBlock.append(blk)
+            w.gdOffset.append(off)
+            fb += UInt64(gdFree(d, blocks: true))
+            fi += UInt64(gdFree(d, blocks: false))
+        }
+        w.freeBlocksTotal = fb
+        w.freeInodesTotal = fi
+    }
+
+    func gdFree(_ d: [UInt8], blocks: Bool) -> UInt32 {
+        let hi = sb.descSize >= 64
+        if blocks { return UInt32(d.le16(GD.freeBlocksLo)) | (hi ? UInt32(d.le16(GD.freeBlocksHi)) << 16 : 0) }
+        return UInt32(d.le16(GD.freeInodesLo)) | (hi ? UInt32(d.le16(GD.freeInodesHi)) << 16 : 0)
+    }
+
+    func gdGet32(_ d: [UInt8], _ lo: Int, _ hiOff: Int) -> UInt32 {
+        UInt32(d.le16(lo)) | (sb.descSize >= 64 ? UInt32(d.le16(hiOff)) << 16 : 0)
+    }
+
+    func gdPut32(_ d: inout [UInt8], _ lo: Int, _ hiOff: Int, _ v: UInt32) {
+        d.putLE16(lo, UInt16(truncatingIfNeeded: v))
+        if sb.descSize >= 64 { d.putLE16(hiOff, UInt16(truncatingIfNeeded: v >> 16)) }
+    }
+
+    func gdChecksum(_ d: [UInt8], _ g: Int) -> UInt16 {
+        if sb.metadataCsum {
+            var c = crc32c(csumSeed, leBytes32(UInt32(truncatingIfNeeded: g)))
+            c = crc32c(c, d.zeroing(GD.checksum, 2))
+            return UInt16(truncatingIfNeeded: c)
+        }
+        var c = crc16(0xFFFF, sb.uuid[...])
+        c = crc16(c, leBytes32(UInt32(truncatingIfNeeded: g))[...])
+        c = crc16(c, d[0..<0x1E])
+        if sb.descSize > 0x20 { c = crc16(c, d[0x20..<sb.descSize]) }
+        return c
+    }
+
+    /// Modify group descriptor `g` and write its table block. Takes gdLock.
+    func updateGD(_ g: Int, _ body: (inout [UInt8]) -> Void) throws(Ext4Error) {
+        let w = try wstate
+        try w.gdLock.with { () throws(Ext4Error) in
+            guard g >= 0, g < w.gd.count else { throw corrupt("group \(g) out of range") }
+            var d = w.gd[g]
+            let oldB = gdFree(d, blocks: true), oldI = gdFree(d, blocks: false)
+            body(&d)
+            if sb.metadataCsum || sb.gdtCsum { d.putLE16(GD.checksum, gdChecksum(d, g)) }
+            w.gd[g] = d
+            let nb = gdFree(d, blocks: true), ni = gdFree(d, blocks: false)
+            w.freeBlocksTotal = w.freeBlocksTotal &+ UInt64(nb) &- UInt64(oldB)
+            w.freeInodesTotal = w.freeInodesTotal &+ UInt64(ni) &- UInt64(oldI)
+            var blk = try block(w.gdBlock[g])
+            blk.putBytes(w.gdOffset[g], d)
+            try writeMeta(w.gdBlock[g], blk)
+        }
+    }
+
+    func gdSnapshot(_ g: Int) -> [UInt8] {
+        guard let w, g >= 0, g < w.gd.count else { return [] }
+        return w.gdLock.with { w.gd[g] }
+    }
+
+    /// Write the superblock with current totals; `body` may change other fields. Takes gdLock.
+    func updateSuper(_ body: (inout [UInt8]) -> Void = { _ in }) throws(Ext4Error) {
+        let w = try wstate
+        try w.gdLock.with { () throws(Ext4Error) in
+            var s = w.sbRaw
+            body(&s)
+            s.putLE32(0xC, UInt32(truncatingIfNeeded: w.freeBlocksTotal))
+            if sb.is64 { s.putLE32(0x158, UInt32(truncatingIfNeeded: w.freeBlocksTotal >> 32)) }
+            s.putLE32(0x10, UInt32(truncatingIfNeeded: w.freeInodesTotal))
+            if sb.metadataCsum { s.putLE32(0x3FC, crc32c(~0, s[0..<0x3FC])) }
+            w.sbRaw = s
+            try devWrite(1024, s)
+            // Keep a cached copy of the block holding the superblock coherent.
+            let sbBlock: UInt64 = blockSize == 1024 ? 1 : 0
+            if var cb = cache.get(sbBlock) {
+                cb.putBytes(blockSize == 1024 ? 0 : 1024, s)
+                cache.put(sbBlock, cb)
+            }
+        }
+    }
+
+    func nowSpec() -> Timespec {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Timespec(sec: Int64(ts.tv_sec), nsec: UInt32(clamping: ts.tv_nsec))
+    }
+}

@@ -1,0 +1,282 @@
+// Modifying requests. Each checks the mount is writable, enforces the inode
+// flags the kernel cannot enforce for us on a classic FUSE connection
+// (immutable, append-only), then calls the engine. New inodes get their owner
+// and group the way ext4 does (setgid directories) and the request's umask
+// unless the parent has a default ACL.
+
+import Ext4Engine
+import FuseKernel
+import Glibc
+
+extension Ext4FuseFS {
+    func writable() throws(FuseError) {
+        if readOnly { throw .rofs }
+    }
+
+    /// The kernel keeps a reference per entry it is told about; the engine must
+    /// not free or reuse an unlinked inode until the kernel forgets it.
+    func referenced(_ i: Inode) -> FuseEntryOut {
+        fs.retain(i.ino, count: 1)
+        return entry(i)
+    }
+
+    func inodeOf(_ nodeid: UInt64) throws(FuseError) -> Inode {
+        let ino = try Self.ino(nodeid)
+        return try engine { () throws(Ext4Error) in try fs.inode(ino) }
+    }
+
+    /// EPERM for an immutable or append-only inode (as ext4 does for unlink,
+    /// rename, link, setattr and truncation).
+    func mutable(_ i: Inode) throws(FuseError) {
+        if i.flags & (Self.immutableFL | Self.appendFL) != 0 { throw .perm }
+    }
+
+    static let aclDefault = Array("system.posix_acl_default".utf8)
+
+    /// Owner, group and mode for a new inode in `parent`.
+    func newInode(_ c: FuseContext, parent: Inode, mode: UInt32, umask: UInt32, rdev: UInt32 = 0) -> NewInode {
+        var m = mode
+        let isDir = m & UInt32(S_IFMT) == UInt32(S_IFDIR)
+        var gid = c.gid
+        if UInt32(parent.mode) & UInt32(S_ISGID) != 0 {
+            gid = parent.gid
+            if isDir { m |= UInt32(S_ISGID) }
+        }
+        // A default ACL on the parent replaces the umask (the engine applies it).
+        let hasDefaultACL = (try? fs.getxattr(parent.ino, name: Self.aclDefault)) != nil
+        if !hasDefaultACL { m &= ~(umask & 0o777) }
+        let major = (rdev >> 8) & 0xfff, minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00)
+        return NewInode(mode: UInt16(truncatingIfNeeded: m), uid: c.uid, gid: gid, rdev: (major, minor))
+    }
+
+    func make(_ c: FuseContext, name: FuseName, mode: UInt32, umask: UInt32, rdev: UInt32 = 0) throws(FuseError) -> Inode {
+        try writable()
+        guard name.count <= 255 else { throw .nametoolong }
+        let parent = try inodeOf(c.nodeid)
+        let n = newInode(c, parent: parent, mode: mode, umask: umask, rdev: rdev)
+        let dir = parent.ino
+        if n.mode & 0xF000 == 0x4000 {
+            return try engine { () throws(Ext4Error) in try fs.mkdir(parent: dir, name: name, n) }
+        }
+        return try engine { () throws(Ext4Error) in try fs.mknod(parent: dir, name: name, n) }
+    }
+
+    public func mknod(_ c: FuseContext, name: FuseName, _ a: FuseMknodIn) throws(FuseError) -> FuseEntryOut {
+        let t = a.mode & UInt32(S_IFMT)
+        guard [S_IFREG, S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK].map({ UInt32($0) }).contains(t) else { throw .inval }
+        return referenced(try make(c, name: name, mode: a.mode, umask: a.umask, rdev: a.rdev))
+    }
+
+    public func mkdir(_ c: FuseContext, name: FuseName, _ a: FuseMkdirIn) throws(FuseError) -> FuseEntryOut {
+        referenced(try make(c, name: name, mode: UInt32(S_IFDIR) | (a.mode & 0o7777), umask: a.umask))
+    }
+
+    public func create(_ c: FuseContext, name: FuseName, _ a: FuseCreateIn) throws(FuseError) -> (FuseEntryOut, FuseOpenOut) {
+        let i = try make(c, name: name, mode: UInt32(S_IFREG) | (a.mode & 0o7777), umask: a.umask)
+        return (referenced(i), FuseOpenOut(fh: 0, openFlags: FuseOpenOutFlags.keepCache.rawValue))
+    }
+
+    public func tmpfile(_ c: FuseContext, name: FuseName, _ a: FuseCreateIn) throws(FuseError) -> (FuseEntryOut, FuseOpenOut) {
+        try writable()
+        let parent = try inodeOf(c.nodeid)
+        let n = newInode(c, parent: parent, mode: UInt32(S_IFREG) | (a.mode & 0o7777), umask: a.umask)
+        let i = try engine { () throws(Ext4Error) in try fs.tmpfile(parent: parent.ino, n) }
+        return (referenced(i), FuseOpenOut(fh: 0, openFlags: FuseOpenOutFlags.keepCache.rawValue))
+    }
+
+    public func symlink(_ c: FuseContext, name: FuseName, target: [UInt8]) throws(FuseError) -> FuseEntryOut {
+        try writable()
+        guard name.count <= 255 else { throw .nametoolong }
+        guard !target.isEmpty else { throw .noent }
+        guard target.count < fs.blockSize else { throw .nametoolong }
+        let parent = try inodeOf(c.nodeid)
+        let gid = UInt32(parent.mode) & UInt32(S_ISGID) != 0 ? parent.gid : c.gid
+        let i = try engine { () throws(Ext4Error) in
+            try fs.symlink(parent: parent.ino, name: name, target: target, uid: c.uid, gid: gid)
+        }
+        return referenced(i)
+    }
+
+    public func link(_ c: FuseContext, oldNode: UInt64, name: FuseName) throws(FuseError) -> FuseEntryOut {
+        try writable()
+        guard name.count <= 255 else { throw .nametoolong }
+        let target = try inodeOf(oldNode)
+        try mutable(target)
+        let dir = try Self.ino(c.nodeid)
+        let i = try engine { () throws(Ext4Error) in try fs.link(target.ino, parent: dir, name: name) }
+        return referenced(i)
+    }
+
+    /// The inode a name in the request's directory refers to, for flag checks.
+    func child(_ dir: UInt32, _ name: FuseName) throws(FuseError) -> Inode {
+        try engine { () throws(Ext4Error) in try fs.inode(try fs.lookup(dir: dir, name: name)) }
+    }
+
+    public func unlink(_ c: FuseContext, name: FuseName) throws(FuseError) {
+        try writable()
+        let dir = try Self.ino(c.nodeid)
+        try mutable(try child(dir, name))
+        _ = try engine { () throws(Ext4Error) in try fs.unlink(parent: dir, name: name) }
+    }
+
+    public func rmdir(_ c: FuseContext, name: FuseName) throws(FuseError) {
+        try writable()
+        let dir = try Self.ino(c.nodeid)
+        try mutable(try child(dir, name))
+        try engine { () throws(Ext4Error) in try fs.rmdir(parent: dir, name: name) }
+    }
+
+    public func rename(_ c: FuseContext, name: FuseName, newParent: UInt64, newName: FuseName, flags: UInt32) throws(FuseError) {
+        try writable()
+        guard newName.count <= 255 else { throw .nametoolong }
+        guard flags & ~(FuseMiscFlags.renameNoreplace | FuseMiscFlags.renameExchange) == 0,
+              flags != FuseMiscFlags.renameNoreplace | FuseMiscFlags.renameExchange
+        else { throw .inval }
+        let from = try Self.ino(c.nodeid), to = try Self.ino(newParent)
+        try mutable(try child(from, name))
+        if let existing = try? child(to, newName) { try mutable(existing) }
+        try engine { () throws(Ext4Error) in
+            try fs.rename(parent: from, name: name, newParent: to, newName: newName, flags: flags)
+        }
+    }
+
+    public func setattr(_ c: FuseContext, _ a: FuseSetattrIn) throws(FuseError) -> FuseAttrOut {
+        try writable()
+        let old = try inodeOf(c.nodeid)
+        let v = FuseSetattrValid(rawValue: a.valid)
+        var ch = AttrChange()
+        // Immutable inodes change nothing; append-only ones may not shrink.
+        if old.flags & Self.immutableFL != 0 { throw .perm }
+        if v.contains(.mode) { ch.mode = UInt16(truncatingIfNeeded: (UInt32(old.mode) & UInt32(S_IFMT)) | (a.mode & 0o7777)) }
+        if v.contains(.uid) { ch.uid = a.uid }
+        if v.contains(.gid) { ch.gid = a.gid }
+        if v.contains(.size) {
+            if old.flags & Self.appendFL != 0 { throw .perm }
+            guard old.fileType == .regular else { throw old.fileType == .directory ? .isdir : .inval }
+            ch.size = a.size
+        }
+        if v.contains(.atimeNow) { ch.atime = .now } else if v.contains(.atime) {
+            ch.atime = .set(Timespec(sec: Int64(bitPattern: a.atime), nsec: min(a.atimensec, 999_999_999)))
+        }
+        if v.contains(.mtimeNow) { ch.mtime = .now } else if v.contains(.mtime) {
+            ch.mtime = .set(Timespec(sec: Int64(bitPattern: a.mtime), nsec: min(a.mtimensec, 999_999_999)))
+        }
+        if v.contains(.ctime) {
+            ch.ctime = .set(Timespec(sec: Int64(bitPattern: a.ctime), nsec: min(a.ctimensec, 999_999_999)))
+        }
+        if v.contains(.killSuidgid) {
+            var m = ch.mode ?? old.mode
+            m &= ~UInt16(S_ISUID)
+            if m & UInt16(S_IXGRP) != 0 { m &= ~UInt16(S_ISGID) }
+            ch.mode = m
+        }
+        let ino = old.ino
+        let i = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
+        return FuseAttrOut(attrValid: timeout, attr: attr(i))
+    }
+
+    public func write(_ c: FuseContext, _ a: FuseWriteIn, data: [UInt8]) throws(FuseError) -> UInt32 {
+        try writable()
+        let i = try inodeOf(c.nodeid)
+        if i.flags & Self.immutableFL != 0 { throw .perm }
+        // Append-only files accept writes only at their end (the kernel passes
+        // the end as the offset for O_APPEND writes).
+        if i.flags & Self.appendFL != 0 && a.offset != i.size { throw .perm }
+        return UInt32(clamping: try writeBytes(i.ino, a.offset, data))
+    }
+
+    /// The engine's write over an array's bytes, with its error mapped.
+    func writeBytes(_ ino: UInt32, _ offset: UInt64, _ data: [UInt8]) throws(FuseError) -> Int {
+        var result: Result<Int, Ext4Error> = .success(0)
+        data.withUnsafeBytes { buf in
+            do throws(Ext4Error) { result = .success(try fs.write(ino, offset: offset, data: buf)) } catch { result = .failure(error) }
+        }
+        switch result {
+        case .success(let n): return n
+        case .failure(let e): throw FuseError(e.errno)
+        }
+    }
+
+    public func fallocate(_ c: FuseContext, _ a: FuseFallocateIn) throws(FuseError) {
+        try writable()
+        let i = try inodeOf(c.nodeid)
+        if i.flags & Self.immutableFL != 0 { throw .perm }
+        if i.flags & Self.appendFL != 0 && a.mode & 0x2 != 0 { throw .perm }  // no punching append-only files
+        try engine { () throws(Ext4Error) in try fs.fallocate(i.ino, mode: a.mode, offset: a.offset, length: a.length) }
+    }
+
+    public func copyFileRange(_ c: FuseContext, _ a: FuseCopyFileRangeIn) throws(FuseError) -> UInt64 {
+        try writable()
+        let src = try Self.ino(c.nodeid)
+        let dst = try inodeOf(a.nodeidOut)
+        if dst.flags & (Self.immutableFL | Self.appendFL) != 0 { throw .perm }
+        var done: UInt64 = 0
+        let chunk = 1 << 20
+        while done < a.len {
+            let want = Int(min(UInt64(chunk), a.len - done))
+            let (inOff, o1) = a.offIn.addingReportingOverflow(done)
+            let (outOff, o2) = a.offOut.addingReportingOverflow(done)
+            guard !o1, !o2 else { throw .inval }
+            let data = try engine { () throws(Ext4Error) in try fs.read(src, offset: inOff, count: want) }
+            if data.isEmpty { break }
+            let n = try writeBytes(dst.ino, outOff, data)
+            done += UInt64(n)
+            if n < want { break }
+        }
+        return done
+    }
+
+    public func setxattr(_ c: FuseContext, name: FuseName, value: [UInt8], flags: UInt32) throws(FuseError) {
+        try writable()
+        let i = try inodeOf(c.nodeid)
+        try mutable(i)
+        try engine { () throws(Ext4Error) in try fs.setxattr(i.ino, name: name, value: value, flags: flags) }
+    }
+
+    public func removexattr(_ c: FuseContext, name: FuseName) throws(FuseError) {
+        try writable()
+        let i = try inodeOf(c.nodeid)
+        try mutable(i)
+        try engine { () throws(Ext4Error) in try fs.removexattr(i.ino, name: name) }
+    }
+
+    public func fsync(_ c: FuseContext, _ a: FuseFsyncIn) throws(FuseError) {
+        if readOnly { return }
+        let ino = try Self.ino(c.nodeid)
+        try engine { () throws(Ext4Error) in try fs.fsync(ino, dataOnly: a.fsyncFlags & FuseMiscFlags.fsyncFdatasync != 0) }
+    }
+
+    public func fsyncdir(_ c: FuseContext, _ a: FuseFsyncIn) throws(FuseError) {
+        try fsync(c, a)
+    }
+
+    public func syncfs(_ c: FuseContext) throws(FuseError) {
+        if readOnly { return }
+        try engine { () throws(Ext4Error) in try fs.sync() }
+    }
+
+    public func release(_ c: FuseContext, _ a: FuseReleaseIn) {
+        if readOnly { return }
+        if let ino = try? Self.ino(c.nodeid) { fs.fileClosed(ino) }
+    }
+
+    public func forget(_ nodeid: UInt64, nlookup: UInt64) {
+        guard let ino = try? Self.ino(nodeid) else { return }
+        do { try fs.release(ino, count: nlookup) } catch {
+            logger.error("freeing inode \(ino) after its last reference: \(error)")
+        }
+    }
+
+    /// DESTROY, or the end of the session without one: a plain (non-fuseblk)
+    /// FUSE unmount sends no DESTROY, so the serving code calls this when the
+    /// session ends. Runs once.
+    public func destroy() {
+        guard destroyed.withLock({ d -> Bool in let first = !d; d = true; return first }) else { return }
+        do {
+            if !readOnly { try fs.unmount() }
+            logger.info("unmounted cleanly")
+        } catch {
+            logger.error("unmount: \(error); run e2fsck")
+        }
+    }
+}
