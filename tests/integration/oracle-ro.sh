@@ -72,6 +72,18 @@ server_pid_for() {
   return 1
 }
 
+# After umount the loop device's autoclear release runs asynchronously; the
+# product path refuses an image that a loop device still holds.
+detach_wait() {  # image
+  local i
+  for ((i = 0; i < 100; i++)); do
+    [ -z "$(losetup -j "$1" 2>/dev/null)" ] && return 0
+    losetup -j "$1" | cut -d: -f1 | while read -r l; do losetup -d "$l" 2>/dev/null; done
+    sleep 0.1
+  done
+  echo "oracle-ro: a loop device still holds $1"; return 1
+}
+
 wait_gone() {  # pid seconds
   local i
   for ((i = 0; i < $2 * 10; i++)); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
@@ -96,7 +108,7 @@ compare() {
   timeout 300 python3 "$TOOLS/treecompare.py" snapshot "$W/kernel" "$W/kernel.json" > "$W/kwalk.log" 2>&1
   rc=$?
   umount "$W/kernel" || umount -l "$W/kernel"
-  losetup -j "$img" | cut -d: -f1 | while read -r l; do losetup -d "$l" 2>/dev/null; done
+  detach_wait "$img"
   if [ $rc -ne 0 ]; then
     echo "FAIL $name: walking the kernel's mount failed:"; tail -5 "$W/kwalk.log"
     SUMMARY+=("FAIL $name (kernel walk)"); fails=$((fails + 1)); return
@@ -142,9 +154,10 @@ compare() {
       [ $status -eq 0 ] || problems+=" ext4iomapd-exit-status-$status"
     fi
   fi
-  if [ -z "$(losetup -j "$img")" ]; then :; else
-    problems+=" loop-device-left-attached"
-    losetup -j "$img" | cut -d: -f1 | while read -r l; do losetup -d "$l" 2>/dev/null; done
+  for ((i = 0; i < 50; i++)); do [ -z "$(losetup -j "$img")" ] && break; sleep 0.1; done
+  if [ -n "$(losetup -j "$img")" ]; then
+    problems+=" loop-device-left-attached-5s-after-umount"
+    detach_wait "$img" > /dev/null
   fi
   # 3. Compare. statx.attributes: FUSE (ABI 7.45) does not pass the server's
   # STATX attributes (immutable/append/nodump) on to statx(2); the server's
@@ -228,6 +241,7 @@ v_eainode() {
   gen ea "$W/stage/tree" && mkfs.ext4 -q -F -b 4096 -O ea_inode -d "$W/stage/tree" "$W/eainode.img" 64M
   local rc=$?
   umount "$W/stage"
+  detach_wait "$W/stage.img"
   [ $rc -eq 0 ] || return 1
   # mke2fs 1.47.0 -d leaves the owners' i_blocks without their EA inodes' blocks
   # (e2fsck: "i_blocks is 8, should be 32"); let e2fsck settle it, as the kernel would count it.
@@ -248,7 +262,7 @@ kernel_made() {  # NAME MKFSARGS...
   gen kernel "$W/rw" --entries 50500
   local rc=$?
   umount "$W/rw"
-  losetup -j "$W/$name.img" | cut -d: -f1 | while read -r l; do losetup -d "$l" 2>/dev/null; done
+  detach_wait "$W/$name.img"
   [ $rc -eq 0 ] || return 1
   debugfs -R "htree /big" "$W/$name.img" 2>/dev/null | grep -q "Indirect levels: 1" ||
     { echo "the 50,000-entry directory is not a two-level htree"; return 1; }

@@ -214,6 +214,10 @@ def compare(A, B, max_diffs, ignore):
             diffs.append(f"{show(p)}: only in the served tree")
             continue
         x, y = A[p], B[p]
+        if ("lstat" in x) != ("lstat" in y):
+            # One side could not stat the object at all: one line, not one per attribute.
+            diffs.append(f"{show(p)}: lstat: kernel={x.get('lstat', 'ok')!r} served={y.get('lstat', 'ok')!r}")
+            continue
         for k in sorted(set(x) | set(y)):
             if k in ignore:
                 continue
