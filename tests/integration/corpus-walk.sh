@@ -21,7 +21,7 @@ BUILD=${EXT4IOMAP_BUILD:-$repo/.build/debug}
 TOOLS=$repo/tests/tools
 HELPER=$BUILD/fuservicemount
 CORPUS=$repo/../shared/corpus/e2fsprogs-tests
-WALK_TIMEOUT=${WALK_TIMEOUT:-60}  # f_many_subdirs (130,000 objects) takes ~50s on a debug build
+WALK_TIMEOUT=${WALK_TIMEOUT:-120}  # f_many_subdirs (130,000 objects) takes 50-70s on a debug build
 MAX_HWM_MB=${MAX_HWM_MB:-512}
 MAX_IMAGE_MB=${MAX_IMAGE_MB:-2048}
 PATTERN=${1:-*}
@@ -81,6 +81,15 @@ abort_fuse() {
   [ -e /sys/fs/fuse/connections/"$minor"/abort ] ||
     mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null || true
   [ -e /sys/fs/fuse/connections/"$minor"/abort ] && echo 1 > /sys/fs/fuse/connections/"$minor"/abort
+}
+
+# Alive = exists and is not a zombie. The server runs in its own PID namespace and
+# is reparented when fuservicemount exits; its new parent may reap it late, and
+# kill -0 succeeds on a zombie.
+alive() {
+  local st
+  st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
 }
 
 CRASH_RE='Fatal error|Segmentation fault|Illegal instruction|Current stack trace|core dumped|Trace/breakpoint trap'
@@ -164,7 +173,7 @@ except OSError as e:
     if e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.ENODEV):
         raise' "$MNT" 2> "$WORK/alive.err"; then
         result=CRASH; note+=" (the mount no longer answers after the walk: $(tail -1 "$WORK/alive.err"))"
-      elif [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+      elif [ -n "$pid" ] && ! alive "$pid"; then
         result=CRASH; note+=" (server gone after the walk)"
       fi
     fi
@@ -181,8 +190,8 @@ except OSError as e:
       [ -z "$result" ] && { result=HANG; note+=" (umount hung or failed)"; }
     fi
     if [ -n "$pid" ]; then
-      for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      if kill -0 "$pid" 2>/dev/null; then
+      for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
+      if alive "$pid"; then
         [ -z "$result" ] && { result=LEFTOVER; note+=" (server still running 10s after umount)"; }
         kill -9 "$pid" 2>/dev/null
       fi

@@ -84,9 +84,17 @@ detach_wait() {  # image
   echo "oracle-ro: a loop device still holds $1"; return 1
 }
 
+# Alive = exists and is not a zombie (a product-path server lives in its own PID
+# namespace, is reparented when fuservicemount exits and may be reaped late).
+alive() {
+  local st
+  st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$st" ] && [ "$st" != Z ]
+}
+
 wait_gone() {  # pid seconds
   local i
-  for ((i = 0; i < $2 * 10; i++)); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  for ((i = 0; i < $2 * 10; i++)); do alive "$1" || return 0; sleep 0.1; done
   return 1
 }
 
@@ -137,7 +145,7 @@ compare() {
   timeout 300 python3 "$TOOLS/treecompare.py" snapshot "$W/served" "$W/served.json" > "$W/fwalk.log" 2>&1
   rc=$?
   local alive=yes
-  if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then alive=no; fi
+  if [ -n "$pid" ] && ! alive "$pid"; then alive=no; fi
   umount "$W/served" 2>/dev/null || umount -l "$W/served"
   local problems=""
   [ $rc -eq 0 ] || problems+=" walk-failed(rc=$rc: $(tail -1 "$W/fwalk.log"))"
