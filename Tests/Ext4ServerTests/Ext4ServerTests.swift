@@ -83,7 +83,7 @@ struct Ext4ServerTests {
         try ServedImage(mkfs: ["-b", "\(blockSize)"], size: "128M") { d in
             try d.write("tree/small", pattern(100, seed: 1))
             try d.write("tree/empty", [])
-            try d.write("tree/big", pattern(40 << 20, seed: 2))  // more than one extent at 1 KiB
+            try d.write("tree/big", bulk(40 << 20, seed: 2))  // more than one extent at 1 KiB
             try d.sparse("tree/islands", pieces: (0..<400).map { (offset: $0 * 2 * blockSize * 2, length: blockSize) },
                          size: 400 * 4 * blockSize)  // 400 extents: an extent tree of depth 1 or 2
             try d.sparse("tree/holes", pieces: [(1 << 20, 3 * blockSize), (5 << 20, 10000)], size: 8 << 20)
@@ -150,7 +150,7 @@ struct Ext4ServerTests {
                 try d.write("tree/tiny", pattern(40, seed: 9))
                 try d.write("tree/small", pattern(100, seed: 1))
                 try d.write("tree/empty", [])
-                try d.write("tree/big", pattern(12 << 20, seed: 2))
+                try d.write("tree/big", bulk(12 << 20, seed: 2))
                 try d.sparse("tree/islands", pieces: (0..<300).map { (offset: $0 * 8192, length: 1024) }, size: 300 * 8192)
                 try d.sparse("tree/holes", pieces: [(1 << 20, 5000), (5 << 20, 10000)], size: 8 << 20)
                 try d.sparse("tree/allhole", pieces: [], size: 3 << 20)
@@ -160,7 +160,11 @@ struct Ext4ServerTests {
             try tool(["mount", "-t", "ext4", "-o", "ro,loop", s.image, mnt])
             defer {
                 _ = try? tool(["umount", mnt], allowFailure: true)
-                _ = try? tool(["losetup", "-D"], allowFailure: true) == "" ? "" : ""
+                // Only this image's loop device (autoclear normally releases it already).
+                let loops = (try? tool(["losetup", "-j", s.image], allowFailure: true)) ?? ""
+                for l in loops.split(separator: "\n") {
+                    if let dev = l.split(separator: ":").first { _ = try? tool(["losetup", "-d", String(dev)], allowFailure: true) }
+                }
             }
             for f in files {
                 let fd = Glibc.open(mnt + "/" + f, O_RDONLY)
@@ -191,11 +195,11 @@ struct Ext4ServerTests {
 
     @Test func bmapMatchesDebugfs() throws {
         let s = try ServedImage(mkfs: ["-t", "ext2", "-b", "1024"], size: "96M") { d in
-            try d.write("tree/double", pattern(3 << 20, seed: 3))  // direct, single and double indirect
+            try d.write("tree/double", bulk(3 << 20, seed: 3))  // direct, single and double indirect
             try d.sparse("tree/holes", pieces: [(20 << 10, 4096), (300 << 10, 2048), (70 << 20, 1024)], size: 71 << 20)
         }
         let extents = try ServedImage(mkfs: ["-b", "4096"], size: "64M") { d in
-            try d.write("tree/file", pattern(1 << 20, seed: 4))
+            try d.write("tree/file", bulk(1 << 20, seed: 4))
             try d.sparse("tree/holes", pieces: [(1 << 20, 4096)], size: 2 << 20)
         }
         for (img, path, blocks) in [(s, "double", Array(0..<20) + [267, 268, 269, 1000, 3071, 3072, 3073]),

@@ -81,6 +81,20 @@ func pattern(_ n: Int, seed: UInt64) -> [UInt8] {
     }
 }
 
+/// Large contents cheaply: a 64 KiB pattern, each copy stamped with its index.
+func bulk(_ n: Int, seed: UInt64) -> [UInt8] {
+    let unit = pattern(1 << 16, seed: seed)
+    var out = [UInt8]()
+    out.reserveCapacity(n + unit.count)
+    var i: UInt32 = 0
+    while out.count < n {
+        out += withUnsafeBytes(of: i.littleEndian) { Array($0) }
+        out += unit.dropFirst(4)
+        i += 1
+    }
+    return Array(out.prefix(n))
+}
+
 /// An image built from a tree, plus debugfs edits, served by Ext4FuseFS over a test kernel.
 final class ServedImage {
     let dir: Scratch
