@@ -192,6 +192,11 @@ except OSError as e:
     if [ -n "$pid" ]; then
       for ((i = 0; i < 100; i++)); do alive "$pid" || break; sleep 0.1; done
       if alive "$pid"; then
+        # For the record: what each of its threads is waiting on.
+        threads=$(for t in /proc/"$pid"/task/*; do
+          printf '%s:%s:%s ' "$(cat "$t/comm" 2>/dev/null)" "$(awk '{print $3}' "$t/stat" 2>/dev/null)" "$(cat "$t/wchan" 2>/dev/null)"
+        done)
+        echo "  $name: server $pid still running 10s after umount; threads (comm:state:wchan): $threads"
         [ -z "$result" ] && { result=LEFTOVER; note+=" (server still running 10s after umount)"; }
         kill -9 "$pid" 2>/dev/null
       fi
