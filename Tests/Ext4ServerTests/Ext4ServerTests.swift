@@ -129,7 +129,11 @@ struct Ext4ServerTests {
     /// filefrag and every other FIEMAP user ask for fm_start 0, fm_length ~0
     /// (FIEMAP_MAX_OFFSET). The server must answer, not trap; run in a child process
     /// so that a crash fails this test only.
-    @Test func fiemapWithMaxLength() async {
+    @Test func fiemapWithMaxLength() async throws {
+        // The child's image lives in our scratch directory, removed even if the child crashes.
+        let parent = try Scratch()
+        setenv("EXT4SERVER_TEST_TMPDIR", parent.path, 1)
+        defer { unsetenv("EXT4SERVER_TEST_TMPDIR") }
         await #expect(processExitsWith: .success, "FIEMAP with fm_length = ~0 must not crash the server") {
             let s = try Self.fiemapImage(blockSize: 4096)
             for (path, start) in [("big", UInt64(0)), ("holes", UInt64(0)), ("small", UInt64(0)), ("big", UInt64(4096))] {

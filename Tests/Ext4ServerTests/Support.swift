@@ -43,8 +43,11 @@ let isRoot = geteuid() == 0
 /// A scratch directory removed on deinit.
 final class Scratch {
     let path: String
+    /// Under $EXT4SERVER_TEST_TMPDIR when set (an exit test's child, whose crash
+    /// would otherwise leave its directory behind), else under /tmp.
     init() throws {
-        var t = Array("/tmp/ext4server-test.XXXXXX".utf8CString)
+        let base = ProcessInfo.processInfo.environment["EXT4SERVER_TEST_TMPDIR"] ?? "/tmp"
+        var t = Array("\(base)/ext4server-test.XXXXXX".utf8CString)
         guard let p = t.withUnsafeMutableBufferPointer({ b -> UnsafeMutablePointer<CChar>? in
             guard let base = b.baseAddress else { return nil }
             return mkdtemp(base)
