@@ -115,9 +115,9 @@ extension Ext4FuseFS {
         maxBytes = min(maxBytes, UInt64(Int64.max))
 
         // Register the device the kernel will do the file IO on.
-        var deviceID: UInt32? = nil
+        var deviceID: UInt32? = st.deviceID  // a repeated CONFIG keeps the registration
         let (fd, kind) = iomapDevice()
-        if let fd {
+        if deviceID == nil, let fd {
             let id = channel.backingOpen(fd: fd, flags: FuseIomap.backingTypeIomap)
             if id > 0 {
                 deviceID = UInt32(id)
