@@ -16,6 +16,8 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
     /// stay valid until we change them ourselves.
     let timeout: UInt64 = 86_400
     let destroyed = Mutex(false)
+    /// The iomap data path's connection state (Iomap.swift).
+    public let iomapState = IomapState()
 
     public init(fs: Ext4FileSystem, options: ServerOptions, logger: Logger) {
         self.fs = fs
@@ -65,6 +67,7 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         if i.flags & Self.immutableFL != 0 { flags.insert(.immutable) }
         if i.flags & Self.appendFL != 0 { flags.insert(.append) }
         if !flags.isEmpty { flags.insert(.exclusive) }
+        flags.formUnion(iomapAttrFlags(i))
         return FuseAttr(ino: UInt64(i.ino), size: i.size, blocks: i.blocks512,
                         atime: UInt64(bitPattern: i.atime.sec), mtime: UInt64(bitPattern: i.mtime.sec),
                         ctime: UInt64(bitPattern: i.ctime.sec),
@@ -91,11 +94,12 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         var w = FuseInitWants()
         w.flags.insert(.posixACL)
         w.flags.insert(.exportSupport)
+        if iomapWanted(offer) { w.flags.insert(.iomap) }
         return w
     }
 
     public func initialized(_ info: FuseConnectionInfo, channel: any FuseChannel) {
-        logger.info("data path: classic FUSE READ/WRITE (iomap \(info.iomap ? "negotiated" : "not offered or not requested"))")
+        iomapInitialized(info, channel: channel)
     }
 
 

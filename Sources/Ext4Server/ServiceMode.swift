@@ -80,14 +80,12 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTranspo
     func broker<T>(_ what: String, _ body: () throws(BrokerError) -> T) throws(ServerFailure) -> T {
         do { return try body() } catch { throw ServerFailure(2, "\(what): \(error)") }
     }
-    if options.iomap == true {
-        throw ServerFailure(2, "\(args.source): iomap=1 requested, but the iomap data path is not implemented yet")
-    }
     let flags = options.readOnly ? O_RDONLY : O_RDWR
     let devFD = try broker("opening \(args.source)") { () throws(BrokerError) in
         try endpoint.requestBlockDevice(path: args.source, flags: flags | O_CLOEXEC, loop: true,
                                         readOnly: options.readOnly, blockSize: 0)
     }
+    try iomapPreflight(fuseFD: transport.fd, deviceFD: devFD, name: args.source, options: options)
     // Lock down before the engine parses anything from the device.
     do { try sandbox.apply(.setup) } catch { throw ServerFailure(2, "sandbox: \(error)") }
     let fs = try openFileSystem(deviceFD: devFD, name: args.source, options: options, logger: logger)

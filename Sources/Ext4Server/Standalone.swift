@@ -17,9 +17,6 @@ public struct ServerFailure: Error, CustomStringConvertible {
 
 /// Opens the engine on an already-open device fd, applying the server's option policy.
 public func openFileSystem(deviceFD: Int32, name: String, options: ServerOptions, logger: Logger) throws(ServerFailure) -> Ext4FileSystem {
-    guard options.iomap != true else {
-        throw ServerFailure(2, "\(name): iomap=1 requested, but iomap is not implemented yet; use iomap=0 or leave it unset")
-    }
     let dev: FileBlockDevice
     do { dev = try FileBlockDevice(fd: deviceFD, closeOnDeinit: true) } catch {
         throw ServerFailure(2, "\(name): cannot use the device: \(error)")
@@ -81,6 +78,10 @@ public func runStandalone(device: String, mountpoint: String, options: ServerOpt
     }
     let fuseFD = Glibc.open("/dev/fuse", O_RDWR | O_CLOEXEC)
     guard fuseFD >= 0 else { throw ServerFailure(2, "/dev/fuse: \(String(cString: strerror(errno)))") }
+    do { try iomapPreflight(fuseFD: fuseFD, deviceFD: devFD, name: device, options: options) } catch {
+        _ = Glibc.close(fuseFD)
+        throw error
+    }
     let transport = DevFuseTransport(fd: fuseFD, ownsFD: true)
     let data = "fd=\(fuseFD),rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other"
     guard Glibc.mount(device, mountpoint, "fuse.ext4", mountFlags(options), data) == 0 else {

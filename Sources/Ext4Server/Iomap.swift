@@ -1,0 +1,343 @@
+// The FUSE iomap data path: instead of moving file bytes through READ/WRITE,
+// the server hands the kernel block mappings (file range -> device range) and
+// the kernel does the IO on the device itself. Wire rules:
+// ../shared/docs/fuse-iomap-protocol.md (§5 per-opcode semantics, §10 the
+// kernel's validation of every mapping). docs/ARCHITECTURE.md explains how a
+// request chooses between this path and the classic one.
+
+import CShim
+import Ext4Engine
+import FuseKernel
+import Glibc
+import Logging
+import Synchronization
+
+/// Per-connection iomap state of one `Ext4FuseFS`.
+public final class IomapState: Sendable {
+    struct Snapshot: Sendable {
+        var negotiated = false
+        var channel: (any FuseChannel)? = nil
+        /// Backing id of the registered device; nil: every file uses the classic path.
+        var deviceID: UInt32? = nil
+        var blockSize: UInt64 = 0
+        var maxBytes: UInt64 = 0
+        var deviceSize: UInt64 = 0
+        var frozen = false
+        var shutdown = false
+        var allowRegularFile = false
+        var upcalls = IomapUpcalls()
+    }
+    let state = Mutex(Snapshot())
+
+    public init() {}
+
+    /// Tests only: accept a regular image file as the iomap device (the socket
+    /// transport's BACKING_OPEN registers any fd; the real kernel wants a block device).
+    public func allowRegularFileDevice() { state.withLock { $0.allowRegularFile = true } }
+
+    /// How many iomap upcalls the server has answered, by kind.
+    public var upcalls: IomapUpcalls { state.withLock { $0.upcalls } }
+
+    var snapshot: Snapshot { state.withLock { $0 } }
+}
+
+public struct IomapUpcalls: Sendable, Equatable {
+    public var begin = 0, end = 0, ioend = 0, config = 0
+}
+
+/// Refuse `iomap=1` before mounting when it cannot be honoured: the source must
+/// be a block device (loop devices included) and the kernel must offer iomap
+/// on this /dev/fuse fd (FUSE_DEV_IOC_IOMAP_SUPPORT).
+public func iomapPreflight(fuseFD: Int32, deviceFD: Int32, name: String, options: ServerOptions) throws(ServerFailure) {
+    guard options.iomap == true else { return }
+    guard options.readOnly else {
+        throw ServerFailure(2, "\(name): iomap=1 is only supported on read-only mounts so far (iomap writes are not implemented); add -o ro or use iomap=0")
+    }
+    var st = stat()
+    guard fstat(deviceFD, &st) == 0, st.st_mode & S_IFMT == S_IFBLK else {
+        throw ServerFailure(2, "\(name): iomap=1 requested, but the source is not a block device (attach it to a loop device, or use iomap=0)")
+    }
+    var support = [UInt8](repeating: 0, count: 16)
+    let r = support.withUnsafeMutableBytes { cshim_ioctl_ptr(fuseFD, FuseDevIoctl.iomapSupport, $0.baseAddress) }
+    let flags = support.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+    guard r >= 0, flags & FuseIomap.supportFileIO != 0 else {
+        let why = r < 0 ? String(cString: strerror(-r)) : "iomap not allowed for this connection"
+        throw ServerFailure(2, "\(name): iomap=1 requested, but this kernel does not offer FUSE iomap (\(why)); use iomap=0 or leave it unset")
+    }
+}
+
+extension Ext4FuseFS {
+    // MARK: negotiation hooks (called from Ext4FuseFS)
+
+    /// The device fd iomap would register, or nil with the reason why not.
+    func iomapDevice() -> (fd: Int32?, why: String) {
+        if options.iomap == false { return (nil, "iomap=0") }
+        // Write-class mappings (unwritten allocation, IOEND conversion) are not
+        // implemented yet: read-write mounts stay on the classic path.
+        if !readOnly { return (nil, "read-write mounts use the classic path until iomap writes are implemented") }
+        guard let dev = fs.blockDevice as? FileBlockDevice else { return (nil, "the device is not a file descriptor") }
+        var st = stat()
+        guard fstat(dev.fd, &st) == 0 else { return (nil, "cannot stat the device") }
+        if st.st_mode & S_IFMT == S_IFBLK { return (dev.fd, "block device") }
+        if st.st_mode & S_IFMT == S_IFREG && iomapState.state.withLock({ $0.allowRegularFile }) {
+            return (dev.fd, "image file (test mode)")
+        }
+        return (nil, "the source is not a block device")
+    }
+
+    /// Whether to ask for iomap in INIT.
+    func iomapWanted(_ offer: FuseInitOffer) -> Bool {
+        offer.flags.contains(.iomap) && iomapDevice().fd != nil
+    }
+
+    func iomapInitialized(_ info: FuseConnectionInfo, channel: any FuseChannel) {
+        iomapState.state.withLock { $0.negotiated = info.iomap; $0.channel = channel }
+        if info.iomap {
+            logger.info("data path: iomap negotiated (FUSE 7.\(info.minor)); the device is registered at IOMAP_CONFIG")
+        } else {
+            let why = iomapDevice().fd == nil ? iomapDevice().why : "the kernel did not offer iomap"
+            if options.iomap == true {
+                logger.error("iomap=1 requested, but iomap was not negotiated (\(why)); file data uses the classic path")
+            }
+            logger.info("data path: classic FUSE READ/WRITE (\(why))")
+        }
+    }
+
+    /// FUSE_ATTR_IOMAP|EXCLUSIVE for regular files whose data is in blocks.
+    func iomapAttrFlags(_ i: Inode) -> FuseAttrFlags {
+        guard i.fileType == .regular, i.flags & Self.inlineDataFL == 0 else { return [] }
+        let on = iomapState.state.withLock { $0.negotiated && $0.deviceID != nil && !$0.shutdown }
+        return on ? [.iomap, .exclusive] : []
+    }
+
+    // MARK: IOMAP_CONFIG
+
+    public func iomapConfig(_ c: FuseContext, _ a: FuseIomapConfigIn) throws(FuseError) -> FuseIomapConfigOut {
+        let st = iomapState.snapshot
+        guard st.negotiated, let channel = st.channel else { throw .nosys }
+        let bs = UInt64(fs.blockSize)
+        var maxBytes = fs.maxFileBytes(extents: fs.hasExtentsFeature)
+        if a.maxbytes > 0 { maxBytes = min(maxBytes, UInt64(a.maxbytes)) }
+        maxBytes = min(maxBytes, UInt64(Int64.max))
+
+        // Register the device the kernel will do the file IO on.
+        var deviceID: UInt32? = st.deviceID  // a repeated CONFIG keeps the registration
+        let (fd, kind) = iomapDevice()
+        if deviceID == nil, let fd {
+            let id = channel.backingOpen(fd: fd, flags: FuseIomap.backingTypeIomap)
+            if id > 0 {
+                deviceID = UInt32(id)
+                let r = channel.iomapSetBlocksize(id: UInt32(id), blocksize: UInt32(bs))
+                if r < 0 {
+                    logger.notice("IOMAP_SET_BLOCKSIZE \(bs) on backing \(id): \(String(cString: strerror(-r))); the device keeps its block size")
+                }
+            } else {
+                logger.error("BACKING_OPEN of the \(kind) failed: \(String(cString: strerror(-id)))")
+            }
+        }
+        if deviceID == nil && options.iomap == true {
+            logger.error("iomap=1 requested, but the device could not be registered; failing the connection")
+            throw .io
+        }
+        let devSize = fs.blockDevice.size
+        iomapState.state.withLock {
+            $0.deviceID = deviceID; $0.blockSize = bs; $0.maxBytes = maxBytes; $0.deviceSize = devSize
+            $0.upcalls.config += 1
+        }
+        if let deviceID {
+            logger.info("data path: iomap for regular files (backing id \(deviceID), \(kind), block size \(bs)); inline-data files use READ/WRITE")
+        } else {
+            logger.info("data path: classic FUSE READ/WRITE for all files (no iomap device)")
+        }
+
+        // Geometry. Only fields whose flag the kernel understands.
+        var flags: FuseIomap.ConfigFlags = [.blocksize, .time, .maxbytes, .uuid, .sid]
+        if a.flags != 0 { flags.formIntersection(FuseIomap.ConfigFlags(rawValue: a.flags)) }
+        var out = FuseIomapConfigOut(flags: flags.rawValue)
+        out.sBlocksize = UInt32(bs)
+        let uuid = fs.uuid
+        if uuid.count == 16 { out.sUuid = uuid; out.sUuidLen = 16 } else { out.flags &= ~FuseIomap.ConfigFlags.uuid.rawValue }
+        var sid = Array(iomapSourceName().utf8.prefix(31))
+        sid += [UInt8](repeating: 0, count: 32 - sid.count)
+        out.sId = sid
+        // ext4: 128-byte inodes have no *_extra fields: second granularity, 32-bit times.
+        if fs.onDiskInodeSize > 128 {
+            out.sTimeGran = 1
+            out.sTimeMax = (Int64(1) << 34) - 1 + Int64(Int32.min)  // EXT4_EXTRA_TIMESTAMP_MAX
+        } else {
+            out.sTimeGran = 1_000_000_000
+            out.sTimeMax = Int64(Int32.max)
+        }
+        out.sTimeMin = Int64(Int32.min)
+        out.sMaxbytes = Int64(maxBytes)
+        return out
+    }
+
+    /// A short name for the superblock's s_id: the device's name, else the volume label.
+    func iomapSourceName() -> String {
+        if let dev = fs.blockDevice as? FileBlockDevice {
+            var buf = [CChar](repeating: 0, count: 4096)
+            let n = Glibc.readlink("/proc/self/fd/\(dev.fd)", &buf, buf.count - 1)
+            if n > 0 {
+                let path = String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                if let last = path.split(separator: "/").last, !last.isEmpty { return String(last) }
+            }
+        }
+        return fs.volumeName.isEmpty ? "ext4" : fs.volumeName
+    }
+
+    // MARK: IOMAP_BEGIN
+
+    public func iomapBegin(_ c: FuseContext, _ a: FuseIomapBeginIn) throws(FuseError) -> FuseIomapBeginOut {
+        let st = iomapState.state.withLock { s -> IomapState.Snapshot in s.upcalls.begin += 1; return s }
+        guard st.negotiated, let dev = st.deviceID, st.blockSize > 0 else { throw .io }
+        guard !st.shutdown else { throw .io }
+        let ino = try Self.ino(c.nodeid)
+        guard a.attrIno == UInt64(ino) else { throw .inval }
+        let op = FuseIomap.OpFlags(rawValue: a.opflags)
+        let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
+        guard i.fileType == .regular else { throw .inval }
+        if op.isWriteClass || op.contains(.atomic) {
+            // The write side of the engine is not there yet: every write-class
+            // mapping request is refused like any other modification.
+            throw .rofs
+        }
+        guard a.pos < st.maxBytes else { throw .fbig }
+        let m = try iomapReadMapping(ino, i, pos: a.pos, count: a.count, st, dev: dev)
+        // Never hand out a mapping the kernel would reject (§10).
+        guard Self.iomapMappingValid(m, pos: a.pos, blockSize: st.blockSize, maxBytes: st.maxBytes,
+                                     deviceSize: st.deviceSize) else {
+            logger.error("inode \(ino): computed an invalid mapping at \(a.pos): offset \(m.offset) length \(m.length) type \(m.type)")
+            throw .uclean
+        }
+        return FuseIomapBeginOut(read: m, write: Self.pureOverwrite(m))
+    }
+
+    static func pureOverwrite(_ m: FuseIomapIo) -> FuseIomapIo {
+        FuseIomapIo(offset: m.offset, length: m.length, addr: FuseIomap.nullAddr,
+                    type: FuseIomap.MappingType.pureOverwrite.rawValue, flags: 0, dev: FuseIomap.devNull)
+    }
+
+    static func hole(_ start: UInt64, _ end: UInt64, _ bs: UInt64) -> FuseIomapIo {
+        FuseIomapIo(offset: start * bs, length: (end - start) * bs, addr: FuseIomap.nullAddr,
+                    type: FuseIomap.MappingType.hole.rawValue, flags: 0, dev: FuseIomap.devNull)
+    }
+
+    /// The server-side copy of the kernel's checks on a BEGIN mapping.
+    static func iomapMappingValid(_ m: FuseIomapIo, pos: UInt64, blockSize bs: UInt64, maxBytes: UInt64,
+                                  deviceSize: UInt64) -> Bool {
+        guard m.flags & ~FuseIomap.MappingFlags.serverMask == 0, m.length > 0 else { return false }
+        guard m.offset % bs == 0, m.length % bs == 0, m.offset < maxBytes else { return false }
+        let (end, o) = m.offset.addingReportingOverflow(m.length)
+        guard !o, m.offset <= pos, pos < end else { return false }
+        switch FuseIomap.MappingType(rawValue: m.type) {
+        case .mapped?, .unwritten?:
+            guard m.dev != FuseIomap.devNull, m.addr != FuseIomap.nullAddr, m.addr % bs == 0 else { return false }
+            let (dend, o2) = m.addr.addingReportingOverflow(m.length)
+            return !o2 && dend <= deviceSize
+        case .hole?, .delalloc?, .inline?:
+            return m.dev == FuseIomap.devNull && m.addr == FuseIomap.nullAddr
+        default:
+            return false
+        }
+    }
+
+    /// Where the data at `pos` lives now: one ext4 extent (or one contiguous
+    /// run of a block map), or the hole up to the next one.
+    func iomapReadMapping(_ ino: UInt32, _ i: Inode, pos: UInt64, count: UInt64, _ st: IomapState.Snapshot,
+                          dev: UInt32) throws(FuseError) -> FuseIomapIo {
+        let bs = st.blockSize
+        let b = pos / bs
+        let maxBlock = UInt64(1) << 32  // ext4 logical block numbers are 32 bits
+        // "Hole to EOF": up to max(pos+count, i_size) rounded up to a block, at least one block.
+        let (reqEnd, ro) = pos.addingReportingOverflow(count)
+        let eofBytes = max(ro ? UInt64.max : reqEnd, i.size)
+        let capBlocks = (st.maxBytes - 1) / bs + 1  // pos < maxBytes, so b < capBlocks
+        let eofBlock = min(max(eofBytes / bs + (eofBytes % bs == 0 ? 0 : 1), b + 1), capBlocks)
+
+        if i.flags & Self.inlineDataFL != 0 {
+            // Not offered iomap (no FUSE_ATTR_IOMAP), answered sanely anyway.
+            if b == 0 {
+                return FuseIomapIo(offset: 0, length: bs, addr: FuseIomap.nullAddr,
+                                   type: FuseIomap.MappingType.inline.rawValue, flags: 0, dev: FuseIomap.devNull)
+            }
+            return Self.hole(b, eofBlock, bs)
+        }
+        guard b < maxBlock else { return Self.hole(b, eofBlock, bs) }
+        let extents = i.flags & 0x80000 != 0
+        let countBlocks = max(1, min(eofBlock, maxBlock) - b)
+        // An extent is at most 32768 blocks, so a 32768-block window never clips
+        // the extent at `b`; block maps are scanned at most 4096 blocks ahead.
+        let window = min(countBlocks, extents ? 32768 : 4096, maxBlock - b)
+        var maps = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: b, maxBlocks: window) }
+        if extents, let x = maps.first, x.logical == b, x.logical + x.length == b + window, window < 32768 {
+            let w = min(32768, maxBlock - b)
+            maps = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: b, maxBlocks: w) }
+        }
+        if let x = maps.first {
+            if x.logical > b { return Self.hole(b, x.logical, bs) }
+            let (addr, o) = x.physical.multipliedReportingOverflow(by: bs)
+            guard !o, x.length > 0 else { throw .uclean }
+            var flags: FuseIomap.MappingFlags = []
+            if !extents && x.length > 1 { flags.insert(.merged) }
+            let type: FuseIomap.MappingType = x.unwritten ? .unwritten : .mapped
+            return FuseIomapIo(offset: b * bs, length: x.length * bs, addr: addr, type: type.rawValue,
+                               flags: flags.rawValue, dev: dev)
+        }
+        // A hole at b: find where the next mapped block starts, searching
+        // windows of doubling size, but no further than the hole-to-EOF end.
+        var lo = b + window
+        var w = window
+        let limit = min(eofBlock, maxBlock)
+        while lo < limit {
+            w = min(w * 2, 1 << 22, limit - lo)
+            let from = lo, n = w
+            let m = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: from, maxBlocks: n) }
+            if let x = m.first { return Self.hole(b, x.logical, bs) }
+            lo += w
+        }
+        return Self.hole(b, max(eofBlock, b + 1), bs)
+    }
+
+    // MARK: IOMAP_END, IOMAP_IOEND
+
+    public func iomapEnd(_ c: FuseContext, _ a: FuseIomapEndIn) throws(FuseError) {
+        iomapState.state.withLock { $0.upcalls.end += 1 }
+        // Reads and reports never ask for END; write-class BEGINs are refused while read-only.
+        _ = try Self.ino(c.nodeid)
+    }
+
+    public func iomapIoend(_ c: FuseContext, _ a: FuseIomapIoendIn) throws(FuseError) -> UInt64 {
+        iomapState.state.withLock { $0.upcalls.ioend += 1 }
+        let ino = try Self.ino(c.nodeid)
+        // A failed IO changes nothing; echo its error (the kernel keeps the original anyway).
+        if a.error != 0 {
+            let e = a.error < 0 && a.error > -4096 ? -a.error : EIO
+            throw FuseError(e)
+        }
+        let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
+        let flags = FuseIomap.IoendFlags(rawValue: a.flags)
+        if flags.contains(.swapoff) || a.written == 0 { return i.size }
+        // Conversions and size updates need the engine's write side; nothing
+        // can have been written while read-only.
+        throw .rofs
+    }
+
+    // MARK: freeze, thaw, shutdown
+
+    public func freezeFS(_ c: FuseContext, unlinked: UInt64) throws(FuseError) {
+        // Data is already written back by the kernel; a read-only engine has no dirty metadata.
+        iomapState.state.withLock { $0.frozen = true }
+        logger.info("frozen (\(unlinked) unlinked inodes still open)")
+    }
+
+    public func unfreezeFS(_ c: FuseContext) throws(FuseError) {
+        iomapState.state.withLock { $0.frozen = false }
+        logger.info("thawed")
+    }
+
+    public func shutdownFS(_ c: FuseContext, flags: UInt64) {
+        iomapState.state.withLock { $0.shutdown = true }
+        logger.warning("the kernel shut the file system down (flags \(flags)); iomap requests now fail with EIO")
+    }
+}
