@@ -342,24 +342,24 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         let bs = UInt64(fs.blockSize)
         var records: [(UInt64, UInt64, UInt64, UInt32)] = []
         if i.flags & Self.inlineDataFL != 0 {
+            // DATA_INLINE | NOT_ALIGNED | LAST. The physical address is reported as 0.
             if i.size > 0 && hdr.start < i.size { records.append((0, 0, i.size, 0x200 | 0x100 | 0x1)) }
-        } else if hdr.length > 0, i.size > 0 || i.blocks512 > 0 {
-            let first = hdr.start / bs
+        } else if hdr.length > 0 {
+            // ext4 logical block numbers are 32-bit; the request may ask for up to ~0.
+            let maxBlocks = UInt64(UInt32.max) + 1
             let (endByte, ovf) = hdr.start.addingReportingOverflow(hdr.length)
-            let last = ovf ? UInt64(UInt32.max) : min((endByte + bs - 1) / bs, UInt64(UInt32.max) + 1)
+            let end = ovf ? UInt64.max : endByte
+            let first = hdr.start / bs
+            let last = min(end / bs + (end % bs == 0 ? 0 : 1), maxBlocks)
             if last > first {
                 let maps = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: first, maxBlocks: last - first) }
+                // Block-mapped files report runs merged from several blocks, as the kernel does.
+                let merged: UInt32 = i.flags & 0x80000 == 0 ? 0x1000 : 0
                 for x in maps {
-                    records.append((x.logical * bs, x.physical * bs, x.length * bs, x.unwritten ? 0x800 : 0))
+                    records.append((x.logical * bs, x.physical * bs, x.length * bs, (x.unwritten ? 0x800 : 0) | merged))
                 }
-                // The kernel flags the file's final extent as LAST: nothing is mapped after it.
-                if let lastExt = maps.last {
-                    let after = lastExt.logical + lastExt.length
-                    let rest = try engine { () throws(Ext4Error) in
-                        try fs.mappings(ino, fromBlock: after, maxBlocks: UInt64(UInt32.max) + 1 - min(after, UInt64(UInt32.max)))
-                    }
-                    if rest.isEmpty { records[records.count - 1].3 |= 0x1 }
-                }
+                // Like the kernel, the last record reported for the range is flagged LAST.
+                if !records.isEmpty { records[records.count - 1].3 |= 0x1 }
             }
         }
         var w = WireWriter()
