@@ -255,7 +255,9 @@ extension Ext4FileSystem {
             guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a file") }
             if m.flags & 0x30 != 0 { throw .permission }
             if m.hasInline { try convertInlineFile(&m) }
-            guard m.hasExtents else { throw .unsupported("fallocate on a block-mapped file") }
+            // Block maps cannot describe unwritten blocks: like the kernel, only
+            // PUNCH_HOLE works on them.
+            guard m.hasExtents || punch else { throw .unsupported("fallocate mode \(mode) on a block-mapped file") }
             let bs = UInt64(blockSize)
             var exts = try allExtents(m)
             let meta = try mapMetaBlocks(m)

@@ -156,14 +156,12 @@ extension Ext4FuseFS {
             ch.size = a.size
         }
         if v.contains(.atimeNow) { ch.atime = .now } else if v.contains(.atime) {
-            ch.atime = .set(Timespec(sec: Int64(bitPattern: a.atime), nsec: min(a.atimensec, 999_999_999)))
+            ch.atime = .set(timestamp(a.atime, a.atimensec))
         }
         if v.contains(.mtimeNow) { ch.mtime = .now } else if v.contains(.mtime) {
-            ch.mtime = .set(Timespec(sec: Int64(bitPattern: a.mtime), nsec: min(a.mtimensec, 999_999_999)))
+            ch.mtime = .set(timestamp(a.mtime, a.mtimensec))
         }
-        if v.contains(.ctime) {
-            ch.ctime = .set(Timespec(sec: Int64(bitPattern: a.ctime), nsec: min(a.ctimensec, 999_999_999)))
-        }
+        if v.contains(.ctime) { ch.ctime = .set(timestamp(a.ctime, a.ctimensec)) }
         if v.contains(.killSuidgid) {
             var m = ch.mode ?? old.mode
             m &= ~UInt16(S_ISUID)
@@ -173,6 +171,17 @@ extension Ext4FuseFS {
         let ino = old.ino
         let i = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
         return FuseAttrOut(attrValid: timeout, attr: attr(i))
+    }
+
+    /// A timestamp clamped to what the inodes can store, as the kernel's
+    /// timestamp_truncate does: 32-bit seconds, or 34 bits with extra fields.
+    func timestamp(_ sec: UInt64, _ nsec: UInt32) -> Timespec {
+        let minSec = Int64(Int32.min)
+        let maxSec = fs.onDiskInodeSize > 128 ? Int64(Int32.max) + 3 * (Int64(1) << 32) : Int64(Int32.max)
+        let s = Int64(bitPattern: sec)
+        if s < minSec { return Timespec(sec: minSec, nsec: 0) }
+        if s > maxSec { return Timespec(sec: maxSec, nsec: 0) }
+        return Timespec(sec: s, nsec: fs.onDiskInodeSize > 128 ? min(nsec, 999_999_999) : 0)
     }
 
     public func write(_ c: FuseContext, _ a: FuseWriteIn, data: [UInt8]) throws(FuseError) -> UInt32 {

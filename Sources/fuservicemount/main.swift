@@ -160,9 +160,15 @@ do {
     switch outcome {
     case .goodbye(let code, let mounted):
         if code != 0 {
-            if let pid = child { ServerLauncher.reap(pid, kill: false) }
             let why = session.lastFailure.map { ": \($0)" } ?? ""
-            fail(Exit.mountFailure, "server failed to mount \(src) on \(dir) (status \(code))\(why)")
+            if let pid = child {
+                ServerLauncher.reap(pid, kill: false)
+                // A spawned server shares our stderr and has already printed its
+                // one-line reason; a second line would only repeat it.
+                if session.lastFailure == nil { exit(Exit.mountFailure) }
+                fail(Exit.mountFailure, "server failed to mount \(src) on \(dir)\(why)")
+            }
+            fail(Exit.mountFailure, "server failed to mount \(src) on \(dir) (status \(code))\(why); its reason is in its log (journalctl -u 'ext4iomap@*')")
         }
         if !mounted && !cmd.fake {
             fail(Exit.mountFailure, "server said goodbye without mounting \(src) on \(dir)")
