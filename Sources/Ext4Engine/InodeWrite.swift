@@ -99,33 +99,54 @@ extension Ext4FileSystem {
         var b = m.b
         // The orphan chain owns dtime of orphan inodes.
         if let next = w.orphanMapLock.with({ w.orphanNext[m.ino] }) { b.putLE32(0x14, next) }
-        if sb.metadataCsum {
-            let extra = sb.inodeSize > 128 ? Int(b.le16(0x80)) : 0
-            let hasHi = sb.inodeSize > 128 && extra >= 4
-            b.putLE16(0x7C, 0)
-            if hasHi { b.putLE16(0x82, 0) }
-            let c = crc32c(inodeSeed(m.ino, b.le32(0x64)), b)
-            b.putLE16(0x7C, UInt16(truncatingIfNeeded: c))
-            if hasHi { b.putLE16(0x82, UInt16(truncatingIfNeeded: c >> 16)) }
-        }
-        let idx = UInt64(m.ino - 1)
-        let g = Int(idx / UInt64(sb.inodesPerGroup))
-        guard g < groups.count else { throw corrupt("inode \(m.ino) beyond groups") }
-        let inGroup = idx % UInt64(sb.inodesPerGroup)
-        let blk = groups[g].inodeTable + inGroup / UInt64(inodesPerBlock)
-        let off = Int(inGroup % UInt64(inodesPerBlock)) * sb.inodeSize
+        let (blk, off) = try inodeLocation(m.ino)
         try w.metaLocks.withLock(blk) { () throws(Ext4Error) in
+            sealInodeChecksum(&b, m.ino)
             var tb = try block(blk)
             tb.putBytes(off, b)
             try writeMeta(blk, tb)
         }
     }
 
-    /// Patch only the dtime (orphan link) of an inode already on disk.
+    /// Inode table block and byte offset of an inode.
+    func inodeLocation(_ ino: UInt32) throws(Ext4Error) -> (block: UInt64, offset: Int) {
+        let idx = UInt64(ino - 1)
+        let g = Int(idx / UInt64(sb.inodesPerGroup))
+        guard g < groups.count else { throw corrupt("inode \(ino) beyond groups") }
+        let inGroup = idx % UInt64(sb.inodesPerGroup)
+        return (groups[g].inodeTable + inGroup / UInt64(inodesPerBlock),
+                Int(inGroup % UInt64(inodesPerBlock)) * sb.inodeSize)
+    }
+
+    /// metadata_csum: recompute the inode checksum over its on-disk bytes.
+    func sealInodeChecksum(_ b: inout [UInt8], _ ino: UInt32) {
+        guard sb.metadataCsum else { return }
+        let extra = sb.inodeSize > 128 ? Int(b.le16(0x80)) : 0
+        let hasHi = sb.inodeSize > 128 && extra >= 4
+        b.putLE16(0x7C, 0)
+        if hasHi { b.putLE16(0x82, 0) }
+        let c = crc32c(inodeSeed(ino, b.le32(0x64)), b)
+        b.putLE16(0x7C, UInt16(truncatingIfNeeded: c))
+        if hasHi { b.putLE16(0x82, UInt16(truncatingIfNeeded: c >> 16)) }
+    }
+
+    /// Patch only the dtime (orphan link) of an inode already on disk, in place
+    /// in its inode table block. The orphan code calls this for inodes whose own
+    /// lock it does not hold (lock order), so it must not write back any other
+    /// field: a full load-and-store here could undo a concurrent update of the
+    /// same inode (a link count, a size) made under that inode's lock.
     func patchDtime(_ ino: UInt32, _ v: UInt32) throws(Ext4Error) {
-        var m = try loadInode(ino, checkLive: false)
-        m.dtime = v
-        try storeInode(m)
+        let w = try wstate
+        let (blk, off) = try inodeLocation(ino)
+        try w.metaLocks.withLock(blk) { () throws(Ext4Error) in
+            var tb = try block(blk)
+            guard off + sb.inodeSize <= tb.count else { throw corrupt("inode \(ino) outside its table block") }
+            var b = Array(tb[off..<(off + sb.inodeSize)])
+            b.putLE32(0x14, v)
+            sealInodeChecksum(&b, ino)
+            tb.putBytes(off, b)
+            try writeMeta(blk, tb)
+        }
     }
 
     /// Fresh inode bytes for a new inode.

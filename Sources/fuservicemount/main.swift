@@ -115,7 +115,8 @@ let source = absolute(src)
 let mountpoint = absolute(dir)
 var sourceStat = stat()
 if stat(source, &sourceStat) != 0 {
-    fail(Exit.usage, "cannot mount \(src): \(String(cString: strerror(errno)))")
+    // mount(8) reports a missing or unreachable source as a mount failure (32).
+    fail(Exit.mountFailure, "cannot mount \(src): \(String(cString: strerror(errno)))")
 }
 var mpStat = stat()
 if stat(mountpoint, &mpStat) != 0 {
