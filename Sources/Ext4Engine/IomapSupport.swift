@@ -38,4 +38,11 @@ extension Ext4FileSystem {
         blocks = min(blocks, (UInt64(1) << 32) - 1)
         return min(blocks << bits, upper)
     }
+
+    /// Byte address on the device of an inode's i_block area (where inline data
+    /// lives), as the kernel reports it in FIEMAP for inline-data files.
+    public func inlineDataAddress(_ ino: UInt32) throws(Ext4Error) -> UInt64 {
+        let (blk, off) = try inodeLocation(ino)
+        return blk * UInt64(blockSize) + UInt64(off) + 0x28
+    }
 }

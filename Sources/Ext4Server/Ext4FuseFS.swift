@@ -342,8 +342,11 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         let bs = UInt64(fs.blockSize)
         var records: [(UInt64, UInt64, UInt64, UInt32)] = []
         if i.flags & Self.inlineDataFL != 0 {
-            // DATA_INLINE | NOT_ALIGNED | LAST. The physical address is reported as 0.
-            if i.size > 0 && hdr.start < i.size { records.append((0, 0, i.size, 0x200 | 0x100 | 0x1)) }
+            // DATA_INLINE | NOT_ALIGNED | LAST, at the byte address of the inode's i_block.
+            if i.size > 0 && hdr.start < i.size {
+                let addr = try engine { () throws(Ext4Error) in try fs.inlineDataAddress(ino) }
+                records.append((0, addr, i.size, 0x200 | 0x100 | 0x1))
+            }
         } else if hdr.length > 0 {
             // ext4 logical block numbers are 32-bit; the request may ask for up to ~0.
             let maxBlocks = UInt64(UInt32.max) + 1

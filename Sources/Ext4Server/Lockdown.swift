@@ -344,6 +344,9 @@ extension Lockdown {
         case .serving:
             // libsystemd's journal socket was opened before the lockdown.
             if journalLogging { r.append(Rule("sendmsg")) }
+            // Spawn mode: stderr becomes /dev/null right after this filter is loaded.
+            r.append(Rule("dup2", [eq(1, 2)]))
+            r.append(Rule("dup3", [eq(1, 2)]))
         }
         return r
     }

@@ -98,13 +98,13 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTranspo
     }
     try broker("saying goodbye") { () throws(BrokerError) in try endpoint.goodbye(status: 0) }
     endpoint.close()
+    do { try sandbox.apply(.serving) } catch { throw ServerFailure(2, "sandbox: \(error)") }
+    sandbox.finish()
+    logger.info("serving \(args.source) at \(args.mountpoint) (\(options.readOnly ? "read-only" : "read-write"), \(workers) workers)")
     if devNull >= 0 {
         _ = dup2(devNull, 2)
         _ = Glibc.close(devNull)
     }
-    do { try sandbox.apply(.serving) } catch { throw ServerFailure(2, "sandbox: \(error)") }
-    sandbox.finish()
-    logger.info("serving \(args.source) at \(args.mountpoint) (\(options.readOnly ? "read-only" : "read-write"), \(workers) workers)")
     let adapter = Ext4FuseFS(fs: fs, options: options, logger: logger)
     defer { adapter.destroy() }  // flush and mark clean however the session ended
     let session = FuseSession(transport: transport, fileSystem: adapter,

@@ -111,7 +111,8 @@ struct PolicyTests {
         let dev = try FileBlockDevice(path: img, readOnly: false)
         let rw = try Ext4FileSystem.open(device: dev, options: MountOptions(readOnly: false))
         #expect(rw.warnings.first == "journal recovered: 0 transaction(s), 0 block(s) written, 0 revoked")
-        #expect(rw.readOnly) // no write path yet
+        #expect(!rw.readOnly)
+        try rw.unmount()
         let clean = try openImage(img)
         #expect(try clean.inode(try resolve(clean, "f")).size == 10_000)
         let e2 = try run("/usr/sbin/e2fsck", ["-fn", img], allowFail: true)

@@ -149,8 +149,23 @@ refused() {  # what, expected-exit-codes-regex, expected-reason-regex, mount arg
   check "$what: nothing mounted" [ -z "$(findmnt -n --mountpoint "$MNT")" ]
 }
 refused "not an ext4 image" 32 "not a valid ext2/3/4 file system" -t fuse.ext4 -o ro "$BAD" "$MNT"
-refused "read-write request (no -o ro)" 32 "read-write mounts are not supported" -t fuse.ext4 "$IMG" "$MNT"
-refused "read-write request (-o rw)" 32 "read-write mounts are not supported" -t fuse.ext4 -o rw "$IMG" "$MNT"
+refused "iomap=1 on a kernel without FUSE iomap" 32 "does not offer FUSE iomap" -t fuse.ext4 -o ro,iomap=1 "$IMG" "$MNT"
+
+# -- read-write: the default, as for any mount(8) file system
+if mount -t fuse.ext4 "$IMG" "$MNT" 2>"$work/mount.err"; then pass "mount -t fuse.ext4 IMG DIR (read-write)"
+else cat "$work/mount.err"; fail "read-write mount"; fi
+opts=$(findmnt -n -o OPTIONS --mountpoint "$MNT")
+check "findmnt: read-write ($opts)" [ "${opts%%,*}" = rw ]
+LOOP=$(losetup -j "$IMG" -O NAME -n | head -1)
+check "the loop device is writable (RO=$(losetup -n -O RO "$LOOP" | tr -d ' '))" [ "$(losetup -n -O RO "$LOOP" | tr -d ' ')" = 0 ]
+SPID=$(server_of "$LOOP")
+echo "written through mount(8)" > "$MNT/dir/new.txt"
+check "write and read back" [ "$(cat "$MNT/dir/new.txt")" = "written through mount(8)" ]
+if umount "$MNT" 2>"$work/umount.err"; then pass "umount DIR (read-write)"; else cat "$work/umount.err"; fail "umount DIR (read-write)"; fi
+for _ in $(seq 100); do [ -n "$SPID" ] && [ -d /proc/$SPID ] || break; sleep 0.1; done
+for _ in $(seq 50); do [ -z "$(losetup -j "$IMG" -O NAME -n)" ] && break; sleep 0.1; done
+check "e2fsck -fn clean after the read-write mount" e2fsck -fn "$IMG"
+check "the file is on disk (debugfs)" grep -q "written through mount(8)" <(debugfs -R "cat /dir/new.txt" "$IMG" 2>/dev/null)
 # A missing source is a mount failure (32), as mount(8) reports it.
 refused "missing source" "32" "$work/missing.img" -t fuse.ext4 -o ro "$work/missing.img" "$MNT"
 sleep 0.5
