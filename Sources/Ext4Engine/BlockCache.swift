@@ -67,10 +67,43 @@ final class BlockCache: @unchecked Sendable {
             pushFront(i)
         }
 
+        /// Insert only when the key is absent (a fill from a device read must
+        /// never replace what a writer put there meanwhile).
+        func fill(_ key: UInt64, _ value: [UInt8]) {
+            lock.lock()
+            let present = map[key] != nil
+            lock.unlock()
+            if !present { put(key, value) }
+        }
+
         var count: Int {
             lock.lock(); defer { lock.unlock() }
             return map.count
         }
+    }
+
+    /// Bumped by every metadata write. A reader that filled its buffer from the
+    /// device caches it only if no write happened since it started: otherwise a
+    /// slow read (readahead of neighbouring blocks, outside their owners' locks)
+    /// could put back a block's old contents after a writer updated it, and a
+    /// stale bitmap in the cache means blocks allocated twice.
+    private let epochLock = NSLock()
+    private var epochValue: UInt64 = 0
+    var epoch: UInt64 { epochLock.lock(); defer { epochLock.unlock() }; return epochValue }
+
+    /// A metadata write: the device already has `value`; make the cache agree.
+    func wrote(_ key: UInt64, _ value: [UInt8]) {
+        bump()
+        put(key, value)
+    }
+
+    /// A device write whose block is not cached: fills in flight must not cache.
+    func bump() { epochLock.lock(); epochValue &+= 1; epochLock.unlock() }
+
+    /// Cache what a device read returned, unless a write intervened since `since`.
+    func fill(_ key: UInt64, _ value: [UInt8], since: UInt64) {
+        guard epoch == since else { return }
+        shard(key).fill(key, value)
     }
 
     private let shards: [Shard]

@@ -285,9 +285,10 @@ public final class Ext4FileSystem: @unchecked Sendable {
     func block(_ n: UInt64) throws(Ext4Error) -> [UInt8] {
         guard n < sb.blocksCount else { throw corrupt("block \(n) beyond end of file system") }
         if let b = cache.get(n) { return b }
+        let since = cache.epoch
         var b = [UInt8](repeating: 0, count: blockSize)
         try Ext4FileSystem.readRaw(dev, at: n * UInt64(blockSize), into: &b)
-        cache.put(n, b)
+        cache.fill(n, b, since: since)
         return b
     }
 
@@ -304,11 +305,12 @@ public final class Ext4FileSystem: @unchecked Sendable {
             return out.compactMap { $0 }
         }
         let n = lastMiss - firstMiss + 1
+        let since = cache.epoch
         var buf = [UInt8](repeating: 0, count: n * blockSize)
         try Ext4FileSystem.readRaw(dev, at: (start + UInt64(firstMiss)) * UInt64(blockSize), into: &buf)
         for i in 0..<n where out[firstMiss + i] == nil {
             let b = Array(buf[(i * blockSize)..<((i + 1) * blockSize)])
-            cache.put(start + UInt64(firstMiss + i), b)
+            cache.fill(start + UInt64(firstMiss + i), b, since: since)
             out[firstMiss + i] = b
         }
         return out.compactMap { $0 }

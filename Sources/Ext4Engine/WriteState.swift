@@ -112,9 +112,10 @@ extension Ext4FileSystem {
         guard n < sb.blocksCount, n > 0 || sb.firstDataBlock == 1, b.count == blockSize else {
             throw .corrupted("metadata write to bad block \(n)")
         }
-        if let old = cache.get(n), old == b { return }
+        // Always write: the cache cannot prove the device agrees (a block may have
+        // been file data, written around the cache, since it was last metadata).
         try devWrite(n * UInt64(blockSize), b)
-        cache.put(n, b)
+        cache.wrote(n, b)
     }
 
     func devWrite(_ off: UInt64, _ b: [UInt8]) throws(Ext4Error) {
@@ -223,7 +224,9 @@ extension Ext4FileSystem {
             let sbBlock: UInt64 = blockSize == 1024 ? 1 : 0
             if var cb = cache.get(sbBlock) {
                 cb.putBytes(blockSize == 1024 ? 0 : 1024, s)
-                cache.put(sbBlock, cb)
+                cache.wrote(sbBlock, cb)
+            } else {
+                cache.bump()
             }
         }
     }
