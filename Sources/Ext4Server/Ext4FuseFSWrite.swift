@@ -1,8 +1,7 @@
 // Modifying requests. Each checks the mount is writable, enforces the inode
 // flags the kernel cannot enforce for us on a classic FUSE connection
 // (immutable, append-only), then calls the engine. New inodes get their owner
-// and group the way ext4 does (setgid directories) and the request's umask
-// unless the parent has a default ACL.
+// and group the way ext4 does (setgid directories) and the request's umask.
 
 import Ext4Engine
 import FuseKernel
@@ -31,8 +30,6 @@ extension Ext4FuseFS {
         if i.flags & (Self.immutableFL | Self.appendFL) != 0 { throw .perm }
     }
 
-    static let aclDefault = Array("system.posix_acl_default".utf8)
-
     /// Owner, group and mode for a new inode in `parent`.
     func newInode(_ c: FuseContext, parent: Inode, mode: UInt32, umask: UInt32, rdev: UInt32 = 0) -> NewInode {
         var m = mode
@@ -42,9 +39,9 @@ extension Ext4FuseFS {
             gid = parent.gid
             if isDir { m |= UInt32(S_ISGID) }
         }
-        // A default ACL on the parent replaces the umask (the engine applies it).
-        let hasDefaultACL = (try? fs.getxattr(parent.ino, name: Self.aclDefault)) != nil
-        if !hasDefaultACL { m &= ~(umask & 0o777) }
+        // Default-ACL inheritance is not implemented: the umask always applies
+        // (a parent's default ACL is not copied to new inodes).
+        m &= ~(umask & 0o777)
         let major = (rdev >> 8) & 0xfff, minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00)
         return NewInode(mode: UInt16(truncatingIfNeeded: m), uid: c.uid, gid: gid, rdev: (major, minor))
     }
