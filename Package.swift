@@ -67,14 +67,17 @@ let package = Package(
 
         // Test-only C target: exposes <linux/fuse.h> layouts for cross-checking.
         .target(name: "CFuseHeaderCheck", path: "Tests/CFuseHeaderCheck"),
+        // The socket test kernel shared by the test targets.
+        .target(name: "FuseTestSupport", dependencies: ["FuseKernel", .product(name: "Logging", package: "swift-log")],
+                path: "Tests/FuseTestSupport", swiftSettings: strict),
         .testTarget(name: "FuseKernelTests",
-                    dependencies: ["FuseKernel", "CFuseHeaderCheck", "CShim"],
+                    dependencies: ["FuseKernel", "FuseTestSupport", "CFuseHeaderCheck", "CShim"],
                     swiftSettings: strict),
         .testTarget(name: "Ext4EngineTests",
                     dependencies: ["Ext4Engine", "CShim"],
                     swiftSettings: strict),
         .testTarget(name: "Ext4ServerTests",
-                    dependencies: ["Ext4Server", "FuseKernel", "Ext4Engine", "CShim"],
+                    dependencies: ["Ext4Server", "FuseKernel", "FuseTestSupport", "Ext4Engine", "CShim"],
                     swiftSettings: strict),
         .testTarget(name: "IomapTests",
                     dependencies: ["Ext4Server", "FuseKernel", "Ext4Engine", "CShim"],

@@ -21,10 +21,13 @@ import Foundation
   8. block cache shard locks (BlockCache), leaf.
 */
 
-/// A fixed set of striped mutexes.
-final class StripedLocks: @unchecked Sendable {
-    private let locks: [NSLock]
-    init(_ n: Int) { locks = (0..<max(1, n)).map { _ in NSLock() } }
+
+/// A fixed set of striped locks. `StripedLocks` uses plain mutexes;
+/// `RecursiveStripedLocks` (inode locks) lets a thread that holds a stripe
+/// re-enter it (readers and writers on one thread).
+final class Striped<Lock: NSLocking & AnyObject>: @unchecked Sendable {
+    private let locks: [Lock]
+    init(_ n: Int, make: () -> Lock) { locks = (0..<max(1, n)).map { _ in make() } }
 
     func stripe(_ key: UInt64) -> Int {
         Int(((key &* 0x9E37_79B9_7F4A_7C15) >> 40) % UInt64(locks.count))
@@ -46,35 +49,22 @@ final class StripedLocks: @unchecked Sendable {
     }
 }
 
+typealias StripedLocks = Striped<NSLock>
+typealias RecursiveStripedLocks = Striped<NSRecursiveLock>
+
+extension Striped where Lock == NSLock {
+    convenience init(_ n: Int) { self.init(n, make: { NSLock() }) }
+}
+
+extension Striped where Lock == NSRecursiveLock {
+    convenience init(_ n: Int) { self.init(n, make: { NSRecursiveLock() }) }
+}
+
 extension NSLock {
     @inline(__always)
     func with<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
         lock()
         defer { unlock() }
-        return try body()
-    }
-}
-
-/// Recursive striped locks (inode locks: readers and writers on one thread may re-enter).
-final class RecursiveStripedLocks: @unchecked Sendable {
-    private let locks: [NSRecursiveLock]
-    init(_ n: Int) { locks = (0..<max(1, n)).map { _ in NSRecursiveLock() } }
-
-    func stripe(_ key: UInt64) -> Int {
-        Int(((key &* 0x9E37_79B9_7F4A_7C15) >> 40) % UInt64(locks.count))
-    }
-
-    func withLocks<R, E: Error>(_ keys: [UInt64], _ body: () throws(E) -> R) throws(E) -> R {
-        let stripes = Array(Set(keys.map(stripe))).sorted()
-        for s in stripes { locks[s].lock() }
-        defer { for s in stripes.reversed() { locks[s].unlock() } }
-        return try body()
-    }
-
-    func withLock<R, E: Error>(_ key: UInt64, _ body: () throws(E) -> R) throws(E) -> R {
-        let l = locks[stripe(key)]
-        l.lock()
-        defer { l.unlock() }
         return try body()
     }
 }

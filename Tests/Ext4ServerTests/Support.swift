@@ -4,6 +4,7 @@ import Ext4Engine
 import Ext4Server
 import Foundation
 import FuseKernel
+import FuseTestSupport
 import Glibc
 import Logging
 
@@ -123,7 +124,7 @@ final class ServedImage {
         opts.readOnly = true
         var logger = Logger(label: "ext4-server-test")
         logger.logLevel = .critical
-        kernel = try TestKernel(fs: Ext4FuseFS(fs: fs, options: opts, logger: logger))
+        kernel = try TestKernel(fs: Ext4FuseFS(fs: fs, options: opts, logger: logger), workers: 2, logLevel: .critical)
         _ = try kernel.initialize()
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import FuseKernel
+import FuseTestSupport
 import Glibc
 import Testing
 
