@@ -140,6 +140,7 @@ extension Ext4FileSystem {
         let list = Ext4FileSystem.normalize(exts)
         var pool = oldMeta
         var fresh: [UInt64] = []
+        let reused = Set(oldMeta)
         let goal = list.first?.physical ?? groupStart(Int(UInt64(m.ino - 1) / UInt64(sb.inodesPerGroup)))
         func newBlock() throws(Ext4Error) -> UInt64 {
             if !pool.isEmpty { return pool.removeFirst() }
@@ -150,9 +151,9 @@ extension Ext4FileSystem {
         var metaCount: UInt64 = 0
         do throws(Ext4Error) {
             if m.hasExtents {
-                metaCount = try storeExtentTree(&m, list, newBlock)
+                metaCount = try storeExtentTree(&m, list, newBlock, reused)
             } else {
-                metaCount = try storeBlockMap(&m, list, newBlock)
+                metaCount = try storeBlockMap(&m, list, newBlock, reused)
             }
         } catch {
             for b in fresh { try? freeBlocks(b, 1) }
@@ -171,7 +172,18 @@ extension Ext4FileSystem {
         return h
     }
 
-    private func storeExtentTree(_ m: inout MInode, _ list: [Extent], _ newBlock: () throws(Ext4Error) -> UInt64) throws(Ext4Error) -> UInt64 {
+    /// Write one block of a file's map. A block this map already owned (`reused`)
+    /// has been metadata, written through writeMeta, for as long as the map has
+    /// held it, so the cache (or the device) has its current bytes: skip the
+    /// write when nothing changed. Rewriting a large map then costs one write
+    /// per changed block instead of one per block.
+    private func writeMapBlock(_ blk: UInt64, _ bytes: [UInt8], _ reused: Set<UInt64>) throws(Ext4Error) {
+        if reused.contains(blk), try block(blk) == bytes { return }
+        try writeMeta(blk, bytes)
+    }
+
+    private func storeExtentTree(_ m: inout MInode, _ list: [Extent], _ newBlock: () throws(Ext4Error) -> UInt64,
+                                 _ reused: Set<UInt64>) throws(Ext4Error) -> UInt64 {
         for x in list where x.logical + x.length > (1 << 32) { throw .fileTooBig }
         // Level 0 entries.
         var entries: [[UInt8]] = list.map { x in
@@ -201,7 +213,7 @@ extension Ext4FileSystem {
                     node.putLE32(t, crc32c(seed, node[0..<t]))
                 }
                 let blk = try newBlock()
-                try writeMeta(blk, node)
+                try writeMapBlock(blk, node, reused)
                 meta += 1
                 var ie = [UInt8](repeating: 0, count: 12)
                 ie.putLE32(0, firsts[i])
@@ -224,7 +236,8 @@ extension Ext4FileSystem {
 
     private struct NodeKey: Hashable { let level: Int; let base: UInt64 }
 
-    private func storeBlockMap(_ m: inout MInode, _ list: [Extent], _ newBlock: () throws(Ext4Error) -> UInt64) throws(Ext4Error) -> UInt64 {
+    private func storeBlockMap(_ m: inout MInode, _ list: [Extent], _ newBlock: () throws(Ext4Error) -> UInt64,
+                               _ reused: Set<UInt64>) throws(Ext4Error) -> UInt64 {
         let p = UInt64(blockSize / 4)
         var direct = [UInt32](repeating: 0, count: 12)
         var nodes: [NodeKey: [UInt32]] = [:]
@@ -268,7 +281,7 @@ extension Ext4FileSystem {
                 guard blk < (1 << 32) else { throw .noSpace }
                 var bytes = [UInt8](repeating: 0, count: blockSize)
                 for (i, v) in arr.enumerated() where v != 0 { bytes.putLE32(4 * i, v) }
-                try writeMeta(blk, bytes)
+                try writeMapBlock(blk, bytes, reused)
                 blockOf[key] = blk
                 meta += 1
             }
