@@ -63,13 +63,22 @@ public final class FileBlockDevice: BlockDevice, @unchecked Sendable {
 
     public func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(Ext4Error) {
         guard writable else { throw .readOnly }
-        let (end, o) = offset.addingReportingOverflow(UInt64(buffer.count))
+        try positioned(at: offset, count: buffer.count) { done, off in
+            guard let base = buffer.baseAddress else { return 0 }
+            return pwrite(fd, base + done, buffer.count - done, off)
+        }
+    }
+
+    /// Move `count` bytes at `offset` with a positioned read or write, looping on
+    /// short transfers and retrying EINTR; a range outside the device is EIO.
+    private func positioned(at offset: UInt64, count: Int,
+                            _ io: (_ done: Int, _ off: off_t) -> Int) throws(Ext4Error) {
+        let (end, o) = offset.addingReportingOverflow(UInt64(count))
         if o || end > size { throw .io(EIO) }
-        guard let base = buffer.baseAddress else { return }
         var done = 0
-        while done < buffer.count {
+        while done < count {
             guard let off = off_t(exactly: offset + UInt64(done)) else { throw .io(EINVAL) }
-            let n = pwrite(fd, base + done, buffer.count - done, off)
+            let n = io(done, off)
             if n < 0 {
                 let e = Glibc.errno
                 if e == EINTR { continue }
@@ -89,20 +98,9 @@ public final class FileBlockDevice: BlockDevice, @unchecked Sendable {
     }
 
     public func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Ext4Error) {
-        let (end, o) = offset.addingReportingOverflow(UInt64(buffer.count))
-        if o || end > size { throw .io(EIO) }
-        guard let base = buffer.baseAddress else { return }
-        var done = 0
-        while done < buffer.count {
-            guard let off = off_t(exactly: offset + UInt64(done)) else { throw .io(EINVAL) }
-            let n = pread(fd, base + done, buffer.count - done, off)
-            if n < 0 {
-                let e = Glibc.errno
-                if e == EINTR { continue }
-                throw .io(e)
-            }
-            if n == 0 { throw .io(EIO) }
-            done += n
+        try positioned(at: offset, count: buffer.count) { done, off in
+            guard let base = buffer.baseAddress else { return 0 }
+            return pread(fd, base + done, buffer.count - done, off)
         }
     }
 }

@@ -204,15 +204,7 @@ public final class Ext4FileSystem: @unchecked Sendable {
         let itb = sb.inodeTableBlocksPerGroup
         var badCsum: [UInt64] = []
         for g in 0..<ngroups {
-            let metaIndex = g / descPerBlock
-            let blk: UInt64
-            if sb.has(incompat: Incompat.metaBG) && metaIndex >= UInt64(sb.firstMetaBG) {
-                let first = metaIndex * descPerBlock
-                let gstart = UInt64(sb.firstDataBlock) + first * UInt64(sb.blocksPerGroup)
-                blk = gstart + (sb.groupHasSuper(first) ? 1 : 0)
-            } else {
-                blk = UInt64(sb.firstDataBlock) + 1 + metaIndex
-            }
+            let blk = sb.descriptorBlock(g)
             guard blk < sb.blocksCount else { throw fail(.corrupted("group descriptor block \(blk) beyond end of fs")) }
             if cur?.0 != blk {
                 var b = [UInt8](repeating: 0, count: sb.blockSize)

@@ -226,6 +226,20 @@ struct Superblock: Sendable {
         (UInt64(inodesPerGroup) * UInt64(inodeSize) + UInt64(blockSize) - 1) / UInt64(blockSize)
     }
 
+    /// The block holding group `g`'s descriptor: right after the superblock,
+    /// or, with meta_bg, in the first block (after any backup superblock) of
+    /// its meta group.
+    func descriptorBlock(_ g: UInt64) -> UInt64 {
+        let descPerBlock = UInt64(blockSize / descSize)
+        let metaIndex = g / descPerBlock
+        if has(incompat: Incompat.metaBG) && metaIndex >= UInt64(firstMetaBG) {
+            let first = metaIndex * descPerBlock
+            let gstart = UInt64(firstDataBlock) + first * UInt64(blocksPerGroup)
+            return gstart + (groupHasSuper(first) ? 1 : 0)
+        }
+        return UInt64(firstDataBlock) + 1 + metaIndex
+    }
+
     func groupHasSuper(_ g: UInt64) -> Bool {
         if g == 0 { return true }
         if has(compat: Compat.sparseSuper2) {

@@ -134,15 +134,7 @@ extension Ext4FileSystem {
         var fb: UInt64 = 0, fi: UInt64 = 0
         for gi in 0..<groups.count {
             let g = UInt64(gi)
-            let metaIndex = g / descPerBlock
-            let blk: UInt64
-            if sb.has(incompat: Incompat.metaBG) && metaIndex >= UInt64(sb.firstMetaBG) {
-                let first = metaIndex * descPerBlock
-                let gstart = UInt64(sb.firstDataBlock) + first * UInt64(sb.blocksPerGroup)
-                blk = gstart + (sb.groupHasSuper(first) ? 1 : 0)
-            } else {
-                blk = UInt64(sb.firstDataBlock) + 1 + metaIndex
-            }
+            let blk = sb.descriptorBlock(g)
             if cur?.0 != blk { cur = (blk, try block(blk)) }
             let off = Int(g % descPerBlock) * sb.descSize
             guard let d = cur?.1.sub(off, sb.descSize) else { throw corrupt("group descriptor out of block") }
