@@ -87,6 +87,24 @@ extension Ext4FileSystem {
     /// order with "." and ".." first; `nextCookie` resumes after an entry.
     /// `body` returns false to stop.
     public func readDirectory(_ dir: UInt32, from cookie: UInt64, _ body: (DirEntry) -> Bool) throws(Ext4Error) {
+        // The callback runs with no lock held (it may stat the entries, which
+        // takes their inode locks): gather a batch under the directory's lock,
+        // release it, hand the batch out, and continue from the batch's cookie.
+        let batchSize = 256
+        var next = cookie
+        while true {
+            var batch: [DirEntry] = []
+            try readDirectoryLocked(dir, from: next) { e in
+                batch.append(e)
+                return batch.count < batchSize
+            }
+            for e in batch where !body(e) { return }
+            guard batch.count == batchSize, let last = batch.last else { return }
+            next = last.nextCookie
+        }
+    }
+
+    private func readDirectoryLocked(_ dir: UInt32, from cookie: UInt64, _ body: (DirEntry) -> Bool) throws(Ext4Error) {
         try withReadLock(dir) { () throws(Ext4Error) -> Void in
             let ri = try rawInode(dir)
             guard ri.isDir else { throw .notDirectory }
