@@ -57,19 +57,30 @@ extension Ext4FileSystem {
         m.size = size
     }
 
+    /// Physical goal for a new block at logical `l`: right after the nearest
+    /// mapping before it (looked up at most 4096 blocks back), else near the inode.
+    func goalBefore(_ ri: RawInode, _ l: UInt64, _ m: MInode) throws(Ext4Error) -> UInt64 {
+        guard l > 0, hasBlockMap(ri) else { return inodeGoal(m) }
+        let from = l > 4096 ? l - 4096 : 0
+        guard let x = try mapRange(ri, from: from, count: l - from).last else { return inodeGoal(m) }
+        return x.physical + x.length
+    }
+
     /// Write bytes into the file's blocks, allocating as needed. Does not change size.
+    /// Only the range written is looked up; a write that changes the map
+    /// (filling holes, converting unwritten blocks) edits the one extent leaf
+    /// it falls in when it can, and rewrites the whole map otherwise.
     func writeData(_ m: inout MInode, offset: UInt64, _ data: UnsafeRawBufferPointer) throws(Ext4Error) {
         let n = UInt64(data.count)
         guard n > 0 else { return }
         let bs = UInt64(blockSize)
         let first = offset / bs
         let last = (offset + n - 1) / bs
-        var exts = try allExtents(m)
-        let meta = try mapMetaBlocks(m)
+        let ri = try rawInodeFrom(m)
         let nblk = Int(last - first + 1)
         var buf = [UInt8](repeating: 0, count: nblk * blockSize)
-        // Current mapping of each block in range.
-        let cur = Ext4FileSystem.clip(exts, first, last + 1)
+        // Current mapping of the range.
+        let cur = hasBlockMap(ri) ? try mapRange(ri, from: first, count: last - first + 1) : []
         func mapped(_ l: UInt64) -> Extent? {
             for x in cur where l >= x.logical && l < x.logical + x.length { return x }
             return nil
@@ -88,53 +99,63 @@ extension Ext4FileSystem {
             guard let base = p.baseAddress, let src = data.baseAddress else { return }
             (base + dataOff).copyMemory(from: src, byteCount: data.count)
         }
-        // Allocate holes.
-        var newRuns: [Extent] = []
+        // Allocate holes; unwritten blocks become written.
+        var newRuns: [Extent] = []   // written extents the map gains
+        var fresh: [Extent] = []     // blocks allocated here (given back on failure)
         var l = first
         do throws(Ext4Error) {
             while l <= last {
                 if let x = mapped(l) {
+                    let e = min(x.logical + x.length, last + 1)
                     if x.unwritten {
-                        let e = min(x.logical + x.length, last + 1)
                         newRuns.append(Extent(logical: l, physical: x.physical + (l - x.logical), length: e - l, unwritten: false))
-                        l = e
-                    } else {
-                        l = min(x.logical + x.length, last + 1)
                     }
+                    l = e
                     continue
                 }
                 var e = l
                 while e <= last && mapped(e) == nil { e += 1 }
                 var cursor = l
                 while cursor < e {
-                    let goal = goalFor(exts + newRuns.filter { !$0.unwritten }, cursor, m)
-                    let (p, got) = try allocBlocks(goal: goal, count: Int(min(e - cursor, 32768)))
+                    let goal: UInt64
+                    if let p = newRuns.last, p.logical + p.length == cursor { goal = p.physical + p.length }
+                    else if cursor > first, let p = mapped(cursor - 1) { goal = p.physical + (cursor - p.logical) }
+                    else { goal = try goalBefore(ri, cursor, m) }
+                    let (p, got) = try allocData(m, logical: cursor, goal: goal, count: Int(min(e - cursor, 32768)))
                     let x = Extent(logical: cursor, physical: p, length: UInt64(got), unwritten: false)
+                    fresh.append(x)
                     newRuns.append(x)
-                    Ext4FileSystem.put(&exts, Extent(logical: cursor, physical: p, length: UInt64(got), unwritten: true))
                     cursor += UInt64(got)
                 }
                 l = e
             }
+            // Write data along physical runs.
+            var runs = cur
+            for x in newRuns { Ext4FileSystem.put(&runs, x) }
+            for x in runs {
+                let o = Int(x.logical - first) * blockSize
+                let len = Int(x.length) * blockSize
+                var err: Ext4Error? = nil
+                buf.withUnsafeBytes { p in
+                    let sub = UnsafeRawBufferPointer(rebasing: p[o..<(o + len)])
+                    do throws(Ext4Error) { try dev.write(at: x.physical * bs, from: sub) } catch { err = error }
+                }
+                if let err { throw err }
+            }
+            guard !newRuns.isEmpty else { return }
+            let added = fresh.reduce(UInt64(0)) { $0 + $1.length }
+            if try editExtentLeaf(&m, from: first, to: last + 1, put: newRuns) {
+                try setBlocks(&m, fsBlocks: fsBlockCount(m) + added)
+            } else {
+                var exts = try allExtents(m)
+                let meta = try mapMetaBlocks(m)
+                for x in newRuns { Ext4FileSystem.put(&exts, x) }
+                try storeMap(&m, exts, oldMeta: meta)
+            }
         } catch {
-            for x in newRuns where mapped(x.logical) == nil { try? freeBlocks(x.physical, x.length) }
+            for x in fresh { try? freeBlocks(x.physical, x.length) }
             throw error
         }
-        // Write data along physical runs.
-        var runs = Ext4FileSystem.clip(exts, first, last + 1)
-        for x in newRuns { Ext4FileSystem.put(&runs, x) }
-        for x in runs {
-            let o = Int(x.logical - first) * blockSize
-            let len = Int(x.length) * blockSize
-            var err: Ext4Error? = nil
-            buf.withUnsafeBytes { p in
-                let sub = UnsafeRawBufferPointer(rebasing: p[o..<(o + len)])
-                do throws(Ext4Error) { try dev.write(at: x.physical * bs, from: sub) } catch { err = error }
-            }
-            if let err { throw err }
-        }
-        for x in newRuns { Ext4FileSystem.put(&exts, x) }
-        try storeMap(&m, exts, oldMeta: meta)
     }
 
     static func clip(_ exts: [Extent], _ from: UInt64, _ end: UInt64) -> [Extent] {

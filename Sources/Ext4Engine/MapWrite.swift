@@ -166,12 +166,6 @@ extension Ext4FileSystem {
         try setBlocks(&m, fsBlocks: data + metaCount + xb)
     }
 
-    private func extentHeader(entries: Int, max: Int, depth: Int) -> [UInt8] {
-        var h = [UInt8](repeating: 0, count: 12)
-        h.putLE16(0, 0xF30A); h.putLE16(2, UInt16(entries)); h.putLE16(4, UInt16(max)); h.putLE16(6, UInt16(depth))
-        return h
-    }
-
     /// Write one block of a file's map. A block this map already owned (`reused`)
     /// has been metadata, written through writeMeta, for as long as the map has
     /// held it, so the cache (or the device) has its current bytes: skip the
@@ -185,41 +179,23 @@ extension Ext4FileSystem {
     private func storeExtentTree(_ m: inout MInode, _ list: [Extent], _ newBlock: () throws(Ext4Error) -> UInt64,
                                  _ reused: Set<UInt64>) throws(Ext4Error) -> UInt64 {
         for x in list where x.logical + x.length > (1 << 32) { throw .fileTooBig }
-        // Level 0 entries.
-        var entries: [[UInt8]] = list.map { x in
-            var e = [UInt8](repeating: 0, count: 12)
-            e.putLE32(0, UInt32(x.logical))
-            e.putLE16(4, UInt16(x.unwritten ? x.length + 32768 : (x.length == 32768 ? 32768 : x.length)))
-            e.putLE16(6, UInt16(truncatingIfNeeded: x.physical >> 32))
-            e.putLE32(8, UInt32(truncatingIfNeeded: x.physical))
-            return e
-        }
+        var entries: [[UInt8]] = list.map(extentLeafEntry)
         var firsts: [UInt32] = list.map { UInt32($0.logical) }
         let per = (blockSize - 12) / 12
         var depth = 0
         var meta: UInt64 = 0
-        let seed = inodeSeed(m.ino, m.generation)
+        let seed = sb.metadataCsum ? inodeSeed(m.ino, m.generation) : 0
         while entries.count > 4 {
             var nextE: [[UInt8]] = []
             var nextF: [UInt32] = []
             var i = 0
             while i < entries.count {
                 let chunk = Array(entries[i..<min(entries.count, i + per)])
-                var node = extentHeader(entries: chunk.count, max: per, depth: depth)
-                for e in chunk { node += e }
-                node += [UInt8](repeating: 0, count: blockSize - node.count)
-                if sb.metadataCsum {
-                    let t = 12 + 12 * per
-                    node.putLE32(t, crc32c(seed, node[0..<t]))
-                }
+                let node = extentNode(chunk, max: per, depth: depth, blockSized: true, seed: seed)
                 let blk = try newBlock()
                 try writeMapBlock(blk, node, reused)
                 meta += 1
-                var ie = [UInt8](repeating: 0, count: 12)
-                ie.putLE32(0, firsts[i])
-                ie.putLE32(4, UInt32(truncatingIfNeeded: blk))
-                ie.putLE16(8, UInt16(truncatingIfNeeded: blk >> 32))
-                nextE.append(ie)
+                nextE.append(extentIndexEntry(first: firsts[i], child: blk))
                 nextF.append(firsts[i])
                 i += per
             }
@@ -228,9 +204,7 @@ extension Ext4FileSystem {
             depth += 1
             if depth > Ext4FileSystem.maxExtentDepth { throw .fileTooBig }
         }
-        var root = extentHeader(entries: entries.count, max: 4, depth: depth)
-        for e in entries { root += e }
-        m.iBlock = root
+        m.iBlock = extentNode(entries, max: 4, depth: depth, blockSized: false, seed: seed)
         return meta
     }
 

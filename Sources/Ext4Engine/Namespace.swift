@@ -100,6 +100,8 @@ extension Ext4FileSystem {
 
     /// Free blocks and xattrs of an inode (in memory + disk); does not free the inode number.
     func releaseInodeStorage(_ m: inout MInode) throws(Ext4Error) {
+        try dropPreallocation(m.ino)
+        if let w { w.preallocLock.with { _ = w.looseTrees.remove(m.ino) } }
         if m.hasInline {
             try removeInlineData(&m)
         } else if try hasDataBlocks(m) {

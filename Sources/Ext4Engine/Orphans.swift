@@ -101,10 +101,6 @@ extension Ext4FileSystem {
         }
     }
 
-    public func fileClosed(_ ino: UInt32) {
-        // No per-file preallocation is kept: allocation is goal-based and exact.
-    }
-
     public func fsync(_ ino: UInt32, dataOnly: Bool) throws(Ext4Error) {
         _ = try wstate
         try dev.flush()
@@ -117,6 +113,8 @@ extension Ext4FileSystem {
 
     public func unmount() throws(Ext4Error) {
         let w = try wstate
+        try dropAllPreallocations()
+        try packAllExtentTrees()
         // Free every remaining orphan, referenced or not.
         while true {
             let ino = w.orphanMapLock.with { w.orphanNext.keys.first }

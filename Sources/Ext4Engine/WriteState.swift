@@ -45,6 +45,17 @@ final class WriteState: @unchecked Sendable {
     // orphanMapLock: ino -> next orphan (on-disk dtime of an orphan inode)
     var orphanNext: [UInt32: UInt32] = [:]
 
+    // preallocLock (a leaf lock: nothing else is taken while it is held)
+    let preallocLock = NSLock()
+    var prealloc: [UInt32: Prealloc] = [:]
+    var openWriters: [UInt32: Int] = [:]
+    /// Inodes whose extent tree has split leaves since it was last packed.
+    var looseTrees: Set<UInt32> = []
+
+    // xattrShareLock: xattr blocks by header hash (candidates for sharing)
+    let xattrShareLock = NSLock()
+    var xattrBlocks: [UInt32: Set<UInt64>] = [:]
+
     init(sb: Superblock, groups: [GroupDesc]) {
         sbRaw = sb.raw
         gd = []

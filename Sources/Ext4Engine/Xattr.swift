@@ -84,7 +84,9 @@ extension Ext4FileSystem {
             let c = crc32c(crc32c(csumSeed, leBytes64(ri.fileACL)), b.zeroing(0x10, 4))
             guard c == b.le32(0x10) else { throw corrupt("\(what): checksum mismatch") }
         }
-        return try parseXattrEntries(b, entries: 32, valueBase: 0, end: b.count, what: what)
+        let entries = try parseXattrEntries(b, entries: 32, valueBase: 0, end: b.count, what: what)
+        noteXattrBlock(ri.fileACL, hash: b.le32(0xC))
+        return entries
     }
 
     func allXattrs(_ ri: RawInode) throws(Ext4Error) -> [XattrEntry] {

@@ -101,52 +101,114 @@ extension Ext4FileSystem {
         r.putLE32(0x10, crc32c(crc32c(csumSeed, leBytes64(blk)), r))
     }
 
-    /// Replace the inode's block xattrs with `list` (copy-on-write when shared).
+    /// Most inodes one xattr block may serve (the kernel's limit).
+    static let xattrRefcountMax: UInt32 = 1024
+
+    /// Remember an xattr block by its header hash, so that inodes given the
+    /// same attributes later share it. Caller holds the inode lock of an inode
+    /// referring to `blk` (which keeps it from being freed meanwhile).
+    func noteXattrBlock(_ blk: UInt64, hash: UInt32) {
+        guard let w, hash != 0 else { return }
+        w.xattrShareLock.with { _ = w.xattrBlocks[hash, default: []].insert(blk) }
+    }
+
+    /// An xattr block with exactly the contents `bytes` (laid out for any block
+    /// number) whose refcount has room: its refcount is raised and it is
+    /// returned. Caller holds xattrShareLock.
+    private func shareXattrBlock(_ bytes: [UInt8], except: UInt64) throws(Ext4Error) -> UInt64? {
+        let w = try wstate
+        let hash = bytes.le32(0xC)
+        guard hash != 0, let candidates = w.xattrBlocks[hash] else { return nil }
+        for blk in candidates where blk != except {
+            let shared = try w.metaLocks.withLock(blk) { () throws(Ext4Error) -> Bool in
+                var b = try block(blk)
+                guard b.le32(0) == 0xEA02_0000, b.le32(8) == 1, b.le32(0xC) == hash,
+                      b[0x20...] == bytes[0x20...] else { return false }
+                let rc = b.le32(4)
+                guard rc >= 1, rc < Ext4FileSystem.xattrRefcountMax else { return false }
+                b.putLE32(4, rc + 1)
+                sealXattrBlock(&b, blk)
+                try writeMeta(blk, b)
+                return true
+            }
+            if shared { return blk }
+            if try block(blk).le32(0xC) != hash { w.xattrBlocks[hash]?.remove(blk) }
+        }
+        return nil
+    }
+
+    private func forgetXattrBlock(_ blk: UInt64, _ w: WriteState) {
+        for (h, var set) in w.xattrBlocks where set.contains(blk) {
+            set.remove(blk)
+            w.xattrBlocks[h] = set.isEmpty ? nil : set
+        }
+    }
+
+    /// Replace the inode's block xattrs with `list`. A block with the same
+    /// contents elsewhere is shared (refcount raised) instead of writing a new
+    /// one; a block this inode shares is copied on write; a block only this
+    /// inode uses is rewritten in place, or freed when the list is empty.
     func setBlockXattrs(_ m: inout MInode, _ list: [XattrEntry]) throws(Ext4Error) {
         let w = try wstate
         let old = m.fileACL(sb.is64)
-        var ownsOld = false
-        if old != 0 {
-            // Drop our reference when shared; keep the block when we are the only user.
-            ownsOld = try w.metaLocks.withLock(old) { () throws(Ext4Error) -> Bool in
-                var b = try block(old)
-                let rc = b.le32(4)
-                if rc <= 1 { return true }
-                if list.isEmpty || true {
-                    b.putLE32(4, rc - 1)
+        try w.xattrShareLock.with { () throws(Ext4Error) in
+            // Is the old block ours alone?
+            var ownsOld = false
+            if old != 0 {
+                ownsOld = try w.metaLocks.withLock(old) { () throws(Ext4Error) -> Bool in try block(old).le32(4) <= 1 }
+            }
+            /// Drop this inode's reference to the old block.
+            func releaseOld() throws(Ext4Error) {
+                guard old != 0 else { return }
+                if ownsOld {
+                    forgetXattrBlock(old, w)
+                    try freeBlocks(old, 1)
+                    return
+                }
+                try w.metaLocks.withLock(old) { () throws(Ext4Error) in
+                    var b = try block(old)
+                    let rc = b.le32(4)
+                    b.putLE32(4, rc > 1 ? rc - 1 : 0)
                     sealXattrBlock(&b, old)
                     try writeMeta(old, b)
                 }
-                return false
             }
-        }
-        var blocksDelta: Int64 = 0
-        if list.isEmpty {
-            if old != 0 {
-                if ownsOld { try freeBlocks(old, 1) }
-                m.setFileACL(0)
-                blocksDelta = -1
+            if list.isEmpty {
+                try releaseOld()
+                if old != 0 { m.setFileACL(0) }
+                return
             }
-        } else {
+            guard let template = xattrBlockBytes(list, blk: 0, refcount: 1) else { throw .noSpace }
+            if old != 0, try block(old)[0x20...] == template[0x20...] { return }  // unchanged
+            if let s = try shareXattrBlock(template, except: old) {
+                try releaseOld()
+                m.setFileACL(s)
+                return
+            }
             var target = old
-            if old == 0 || !ownsOld {
+            if !ownsOld {
                 let goal = groupStart(Int(UInt64(m.ino - 1) / UInt64(sb.inodesPerGroup)))
-                guard let b = xattrBlockBytes(list, blk: 0, refcount: 1) else { throw .noSpace }
-                _ = b
                 (target, _) = try allocBlocks(goal: goal, count: 1)
-                if old == 0 { blocksDelta = 1 }
             }
             guard let bytes = xattrBlockBytes(list, blk: target, refcount: 1) else {
                 if target != old { try? freeBlocks(target, 1) }
                 throw .noSpace
             }
-            try writeMeta(target, bytes)
+            do throws(Ext4Error) {
+                try writeMeta(target, bytes)
+                if target != old { try releaseOld() } else { forgetXattrBlock(old, w) }
+            } catch {
+                if target != old { try? freeBlocks(target, 1) }
+                throw error
+            }
+            let hash = bytes.le32(0xC)
+            if hash != 0 { w.xattrBlocks[hash, default: []].insert(target) }
             m.setFileACL(target)
         }
-        if blocksDelta != 0 {
-            let ri = try rawInodeFrom(m)
-            let cur = ri.pub.blocks512 / UInt64(blockSize / 512)
-            try setBlocks(&m, fsBlocks: blocksDelta > 0 ? cur + 1 : (cur > 0 ? cur - 1 : 0))
+        let now = m.fileACL(sb.is64)
+        if (old == 0) != (now == 0) {
+            let cur = fsBlockCount(m)
+            try setBlocks(&m, fsBlocks: now != 0 ? cur + 1 : (cur > 0 ? cur - 1 : 0))
         }
     }
 

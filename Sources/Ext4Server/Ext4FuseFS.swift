@@ -166,8 +166,12 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
             ch.size = 0
             _ = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
         }
+        if !readOnly && i.fileType == .regular { fs.fileOpened(ino, forWriting: Self.forWriting(a.flags)) }
         return FuseOpenOut(fh: 0, openFlags: FuseOpenOutFlags.keepCache.rawValue)
     }
+
+    /// Open flags with write access (O_WRONLY or O_RDWR).
+    static func forWriting(_ flags: UInt32) -> Bool { flags & UInt32(O_ACCMODE) != UInt32(O_RDONLY) }
 
     public func read(_ c: FuseContext, _ a: FuseReadIn) throws(FuseError) -> [UInt8] {
         let ino = try Self.ino(c.nodeid)

@@ -70,6 +70,7 @@ extension Ext4FuseFS {
 
     public func create(_ c: FuseContext, name: FuseName, _ a: FuseCreateIn) throws(FuseError) -> (FuseEntryOut, FuseOpenOut) {
         let i = try make(c, name: name, mode: UInt32(S_IFREG) | (a.mode & 0o7777), umask: a.umask)
+        fs.fileOpened(i.ino, forWriting: Self.forWriting(a.flags))
         return (referenced(i), FuseOpenOut(fh: 0, openFlags: FuseOpenOutFlags.keepCache.rawValue))
     }
 
@@ -78,6 +79,7 @@ extension Ext4FuseFS {
         let parent = try inodeOf(c.nodeid)
         let n = newInode(c, parent: parent, mode: UInt32(S_IFREG) | (a.mode & 0o7777), umask: a.umask)
         let i = try engine { () throws(Ext4Error) in try fs.tmpfile(parent: parent.ino, n) }
+        fs.fileOpened(i.ino, forWriting: Self.forWriting(a.flags))
         return (referenced(i), FuseOpenOut(fh: 0, openFlags: FuseOpenOutFlags.keepCache.rawValue))
     }
 
@@ -263,7 +265,8 @@ extension Ext4FuseFS {
 
     public func release(_ c: FuseContext, _ a: FuseReleaseIn) {
         if readOnly { return }
-        if let ino = try? Self.ino(c.nodeid) { fs.fileClosed(ino) }
+        // The last writer's close trims the file's preallocation window.
+        if let ino = try? Self.ino(c.nodeid) { fs.fileClosed(ino, forWriting: Self.forWriting(a.flags)) }
     }
 
     public func forget(_ nodeid: UInt64, nlookup: UInt64) {

@@ -1,0 +1,183 @@
+/// Incremental extent-tree updates: change the extents of the one leaf that
+/// covers a small logical range, instead of rewriting the whole map. Random
+/// writes into unwritten (fallocated) space and appends take this path; a
+/// change that does not fit its shape (it crosses leaves, would move a leaf's
+/// first key, or overflows a leaf whose parent is full) falls back to
+/// `storeMap`, which rewrites the tree.
+extension Ext4FileSystem {
+    /// i_blocks in file-system blocks.
+    func fsBlockCount(_ m: MInode) -> UInt64 {
+        var units = UInt64(m.b.le32(0x1C))
+        if sb.has(roCompat: RoCompat.hugeFile) {
+            units |= UInt64(m.b.le16(0x74)) << 32
+            if m.flags & InodeFlag.hugeFile != 0 { return units }
+        }
+        return units / UInt64(blockSize / 512)
+    }
+
+    /// One on-disk leaf entry.
+    func extentLeafEntry(_ x: Extent) -> [UInt8] {
+        var e = [UInt8](repeating: 0, count: 12)
+        e.putLE32(0, UInt32(truncatingIfNeeded: x.logical))
+        e.putLE16(4, UInt16(truncatingIfNeeded: x.unwritten ? x.length + 32768 : x.length))
+        e.putLE16(6, UInt16(truncatingIfNeeded: x.physical >> 32))
+        e.putLE32(8, UInt32(truncatingIfNeeded: x.physical))
+        return e
+    }
+
+    /// One on-disk index entry.
+    func extentIndexEntry(first: UInt32, child: UInt64) -> [UInt8] {
+        var e = [UInt8](repeating: 0, count: 12)
+        e.putLE32(0, first)
+        e.putLE32(4, UInt32(truncatingIfNeeded: child))
+        e.putLE16(8, UInt16(truncatingIfNeeded: child >> 32))
+        return e
+    }
+
+    /// An extent node holding `entries` (12 bytes each) with room for `max`;
+    /// a block-sized node carries the checksum tail.
+    func extentNode(_ entries: [[UInt8]], max: Int, depth: Int, blockSized: Bool, seed: UInt32) -> [UInt8] {
+        var node = [UInt8](repeating: 0, count: 12)
+        node.putLE16(0, 0xF30A); node.putLE16(2, UInt16(truncatingIfNeeded: entries.count))
+        node.putLE16(4, UInt16(truncatingIfNeeded: max)); node.putLE16(6, UInt16(truncatingIfNeeded: depth))
+        for e in entries { node += e }
+        guard blockSized else { return node }
+        node += [UInt8](repeating: 0, count: Swift.max(0, blockSize - node.count))
+        if sb.metadataCsum {
+            let t = 12 + 12 * max
+            if t + 4 <= node.count { node.putLE32(t, crc32c(seed, node[0..<t])) }
+        }
+        return node
+    }
+
+    private struct Step {
+        let blk: UInt64?   // nil: the inode's i_block
+        let node: [UInt8]
+        let idx: Int       // index entry taken at this (interior) node
+    }
+
+    /// Replace whatever `changes` overlap with `changes` inside the leaf that
+    /// covers [l0, l1). Updates the map blocks and, for a split, i_blocks; the
+    /// caller accounts for data blocks and stores the inode. Returns false,
+    /// having changed nothing, when the change needs a full rewrite.
+    func editExtentLeaf(_ m: inout MInode, from l0: UInt64, to l1: UInt64, put changes: [Extent]) throws(Ext4Error) -> Bool {
+        guard m.hasExtents, !m.hasInline, l0 < l1, l1 <= (1 << 32) else { return false }
+        for x in changes where x.logical < l0 || x.logical + x.length > l1 { return false }
+        let seed = sb.metadataCsum ? inodeSeed(m.ino, m.generation) : 0
+        let perBlock = (blockSize - 12) / 12
+        var path: [Step] = []
+        var node = m.iBlock
+        var blk: UInt64? = nil
+        var lo: UInt64 = 0, hi: UInt64 = 1 << 32
+        var keyOfLeaf: UInt64? = nil
+        while true {
+            guard node.count >= 12, node.le16(0) == 0xF30A else { return false }
+            let n = Int(node.le16(2)), mx = Int(node.le16(4)), depth = Int(node.le16(6))
+            guard mx <= (node.count - 12) / 12, n <= mx, depth <= Ext4FileSystem.maxExtentDepth else { return false }
+            if let b = blk, sb.metadataCsum {
+                let t = 12 + 12 * mx
+                guard t + 4 <= node.count, crc32c(seed, node[0..<t]) == node.le32(t) else {
+                    throw corrupt("inode \(m.ino): extent block \(b) checksum mismatch")
+                }
+            }
+            if depth == 0 { break }
+            guard n > 0, path.count < Ext4FileSystem.maxExtentDepth else { return false }
+            var i = 0
+            while i + 1 < n && UInt64(node.le32(12 + 12 * (i + 1))) <= l0 { i += 1 }
+            let key = UInt64(node.le32(12 + 12 * i))
+            guard key <= l0 else { return false }
+            lo = Swift.max(lo, key)
+            if i + 1 < n { hi = Swift.min(hi, UInt64(node.le32(12 + 12 * (i + 1)))) }
+            let o = 12 + 12 * i
+            let child = (UInt64(node.le16(o + 8)) << 32) | UInt64(node.le32(o + 4))
+            guard validRun(child, 1) else { throw corrupt("inode \(m.ino): extent index -> \(child) outside fs") }
+            path.append(Step(blk: blk, node: node, idx: i))
+            keyOfLeaf = key
+            blk = child
+            node = try block(child)
+        }
+        guard l0 >= lo, l1 <= hi else { return false }
+        // Decode the leaf.
+        let n = Int(node.le16(2)), leafMax = Int(node.le16(4))
+        var list: [Extent] = []
+        list.reserveCapacity(n + changes.count + 2)
+        var prevEnd: UInt64 = 0
+        for i in 0..<n {
+            let o = 12 + 12 * i
+            let lblk = UInt64(node.le32(o))
+            let raw = node.le16(o + 4)
+            let unwritten = raw > 32768
+            let len = UInt64(unwritten ? raw - 32768 : raw)
+            let phys = (UInt64(node.le16(o + 6)) << 32) | UInt64(node.le32(o + 8))
+            guard len > 0, lblk >= prevEnd, lblk >= lo, lblk + len <= hi, validRun(phys, len) else {
+                throw corrupt("inode \(m.ino): bad extent leaf entry at logical \(lblk)")
+            }
+            prevEnd = lblk + len
+            list.append(Extent(logical: lblk, physical: phys, length: len, unwritten: unwritten))
+        }
+        let oldFirst = list.first?.logical
+        for x in changes { Ext4FileSystem.put(&list, x) }
+        list = Ext4FileSystem.normalize(list)
+        guard !list.isEmpty else { return false }
+        // An interior key must equal its child's first logical block (e2fsck checks it).
+        if let key = keyOfLeaf, list.first?.logical != key || oldFirst != key { return false }
+        for x in list where x.logical < lo || x.logical + x.length > hi { return false }
+        let entries = list.map(extentLeafEntry)
+        guard let leafBlk = blk else {
+            // The leaf is the inode's root.
+            guard entries.count <= 4 else { return false }
+            m.iBlock = extentNode(entries, max: 4, depth: 0, blockSized: false, seed: seed)
+            return true
+        }
+        if entries.count <= leafMax {
+            try writeMeta(leafBlk, extentNode(entries, max: leafMax, depth: 0, blockSized: true, seed: seed))
+            return true
+        }
+        // Split the leaf in two, if the parent has room for one more index entry.
+        guard let parent = path.last, entries.count <= 2 * perBlock else { return false }
+        let pn = Int(parent.node.le16(2)), pmax = Int(parent.node.le16(4)), pdepth = Int(parent.node.le16(6))
+        guard pn < pmax else { return false }
+        let half = entries.count / 2
+        let (newBlk, _) = try allocBlocks(goal: leafBlk + 1, count: 1)
+        do throws(Ext4Error) {
+            try writeMeta(newBlk, extentNode(Array(entries[half...]), max: perBlock, depth: 0, blockSized: true, seed: seed))
+            let ie = extentIndexEntry(first: UInt32(truncatingIfNeeded: list[half].logical), child: newBlk)
+            var pEntries: [[UInt8]] = (0..<pn).map { Array(parent.node[(12 + 12 * $0)..<(24 + 12 * $0)]) }
+            pEntries.insert(ie, at: parent.idx + 1)
+            try setBlocks(&m, fsBlocks: fsBlockCount(m) + 1)
+            if let pb = parent.blk {
+                try writeMeta(pb, extentNode(pEntries, max: pmax, depth: pdepth, blockSized: true, seed: seed))
+            } else {
+                m.iBlock = extentNode(pEntries, max: pmax, depth: pdepth, blockSized: false, seed: seed)
+            }
+        } catch {
+            try? freeBlocks(newBlk, 1)
+            throw error
+        }
+        try writeMeta(leafBlk, extentNode(Array(entries[..<half]), max: leafMax, depth: 0, blockSized: true, seed: seed))
+        if let w { w.preallocLock.with { _ = w.looseTrees.insert(m.ino) } }
+        return true
+    }
+
+    /// Split leaves are half full; e2fsck calls such a tree one that "could be
+    /// narrower". Repack the tree of an inode whose leaves were split (on the
+    /// last writer's close and at unmount). Caller holds the inode lock.
+    func packExtentTree(_ ino: UInt32) throws(Ext4Error) {
+        guard let w, w.preallocLock.with({ w.looseTrees.remove(ino) }) != nil else { return }
+        var m = try loadInode(ino, checkLive: false)
+        guard m.hasExtents, !m.hasInline, m.links > 0 else { return }
+        let exts = try allExtents(m)
+        let meta = try mapMetaBlocks(m)
+        try storeMap(&m, exts, oldMeta: meta)
+        try storeInode(m)
+    }
+
+    /// Repack every loose tree (unmount).
+    func packAllExtentTrees() throws(Ext4Error) {
+        guard let w else { return }
+        let all = w.preallocLock.with { Array(w.looseTrees) }
+        for ino in all {
+            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in try packExtentTree(ino) }
+        }
+    }
+}

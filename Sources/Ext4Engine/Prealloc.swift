@@ -1,0 +1,124 @@
+/// Per-file preallocation. An append that allocates also takes a window of
+/// blocks right after the ones it needs (marked used in the bitmap, owned by
+/// no extent yet); the next appends of the same file take their blocks from
+/// it, so files written side by side stay contiguous. The window is given
+/// back when the last writer closes the file, when the file is freed, at
+/// unmount, and whenever an allocation would otherwise fail with ENOSPC. A
+/// crash leaves the window's blocks marked used; `e2fsck -fy` returns them.
+struct Prealloc: Sendable {
+    var logical: UInt64   // the next logical block the window serves
+    var physical: UInt64  // where that block goes
+    var count: UInt64     // blocks left in the window
+}
+
+extension Ext4FileSystem {
+    /// Files smaller than this (in blocks) get no window (the kernel's stream threshold).
+    static let preallocMinFileBlocks: UInt64 = 16
+    /// Largest window, in bytes.
+    static let preallocMaxBytes: UInt64 = 8 << 20
+
+    /// Blocks for logical block `l` of `m` (up to `count`, contiguous), from
+    /// the file's window when it serves `l`, else from the allocator. Appends
+    /// (at or past the last block of the file) open a new window.
+    func allocData(_ m: MInode, logical l: UInt64, goal: UInt64, count: Int) throws(Ext4Error) -> (UInt64, Int) {
+        let w = try wstate
+        let want = UInt64(max(1, count))
+        let taken: (UInt64, Int)? = w.preallocLock.with {
+            guard var p = w.prealloc[m.ino], p.logical == l, p.count > 0 else { return nil }
+            let k = min(want, p.count)
+            let r = (p.physical, Int(k))
+            p.logical += k; p.physical += k; p.count -= k
+            w.prealloc[m.ino] = p.count > 0 ? p : nil
+            return r
+        }
+        if let taken { return taken }
+        let bs = UInt64(blockSize)
+        let sizeBlocks = m.size / bs + (m.size % bs == 0 ? 0 : 1)
+        let endAfter = l + want
+        var extra: UInt64 = 0
+        if l + 1 >= sizeBlocks && endAfter >= Ext4FileSystem.preallocMinFileBlocks {
+            // Window about as large as the file so far, capped.
+            var win: UInt64 = Ext4FileSystem.preallocMinFileBlocks
+            while win < endAfter && win < Ext4FileSystem.preallocMaxBytes / bs { win *= 2 }
+            extra = min(win, Ext4FileSystem.preallocMaxBytes / bs)
+        }
+        let (p, got) = try allocBlocksOrReclaim(goal: goal, count: Int(want + extra))
+        let used = min(UInt64(got), want)
+        if UInt64(got) > used {
+            let window = Prealloc(logical: l + used, physical: p + used, count: UInt64(got) - used)
+            let old: Prealloc? = w.preallocLock.with {
+                let o = w.prealloc[m.ino]
+                w.prealloc[m.ino] = window
+                return o
+            }
+            if let old { try freeBlocks(old.physical, old.count) }
+        }
+        return (p, Int(used))
+    }
+
+    /// allocBlocks, retried once after giving back every window on ENOSPC.
+    func allocBlocksOrReclaim(goal: UInt64, count: Int) throws(Ext4Error) -> (UInt64, Int) {
+        do throws(Ext4Error) {
+            return try allocBlocks(goal: goal, count: count)
+        } catch .noSpace {
+            guard try dropAllPreallocations() > 0 else { throw .noSpace }
+            return try allocBlocks(goal: goal, count: count)
+        }
+    }
+
+    /// Give back `ino`'s window, if any.
+    func dropPreallocation(_ ino: UInt32) throws(Ext4Error) {
+        guard let w else { return }
+        let old = w.preallocLock.with { w.prealloc.removeValue(forKey: ino) }
+        if let old { try freeBlocks(old.physical, old.count) }
+    }
+
+    /// Give back every window; returns how many blocks came back.
+    @discardableResult
+    func dropAllPreallocations() throws(Ext4Error) -> UInt64 {
+        guard let w else { return 0 }
+        let all = w.preallocLock.with { () -> [Prealloc] in
+            let v = Array(w.prealloc.values)
+            w.prealloc = [:]
+            return v
+        }
+        var n: UInt64 = 0
+        for p in all {
+            try freeBlocks(p.physical, p.count)
+            n += p.count
+        }
+        return n
+    }
+
+    /// Blocks currently held in preallocation windows.
+    public var preallocatedBlocks: UInt64 {
+        guard let w else { return 0 }
+        return w.preallocLock.with { w.prealloc.values.reduce(0) { $0 + $1.count } }
+    }
+
+    /// A file was opened; `forWriting`: with write access.
+    public func fileOpened(_ ino: UInt32, forWriting: Bool) {
+        guard let w, forWriting else { return }
+        w.preallocLock.with { w.openWriters[ino, default: 0] += 1 }
+    }
+
+    /// A file handle was closed. When the last writer goes, the file's
+    /// preallocation window is trimmed away and its extent tree repacked.
+    public func fileClosed(_ ino: UInt32, forWriting: Bool) {
+        guard let w, forWriting else { return }
+        let last = w.preallocLock.with { () -> Bool in
+            let n = (w.openWriters[ino] ?? 0) - 1
+            w.openWriters[ino] = n > 0 ? n : nil
+            return n <= 0
+        }
+        guard last else { return }
+        do throws(Ext4Error) {
+            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                try dropPreallocation(ino)
+                try packExtentTree(ino)
+            }
+        } catch {
+            clog.report("inode \(ino): giving back preallocated blocks: \(error)")
+        }
+    }
+}
