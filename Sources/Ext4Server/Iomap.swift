@@ -405,9 +405,14 @@ extension Ext4FuseFS {
         // the extent at `b`; block maps are scanned at most 4096 blocks ahead.
         let window = min(countBlocks, extents ? 32768 : 4096, maxBlock - b)
         var maps = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: b, maxBlocks: window) }
-        if extents, let x = maps.first, x.logical == b, x.logical + x.length == b + window, window < 32768 {
-            let w = min(32768, maxBlock - b)
-            maps = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: b, maxBlocks: w) }
+        if extents, let x = maps.first, x.logical == b {
+            // The whole extent under b, not just its part from b on: an extent
+            // is at most 32768 blocks, so it starts no earlier than b - 32767.
+            // (A whole extent is what the mapping cache wants to hold.)
+            let lo = b - min(b, 32767)
+            let w = min(b - lo + 32768, maxBlock - lo)
+            let around = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: lo, maxBlocks: w) }
+            if let y = around.first(where: { $0.logical <= b && b < $0.logical + $0.length }) { maps = [y] }
         }
         if let x = maps.first {
             if x.logical > b { return Self.hole(b, x.logical, bs) }
@@ -416,7 +421,7 @@ extension Ext4FuseFS {
             var flags: FuseIomap.MappingFlags = []
             if !extents && x.length > 1 { flags.insert(.merged) }
             let type: FuseIomap.MappingType = x.unwritten ? .unwritten : .mapped
-            return FuseIomapIo(offset: b * bs, length: x.length * bs, addr: addr, type: type.rawValue,
+            return FuseIomapIo(offset: x.logical * bs, length: x.length * bs, addr: addr, type: type.rawValue,
                                flags: flags.rawValue, dev: dev)
         }
         // A hole at b: find where the next mapped block starts, searching

@@ -372,6 +372,8 @@ final class IomapKernel: @unchecked Sendable {
             throw MappingRejected(description: "ext4 must answer PURE_OVERWRITE in the write half, got type \(out.write.type)")
         }
         var m = out.read
+        // Every mapping the server hands out must describe the engine's map.
+        if verifyCache && m.type != MType.retryCache.rawValue && m.type != MType.inline.rawValue { try checkAgainstEngine(e, m) }
         if m.type == MType.retryCache.rawValue {
             guard let hit = cache[e.nodeid]?.first(where: { $0.offset <= pos && pos < $0.offset + $0.length }) else {
                 throw MappingRejected(description: "RETRY_CACHE but the cache has nothing at \(pos) (would loop)")
