@@ -333,10 +333,11 @@ extension Ext4FuseFS {
         // The kernel's mapping cache (§11.5): upsert what we computed and let
         // the kernel find it there; reports, atomic and swapfile ops never.
         if let ch = st.channel {
-            if let (lo, hi) = allocated, let (off, o1) = Optional(lo.multipliedReportingOverflow(by: bs)),
-               let (end, o2) = Optional(hi.multipliedReportingOverflow(by: bs)), !o1, !o2, end > off {
+            if let (lo, hi) = allocated {
                 // Blocks that were holes may be cached as HOLE: forget them.
-                iomapInval(ch, nodeid: c.nodeid, ino: ino, offset: off, length: end - off)
+                let (off, o1) = lo.multipliedReportingOverflow(by: bs)
+                let (end, o2) = hi.multipliedReportingOverflow(by: bs)
+                if !o1 && !o2 && end > off { iomapInval(ch, nodeid: c.nodeid, ino: ino, offset: off, length: end - off) }
             }
             if st.cache && !op.contains(.report) && !op.contains(.atomic) && !op.contains(.swapfile),
                iomapUpsert(ch, nodeid: c.nodeid, ino: ino, m) {
