@@ -176,6 +176,7 @@ extension Ext4FileSystem {
             }
             b = e
         }
+        if let observe = w.gdLock.with({ w.freedBlocksObserver }) { observe(start, count) }
     }
 
     // ---- inodes ------------------------------------------------------------------------

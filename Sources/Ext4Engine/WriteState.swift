@@ -39,6 +39,8 @@ final class WriteState: @unchecked Sendable {
     var freeInodesTotal: UInt64 = 0
     var dirRotor: Int = 0
     var wroteSomething = false
+    /// IomapWrite.swift: told about every run of freed blocks.
+    var freedBlocksObserver: (@Sendable (UInt64, UInt64) -> Void)? = nil
 
     // orphanLock
     var refs: [UInt32: UInt64] = [:]

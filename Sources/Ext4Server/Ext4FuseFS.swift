@@ -202,7 +202,7 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
                 }
                 guard out.add(name: e.name, ino: UInt64(e.ino), type: Self.direntType(e.type),
                               nextOffset: e.nextCookie, entry: ent) else { return false }
-                if let ent, ent.nodeid != 0 { fs.retain(e.ino, count: 1) }
+                if let ent, ent.nodeid != 0 { fs.retain(e.ino, count: 1); iomapNoteEntry(ent) }
                 return true
             }
         } catch {

@@ -16,7 +16,9 @@ extension Ext4FuseFS {
     /// not free or reuse an unlinked inode until the kernel forgets it.
     func referenced(_ i: Inode) -> FuseEntryOut {
         fs.retain(i.ino, count: 1)
-        return entry(i)
+        let e = entry(i)
+        iomapNoteEntry(e)
+        return e
     }
 
     func inodeOf(_ nodeid: UInt64) throws(FuseError) -> Inode {
@@ -168,6 +170,13 @@ extension Ext4FuseFS {
             ch.mode = m
         }
         let ino = old.ino
+        if let size = ch.size, kernelDoesIO(ino) {
+            // The kernel zeroed the partial block at the new end itself and
+            // wrote the file back: only the map and the size change here.
+            try engine { () throws(Ext4Error) in try fs.truncateMapped(ino, size: size) }
+            ch.size = nil
+            if ch.mtime == nil { ch.mtime = .now }
+        }
         let i = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
         return FuseAttrOut(attrValid: timeout, attr: attr(i))
     }
@@ -210,6 +219,11 @@ extension Ext4FuseFS {
         let i = try inodeOf(c.nodeid)
         if i.flags & Self.immutableFL != 0 { throw .perm }
         if i.flags & Self.appendFL != 0 && a.mode & 0x2 != 0 { throw .perm }  // no punching append-only files
+        if kernelDoesIO(i.ino) {
+            // Whole blocks only: the kernel zeroes the partial edges through its page cache.
+            try engine { () throws(Ext4Error) in try fs.fallocateMapped(i.ino, mode: a.mode, offset: a.offset, length: a.length) }
+            return
+        }
         try engine { () throws(Ext4Error) in try fs.fallocate(i.ino, mode: a.mode, offset: a.offset, length: a.length) }
     }
 
@@ -271,6 +285,7 @@ extension Ext4FuseFS {
 
     public func forget(_ nodeid: UInt64, nlookup: UInt64) {
         guard let ino = try? Self.ino(nodeid) else { return }
+        iomapNoteForget(ino, nlookup)
         do { try fs.release(ino, count: nlookup) } catch {
             logger.error("freeing inode \(ino) after its last reference: \(error)")
         }

@@ -25,9 +25,16 @@ public final class IomapState: Sendable {
         var frozen = false
         var shutdown = false
         var allowRegularFile = false
+        /// UPSERT read mappings and answer RETRY_CACHE (§11.5); off with `iomap_cache=0`.
+        var cache = true
         var upcalls = IomapUpcalls()
     }
     let state = Mutex(Snapshot())
+    /// What the kernel was told about each inode it holds: its lookup count and
+    /// whether the entry that instantiated it carried FUSE_ATTR_IOMAP. The
+    /// kernel consumes that flag only at instantiation, so an inode that was
+    /// inline when it came in stays on the classic path until FORGET.
+    let entries = Mutex([UInt32: (count: UInt64, iomap: Bool)]())
 
     public init() {}
 
@@ -43,6 +50,10 @@ public final class IomapState: Sendable {
 
 public struct IomapUpcalls: Sendable, Equatable {
     public var begin = 0, end = 0, ioend = 0, config = 0
+    /// Notifications sent: UPSERT_MAPPINGS, INVAL_MAPPINGS, DEV_INVAL.
+    public var upserts = 0, invals = 0, devInvals = 0
+    /// Write-class BEGINs that allocated blocks.
+    public var allocations = 0
 }
 
 /// Refuse `iomap=1` before mounting when it cannot be honoured: the source must
@@ -50,9 +61,6 @@ public struct IomapUpcalls: Sendable, Equatable {
 /// on this /dev/fuse fd (FUSE_DEV_IOC_IOMAP_SUPPORT).
 public func iomapPreflight(fuseFD: Int32, deviceFD: Int32, name: String, options: ServerOptions) throws(ServerFailure) {
     guard options.iomap == true else { return }
-    guard options.readOnly else {
-        throw ServerFailure(2, "\(name): iomap=1 is only supported on read-only mounts so far (iomap writes are not implemented); add -o ro or use iomap=0")
-    }
     var st = stat()
     guard fstat(deviceFD, &st) == 0, st.st_mode & S_IFMT == S_IFBLK else {
         throw ServerFailure(2, "\(name): iomap=1 requested, but the source is not a block device (attach it to a loop device, or use iomap=0)")
@@ -72,9 +80,6 @@ extension Ext4FuseFS {
     /// The device fd iomap would register, or nil with the reason why not.
     func iomapDevice() -> (fd: Int32?, why: String) {
         if options.iomap == false { return (nil, "iomap=0") }
-        // Write-class mappings (unwritten allocation, IOEND conversion) are not
-        // implemented yet: read-write mounts stay on the classic path.
-        if !readOnly { return (nil, "read-write mounts use the classic path until iomap writes are implemented") }
         guard let dev = fs.blockDevice as? FileBlockDevice else { return (nil, "the device is not a file descriptor") }
         var st = stat()
         guard fstat(dev.fd, &st) == 0 else { return (nil, "cannot stat the device") }
@@ -91,7 +96,8 @@ extension Ext4FuseFS {
     }
 
     func iomapInitialized(_ info: FuseConnectionInfo, channel: any FuseChannel) {
-        iomapState.state.withLock { $0.negotiated = info.iomap; $0.channel = channel }
+        let cache = options.iomapCache
+        iomapState.state.withLock { $0.negotiated = info.iomap; $0.channel = channel; $0.cache = cache }
         if info.iomap {
             logger.info("data path: iomap negotiated (FUSE 7.\(info.minor)); the device is registered at IOMAP_CONFIG")
         } else {
@@ -108,6 +114,69 @@ extension Ext4FuseFS {
         guard i.fileType == .regular, i.flags & Self.inlineDataFL == 0 else { return [] }
         let on = iomapState.state.withLock { $0.negotiated && $0.deviceID != nil && !$0.shutdown }
         return on ? [.iomap, .exclusive] : []
+    }
+
+    /// An entry reply is about to bring (or keep) `e` in the kernel's inode
+    /// cache: the first one decides the inode's data path for as long as the
+    /// kernel holds it.
+    func iomapNoteEntry(_ e: FuseEntryOut) {
+        guard e.nodeid != 0, let ino = try? Self.ino(e.nodeid) else { return }
+        let iomap = FuseAttrFlags(rawValue: e.attr.flags).contains(.iomap)
+        iomapState.entries.withLock { m in
+            if let x = m[ino] { m[ino] = (x.count &+ 1, x.iomap) } else { m[ino] = (1, iomap) }
+        }
+    }
+
+    func iomapNoteForget(_ ino: UInt32, _ nlookup: UInt64) {
+        iomapState.entries.withLock { m in
+            guard let x = m[ino] else { return }
+            if x.count <= nlookup { m[ino] = nil } else { m[ino] = (x.count - nlookup, x.iomap) }
+        }
+    }
+
+    /// Whether the kernel does this inode's file IO itself (it was instantiated
+    /// with FUSE_ATTR_IOMAP): then it also zeroes partial blocks on truncate
+    /// and fallocate, and the server must not touch data blocks.
+    func kernelDoesIO(_ ino: UInt32) -> Bool {
+        iomapState.entries.withLock { $0[ino]?.iomap ?? false }
+    }
+
+    // MARK: notifications
+
+    /// FUSE_NOTIFY_IOMAP_DEV_INVAL for blocks the engine freed: drop the device's
+    /// page cache over them, so no stale cached page of ours (a freed map block,
+    /// a zeroed block) is ever written over what the kernel writes there later.
+    func iomapDevInval(_ start: UInt64, _ count: UInt64) {
+        let st = iomapState.snapshot
+        guard st.negotiated, let dev = st.deviceID, let ch = st.channel, st.blockSize > 0 else { return }
+        let (off, o1) = start.multipliedReportingOverflow(by: st.blockSize)
+        let (len, o2) = count.multipliedReportingOverflow(by: st.blockSize)
+        guard !o1, !o2, count > 0, off < st.deviceSize else { return }
+        let n = min(len, st.deviceSize - off)
+        let p = FuseIomapDevInvalOut(dev: dev, reserved: 0, range: FuseRange(offset: off, length: n)).encoded
+        let r = ch.notify(.iomapDevInval, payload: p)
+        iomapState.state.withLock { $0.upcalls.devInvals += 1 }
+        if r < 0 && r != -ENOTCONN && r != -ENODEV {
+            logger.notice("IOMAP_DEV_INVAL \(off)+\(n): \(String(cString: strerror(-r)))")
+        }
+    }
+
+    /// UPSERT_MAPPINGS: cache `m` as the read mapping; never a write mapping (ext4 is not COW).
+    func iomapUpsert(_ ch: any FuseChannel, nodeid: UInt64, ino: UInt32, _ m: FuseIomapIo) -> Bool {
+        let nocache = FuseIomapIo(offset: m.offset, length: m.length, addr: FuseIomap.nullAddr,
+                                  type: FuseIomap.MappingType.noCache.rawValue, flags: 0, dev: FuseIomap.devNull)
+        let p = FuseIomapUpsertMappingsOut(nodeid: nodeid, attrIno: UInt64(ino), read: m, write: nocache).encoded
+        let r = ch.notify(.iomapUpsertMappings, payload: p)
+        iomapState.state.withLock { $0.upcalls.upserts += 1 }
+        return r == 0
+    }
+
+    /// INVAL_MAPPINGS over a block range of the read cache (and the write cache, which we never fill).
+    func iomapInval(_ ch: any FuseChannel, nodeid: UInt64, ino: UInt32, offset: UInt64, length: UInt64) {
+        let r = FuseRange(offset: offset, length: length)
+        let p = FuseIomapInvalMappingsOut(nodeid: nodeid, attrIno: UInt64(ino), read: r, write: r).encoded
+        _ = ch.notify(.iomapInvalMappings, payload: p)
+        iomapState.state.withLock { $0.upcalls.invals += 1 }
     }
 
     // MARK: IOMAP_CONFIG
@@ -143,6 +212,10 @@ extension Ext4FuseFS {
         iomapState.state.withLock {
             $0.deviceID = deviceID; $0.blockSize = bs; $0.maxBytes = maxBytes; $0.deviceSize = devSize
             $0.upcalls.config += 1
+        }
+        if deviceID != nil && !readOnly {
+            // Every block the engine frees from now on is dropped from the device's page cache.
+            fs.setFreedBlocksObserver { [weak self] start, count in self?.iomapDevInval(start, count) }
         }
         if let deviceID {
             logger.info("data path: iomap for regular files (backing id \(deviceID), \(kind), block size \(bs)); inline-data files use READ/WRITE")
@@ -195,20 +268,83 @@ extension Ext4FuseFS {
         let ino = try Self.ino(c.nodeid)
         guard a.attrIno == UInt64(ino) else { throw .inval }
         let op = FuseIomap.OpFlags(rawValue: a.opflags)
-        let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
+        var i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
         guard i.fileType == .regular else { throw .inval }
-        if op.isWriteClass || op.contains(.atomic) {
-            // The write side of the engine is not there yet: every write-class
-            // mapping request is refused like any other modification.
-            throw .rofs
-        }
         guard a.pos < st.maxBytes else { throw .fbig }
-        let m = try iomapReadMapping(ino, i, pos: a.pos, count: a.count, st, dev: dev)
+        let bs = st.blockSize
+        let writeClass = op.isWriteClass || op.contains(.atomic)
+        var flags: FuseIomap.MappingFlags = []
+        var allocated: (first: UInt64, end: UInt64)? = nil
+        if writeClass {
+            if readOnly { throw .rofs }
+            if i.flags & Self.immutableFL != 0 { throw .perm }
+            let extents = i.flags & 0x80000 != 0
+            guard a.pos < fs.maxFileBytes(extents: extents) else { throw .fbig }
+            // ZERO and UNSHARE take what is there (the kernel skips holes and
+            // unwritten blocks when zeroing; ext4 shares nothing). Every other
+            // write-class op needs storage under `pos` before the data moves.
+            if !op.contains(.zero) && !op.contains(.unshare) {
+                let m0 = try iomapReadMapping(ino, i, pos: a.pos, count: a.count, st, dev: dev)
+                if m0.type == FuseIomap.MappingType.hole.rawValue {
+                    if op.contains(.nowait) { throw FuseError(EAGAIN) }
+                    // Exactly the hole's part of the requested range, at most one
+                    // maximal unwritten extent (block maps: 8 MiB, zeroed now).
+                    let (reqEnd, o) = a.pos.addingReportingOverflow(max(a.count, 1))
+                    let stop = min(m0.offset + m0.length, o ? UInt64.max : reqEnd)
+                    let cap: UInt64 = extents ? 32767 : max(1, (8 << 20) / bs)
+                    let pos = a.pos
+                    let runs = try engine { () throws(Ext4Error) in
+                        try fs.allocateForWrite(ino, offset: pos, length: stop - pos, maxBlocks: cap)
+                    }
+                    if let lo = runs.map(\.logical).min(), let hi = runs.map({ $0.logical + $0.length }).max() {
+                        flags.insert(.dirty)
+                        allocated = (lo, hi)
+                        iomapState.state.withLock { $0.upcalls.allocations += 1 }
+                        if !extents {
+                            // Zeroed through the device's page cache and flushed: drop those pages.
+                            for r in runs { iomapDevInval(r.physical, r.length) }
+                        }
+                    }
+                    i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
+                }
+            }
+        }
+        var m = try iomapReadMapping(ino, i, pos: a.pos, count: a.count, st, dev: dev)
+        m.flags |= flags.rawValue
+        if writeClass && !op.contains(.zero) && !op.contains(.unshare) {
+            // Writes, writeback and direct writes into a hole would lose data.
+            guard m.type == FuseIomap.MappingType.mapped.rawValue || m.type == FuseIomap.MappingType.unwritten.rawValue else {
+                logger.error("inode \(ino): no storage at \(a.pos) after allocation (type \(m.type))")
+                throw .io
+            }
+        }
+        if op.contains(.atomic) {
+            // One block, one bio (§12.8).
+            guard m.type == FuseIomap.MappingType.mapped.rawValue || m.type == FuseIomap.MappingType.unwritten.rawValue
+            else { throw .io }
+            m.flags |= FuseIomap.MappingFlags.atomicBio.rawValue
+        }
         // Never hand out a mapping the kernel would reject (§10).
-        guard Self.iomapMappingValid(m, pos: a.pos, blockSize: st.blockSize, maxBytes: st.maxBytes,
+        guard Self.iomapMappingValid(m, pos: a.pos, blockSize: bs, maxBytes: st.maxBytes,
                                      deviceSize: st.deviceSize) else {
             logger.error("inode \(ino): computed an invalid mapping at \(a.pos): offset \(m.offset) length \(m.length) type \(m.type)")
             throw .uclean
+        }
+        // The kernel's mapping cache (§11.5): upsert what we computed and let
+        // the kernel find it there; reports, atomic and swapfile ops never.
+        if let ch = st.channel {
+            if let (lo, hi) = allocated {
+                // Blocks that were holes may be cached as HOLE: forget them.
+                let (off, o1) = lo.multipliedReportingOverflow(by: bs)
+                let (end, o2) = hi.multipliedReportingOverflow(by: bs)
+                if !o1 && !o2 && end > off { iomapInval(ch, nodeid: c.nodeid, ino: ino, offset: off, length: end - off) }
+            }
+            if st.cache && !op.contains(.report) && !op.contains(.atomic) && !op.contains(.swapfile),
+               iomapUpsert(ch, nodeid: c.nodeid, ino: ino, m) {
+                let retry = FuseIomapIo(offset: m.offset, length: m.length, addr: FuseIomap.nullAddr,
+                                        type: FuseIomap.MappingType.retryCache.rawValue, flags: 0, dev: FuseIomap.devNull)
+                return FuseIomapBeginOut(read: retry, write: Self.pureOverwrite(m))
+            }
         }
         return FuseIomapBeginOut(read: m, write: Self.pureOverwrite(m))
     }
@@ -270,9 +406,14 @@ extension Ext4FuseFS {
         // the extent at `b`; block maps are scanned at most 4096 blocks ahead.
         let window = min(countBlocks, extents ? 32768 : 4096, maxBlock - b)
         var maps = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: b, maxBlocks: window) }
-        if extents, let x = maps.first, x.logical == b, x.logical + x.length == b + window, window < 32768 {
-            let w = min(32768, maxBlock - b)
-            maps = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: b, maxBlocks: w) }
+        if extents, let x = maps.first, x.logical == b {
+            // The whole extent under b, not just its part from b on: an extent
+            // is at most 32768 blocks, so it starts no earlier than b - 32767.
+            // (A whole extent is what the mapping cache wants to hold.)
+            let lo = b - min(b, 32767)
+            let w = min(b - lo + 32768, maxBlock - lo)
+            let around = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: lo, maxBlocks: w) }
+            if let y = around.first(where: { $0.logical <= b && b < $0.logical + $0.length }) { maps = [y] }
         }
         if let x = maps.first {
             if x.logical > b { return Self.hole(b, x.logical, bs) }
@@ -281,7 +422,7 @@ extension Ext4FuseFS {
             var flags: FuseIomap.MappingFlags = []
             if !extents && x.length > 1 { flags.insert(.merged) }
             let type: FuseIomap.MappingType = x.unwritten ? .unwritten : .mapped
-            return FuseIomapIo(offset: b * bs, length: x.length * bs, addr: addr, type: type.rawValue,
+            return FuseIomapIo(offset: x.logical * bs, length: x.length * bs, addr: addr, type: type.rawValue,
                                flags: flags.rawValue, dev: dev)
         }
         // A hole at b: find where the next mapped block starts, searching
@@ -301,12 +442,31 @@ extension Ext4FuseFS {
 
     // MARK: IOMAP_END, IOMAP_IOEND
 
+    /// The kernel is done with a mapping: sent for write-class ops that grew
+    /// i_size (SIZE_CHANGED) or were short. Extent files need nothing: their new
+    /// blocks are unwritten and the size is committed at IOEND, once the data
+    /// is on the device. Block-mapped files hold zeroed written blocks instead,
+    /// and e2fsck forbids written blocks past i_size, so a buffered write that
+    /// grew the file commits its size now (a crash before writeback then shows
+    /// zeroes, never stale data).
     public func iomapEnd(_ c: FuseContext, _ a: FuseIomapEndIn) throws(FuseError) {
         iomapState.state.withLock { $0.upcalls.end += 1 }
-        // Reads and reports never ask for END; write-class BEGINs are refused while read-only.
-        _ = try Self.ino(c.nodeid)
+        let ino = try Self.ino(c.nodeid)
+        let op = FuseIomap.OpFlags(rawValue: a.opflags)
+        let mflags = FuseIomap.MappingFlags(rawValue: a.map.flags)
+        guard !readOnly, op.contains(.write), !op.contains(.direct), mflags.contains(.sizeChanged), a.written > 0
+        else { return }
+        let (end, o) = a.pos.addingReportingOverflow(UInt64(a.written))
+        guard !o else { throw .inval }
+        let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
+        guard i.fileType == .regular, i.flags & 0x80000 == 0, i.flags & Self.inlineDataFL == 0, end > i.size else { return }
+        _ = try engine { () throws(Ext4Error) in try fs.convertUnwritten(ino, offset: 0, length: 0, newSize: end) }
     }
 
+    /// Write IO completion: make the unwritten blocks under [pos, pos+written)
+    /// written, raise the on-disk size to pos+written if that is larger (the
+    /// kernel clamps `written` to its in-core EOF), reply with the on-disk size.
+    /// A failed IO changes nothing.
     public func iomapIoend(_ c: FuseContext, _ a: FuseIomapIoendIn) throws(FuseError) -> UInt64 {
         iomapState.state.withLock { $0.upcalls.ioend += 1 }
         let ino = try Self.ino(c.nodeid)
@@ -315,18 +475,31 @@ extension Ext4FuseFS {
             let e = a.error < 0 && a.error > -4096 ? -a.error : EIO
             throw FuseError(e)
         }
-        let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
+        guard a.attrIno == UInt64(ino) else { throw .inval }
         let flags = FuseIomap.IoendFlags(rawValue: a.flags)
-        if flags.contains(.swapoff) || a.written == 0 { return i.size }
-        // Conversions and size updates need the engine's write side; nothing
-        // can have been written while read-only.
-        throw .rofs
+        if flags.contains(.swapoff) || a.written == 0 {
+            return try engine { () throws(Ext4Error) in try fs.inode(ino) }.size
+        }
+        guard !readOnly else { throw .rofs }
+        if flags.contains(.shared) {
+            logger.error("inode \(ino): IOEND for an out-of-place write; ext4 shares no blocks")
+            throw .uclean
+        }
+        let (end, o) = a.pos.addingReportingOverflow(a.written)
+        guard !o, end <= iomapState.snapshot.maxBytes else { throw .fbig }
+        let pos = a.pos, written = a.written
+        let convert = flags.contains(.unwritten)
+        return try engine { () throws(Ext4Error) in
+            try fs.convertUnwritten(ino, offset: pos, length: convert ? written : 0, newSize: end)
+        }
     }
 
     // MARK: freeze, thaw, shutdown
 
     public func freezeFS(_ c: FuseContext, unlinked: UInt64) throws(FuseError) {
-        // Data is already written back by the kernel; a read-only engine has no dirty metadata.
+        // The kernel has written back the data; write the metadata (superblock
+        // totals) and flush the device before the snapshot is taken.
+        if !readOnly { try engine { () throws(Ext4Error) in try fs.sync() } }
         iomapState.state.withLock { $0.frozen = true }
         logger.info("frozen (\(unlinked) unlinked inodes still open)")
     }

@@ -10,6 +10,8 @@ public struct ServerOptions: Sendable, Equatable {
     public var cacheBlocks = 8192
     /// nil: use iomap when the kernel offers it; true: require it; false: forbid it.
     public var iomap: Bool? = nil
+    /// Push iomap mappings into the kernel's mapping cache (UPSERT + RETRY_CACHE); `iomap_cache=0` turns it off.
+    public var iomapCache = true
     public var allowSuid = false
     public var allowDev = false
     /// The server's own seccomp filter (see Lockdown.swift); `seccomp=0` is for debugging only.
@@ -73,6 +75,12 @@ public struct ServerOptions: Sendable, Equatable {
                 case "1": o.iomap = true
                 case "0": o.iomap = false
                 default: throw .bad("iomap must be 0 or 1")
+                }
+            case "iomap_cache":
+                switch value {
+                case "1": o.iomapCache = true
+                case "0": o.iomapCache = false
+                default: throw .bad("iomap_cache must be 0 or 1")
                 }
             case "seccomp":
                 switch value {

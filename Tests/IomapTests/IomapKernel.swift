@@ -2,9 +2,13 @@
 // Ext4FuseFS over the socket transport, offers iomap at minor 99, owns the
 // device fd the server registers with BACKING_OPEN, and does file IO from the
 // server's mappings the way fs/iomap does: buffered reads through its own page
-// cache, direct reads, FIEMAP and SEEK_DATA/SEEK_HOLE from REPORT mappings.
-// Every mapping is checked against the kernel's validation rules
-// (fuse-iomap-protocol.md §10); any violation fails the test.
+// cache, direct reads, FIEMAP and SEEK_DATA/SEEK_HOLE from REPORT mappings,
+// and (IomapKernelWrite.swift) buffered writes and writeback, direct writes,
+// truncate and fallocate. It keeps a mapping cache filled by UPSERT
+// notifications and consults it before every BEGIN (§11.2). Every mapping is
+// checked against the kernel's validation rules (fuse-iomap-protocol.md §10);
+// any violation fails the test, and every cache hit is checked against the
+// engine's map (a stale cached mapping fails the test too).
 
 import Ext4Engine
 import Ext4Server
@@ -48,9 +52,32 @@ final class IomapKernel: @unchecked Sendable {
     /// Notifications received, by code.
     private(set) var notifications: [Int32: Int] = [:]
     /// Inodes with a mapping cache (after a successful upsert), and their cached read mappings.
-    private(set) var cache: [UInt64: [FuseIomapIo]] = [:]
+    var cache: [UInt64: [FuseIomapIo]] = [:]
+    /// Consult the mapping cache before BEGIN (§11.2); off: every lookup is an upcall.
+    var useCache = true
+    /// Check every cache hit against the engine's map.
+    var verifyCache = true
     /// Page cache: (nodeid, page index) -> 4 KiB page.
-    private var pages: [UInt64: [UInt64: [UInt8]]] = [:]
+    var pages: [UInt64: [UInt64: [UInt8]]] = [:]
+    /// Dirty pages by node.
+    var dirty: [UInt64: Set<UInt64>] = [:]
+    /// The kernel's inode cache: state of each instantiated inode.
+    struct KInode {
+        var attrIno: UInt64
+        var mode: UInt32
+        var iomap: Bool
+        /// In-core size (kernel-owned for iomap inodes) and the on-disk size as the kernel knows it.
+        var isize: UInt64
+        var diskSize: UInt64
+        var nlookup: UInt64
+    }
+    var inodes: [UInt64: KInode] = [:]
+    /// DEV_INVAL ranges received.
+    var devInvals: [FuseRange] = []
+    /// The server answered ENOSYS to END / IOEND: never sent again.
+    var noEnd = false, noIoend = false
+    /// Dirty bytes that trigger writeback of everything (balance_dirty_pages).
+    var dirtyLimit: UInt64 = 32 << 20
     /// Readahead window for buffered reads.
     var readahead: UInt64 = 128 << 10
 
@@ -60,7 +87,7 @@ final class IomapKernel: @unchecked Sendable {
         let fd = open(image, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { throw FuseFailure(errno: errno) }
         let dev = try FileBlockDevice(fd: fd, closeOnDeinit: true)
-        fs = try Ext4FileSystem.open(device: dev, options: MountOptions(readOnly: true))
+        fs = try Ext4FileSystem.open(device: dev, options: MountOptions(readOnly: options.readOnly))
         var logger = Logger(label: "iomap-test")
         logger.logLevel = .warning
         fuse = Ext4FuseFS(fs: fs, options: options, logger: logger)
@@ -78,6 +105,13 @@ final class IomapKernel: @unchecked Sendable {
             done.signal()
         }
         t.start()
+    }
+
+    /// Send a request that gets no reply (FORGET).
+    func post(_ req: FuseRequest, node: UInt64) {
+        unique += 2
+        let msg = FuseRequestEncoder.encode(FuseRequestHeader(opcodeRaw: 0, unique: unique, nodeid: node), req)
+        _ = msg.withUnsafeBytes { Glibc.send(kernelFD, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     }
 
     func finish() -> Bool {
@@ -138,6 +172,11 @@ final class IomapKernel: @unchecked Sendable {
             }
             if u.read.type != MType.noCache.rawValue {
                 try validate(u.read, pos: u.read.offset, half: "upsert read", begin: false)
+                guard let k = inodes[u.nodeid] else { throw MappingRejected(description: "UPSERT for an inode not in the icache (ESTALE)") }
+                guard k.attrIno == u.attrIno else { throw MappingRejected(description: "UPSERT attr_ino \(u.attrIno) != \(k.attrIno)") }
+                guard k.iomap else { throw MappingRejected(description: "UPSERT for a non-iomap inode") }
+                // Budget: 256 KiB of 32-byte records per tree; over it, the tree is discarded.
+                if (cache[u.nodeid]?.count ?? 0) * 32 > Int(262_144) { cache[u.nodeid] = [] }
                 cache[u.nodeid, default: []].removeAll { $0.offset < u.read.offset + u.read.length && u.read.offset < $0.offset + $0.length }
                 cache[u.nodeid, default: []].append(u.read)
             }
@@ -150,12 +189,19 @@ final class IomapKernel: @unchecked Sendable {
             guard d.dev != 0, d.reserved == 0, transport.backingFD(d.dev) != nil else {
                 throw MappingRejected(description: "bad DEV_INVAL \(d)")
             }
+            let devSize = UInt64(max(0, lseek(deviceFD, 0, SEEK_END)))
+            let (_, o) = d.range.offset.addingReportingOverflow(d.range.length)
+            guard d.range.offset < devSize, !o else { throw MappingRejected(description: "DEV_INVAL outside the device \(d)") }
+            devInvals.append(d.range)
         case .iomapInvalMappings?:
+            guard p.count == 48 else { throw MappingRejected(description: "INVAL payload \(p.count) bytes") }
             let m = try FuseIomapInvalMappingsOut.decode(p)
-            cache[m.nodeid]?.removeAll { x in
-                let e = m.read.length == FuseIomap.invalToEOF ? UInt64.max : m.read.offset &+ m.read.length
-                return x.offset < e && m.read.offset < x.offset + x.length
+            for r in [m.read, m.write] where r.length != 0 && r.length != FuseIomap.invalToEOF {
+                guard r.offset % blockSize == 0, r.length % blockSize == 0, r.offset < maxBytes else {
+                    throw MappingRejected(description: "INVAL range not block aligned \(r)")
+                }
             }
+            if m.read.length != 0 { invalidate(m.nodeid, from: m.read.offset, length: m.read.length) }
         default:
             break
         }
@@ -209,9 +255,47 @@ final class IomapKernel: @unchecked Sendable {
         for comp in path.split(separator: "/") {
             e = try FuseEntryOut.decode(try ok(.lookup(name: Array(comp.utf8)), node: node))
             guard e.nodeid != 0 else { throw FuseFailure(errno: ENOENT) }
+            instantiate(e)
             node = e.nodeid
         }
         return e
+    }
+
+    /// An entry reply: the first one brings the inode into the icache and its
+    /// attribute flags decide the data path until FORGET (§7).
+    func instantiate(_ e: FuseEntryOut) {
+        guard e.nodeid != 0 else { return }
+        if var k = inodes[e.nodeid] {
+            k.nlookup += 1
+            inodes[e.nodeid] = k
+            return
+        }
+        inodes[e.nodeid] = KInode(attrIno: e.attr.ino, mode: e.attr.mode, iomap: isIomapInode(e),
+                                  isize: e.attr.size, diskSize: e.attr.size, nlookup: 1)
+    }
+
+    /// The kernel drops an inode: FORGET with its whole lookup count, caches die with it.
+    func evict(_ node: UInt64) {
+        guard let k = inodes.removeValue(forKey: node) else { return }
+        pages[node] = nil
+        dirty[node] = nil
+        cache[node] = nil
+        post(.forget(FuseForgetIn(nlookup: k.nlookup)), node: node)
+    }
+
+    /// The size the kernel believes (in-core for iomap inodes).
+    func size(_ e: FuseEntryOut) -> UInt64 { inodes[e.nodeid]?.isize ?? e.attr.size }
+
+    /// Drop cached mappings overlapping [from, from+length) (length ~0: to EOF), block-rounded.
+    func invalidate(_ node: UInt64, from: UInt64, length: UInt64) {
+        let bs = max(blockSize, 1)
+        let lo = from / bs * bs
+        let end: UInt64
+        if length == FuseIomap.invalToEOF { end = .max } else {
+            let (e, o) = from.addingReportingOverflow(length)
+            end = o ? .max : (e % bs == 0 ? e : (e / bs + 1) * bs)
+        }
+        cache[node]?.removeAll { x in x.offset < end && lo < x.offset + x.length }
     }
 
     func isIomapInode(_ e: FuseEntryOut) -> Bool {
@@ -221,6 +305,55 @@ final class IomapKernel: @unchecked Sendable {
     }
 
     // MARK: BEGIN with validation
+
+    /// A mapping for `pos`: from the mapping cache if it has a usable record
+    /// (§11.2), else from a BEGIN upcall.
+    func map(_ e: FuseEntryOut, op: OpFlags, pos: UInt64, count: UInt64) throws -> FuseIomapIo {
+        if useCache, !op.contains(.atomic), !op.contains(.swapfile),
+           let hit = cache[e.nodeid]?.first(where: { $0.offset <= pos && pos < $0.offset + $0.length }) {
+            var usable = true
+            if op.isWriteClass && hit.type == MType.hole.rawValue && !op.contains(.zero) && !op.contains(.unshare) { usable = false }
+            if hit.type == MType.delalloc.rawValue && (op.contains(.direct) || op.contains(.writeback)) { usable = false }
+            if usable {
+                upcalls["hit.\(Self.opName(op))", default: 0] += 1
+                // Trimmed to the block-rounded request.
+                let bs = blockSize
+                let lo = max(hit.offset, pos / bs * bs)
+                let (re, o) = pos.addingReportingOverflow(max(count, 1))
+                let reqEnd = o ? UInt64.max - bs + 1 : (re % bs == 0 ? re : (re / bs + 1) * bs)
+                let hi = min(hit.offset + hit.length, max(reqEnd, lo + bs))
+                var m = hit
+                m.offset = lo
+                m.length = hi - lo
+                if m.addr != FuseIomap.nullAddr { m.addr = hit.addr + (lo - hit.offset) }
+                if verifyCache { try checkAgainstEngine(e, m) }
+                return m
+            }
+        }
+        return try begin(e, op: op, pos: pos, count: count)
+    }
+
+    /// A cached mapping must still describe the engine's map exactly.
+    func checkAgainstEngine(_ e: FuseEntryOut, _ m: FuseIomapIo) throws {
+        let bs = blockSize
+        let maps = try fs.mappings(UInt32(e.attr.ino), fromBlock: m.offset / bs, maxBlocks: m.length / bs)
+        let stale = MappingRejected(description: "stale cached mapping \(m): the engine has \(maps)")
+        switch MType(rawValue: m.type) {
+        case .hole?:
+            guard maps.isEmpty else { throw stale }
+        case .mapped?, .unwritten?:
+            let unwritten = m.type == MType.unwritten.rawValue
+            var next = m.offset / bs
+            for x in maps {
+                guard x.logical == next, x.unwritten == unwritten,
+                      x.physical * bs == m.addr + (x.logical * bs - m.offset) else { throw stale }
+                next = x.logical + x.length
+            }
+            guard next == (m.offset + m.length) / bs else { throw stale }
+        default:
+            break
+        }
+    }
 
     /// One FUSE_IOMAP_BEGIN, validated like fuse_iomap_begin_validate.
     func begin(_ e: FuseEntryOut, op: OpFlags, pos: UInt64, count: UInt64) throws -> FuseIomapIo {
@@ -239,6 +372,8 @@ final class IomapKernel: @unchecked Sendable {
             throw MappingRejected(description: "ext4 must answer PURE_OVERWRITE in the write half, got type \(out.write.type)")
         }
         var m = out.read
+        // Every mapping the server hands out must describe the engine's map.
+        if verifyCache && m.type != MType.retryCache.rawValue && m.type != MType.inline.rawValue { try checkAgainstEngine(e, m) }
         if m.type == MType.retryCache.rawValue {
             guard let hit = cache[e.nodeid]?.first(where: { $0.offset <= pos && pos < $0.offset + $0.length }) else {
                 throw MappingRejected(description: "RETRY_CACHE but the cache has nothing at \(pos) (would loop)")
@@ -246,6 +381,11 @@ final class IomapKernel: @unchecked Sendable {
             m = hit
         }
         // Behaviour (not validation) rules that still break things.
+        if op.contains(.atomic) {
+            guard m.flags & FuseIomap.MappingFlags.atomicBio.rawValue != 0 else {
+                throw MappingRejected(description: "ATOMIC write mapping without F_ATOMIC_BIO")
+            }
+        }
         if op.contains(.write) || op.contains(.writeback) {
             guard m.type == MType.mapped.rawValue || m.type == MType.unwritten.rawValue else {
                 throw MappingRejected(description: "write-class op got type \(m.type), would lose data")
@@ -260,6 +400,7 @@ final class IomapKernel: @unchecked Sendable {
     static func opName(_ op: OpFlags) -> String {
         if op.contains(.report) { return "report" }
         if op.contains(.writeback) { return "writeback" }
+        if op.contains(.atomic) { return "atomic" }
         if op.contains(.zero) { return "zero" }
         if op.contains(.write) { return op.contains(.direct) ? "directwrite" : "write" }
         return op.contains(.direct) ? "directread" : "read"
@@ -325,7 +466,7 @@ final class IomapKernel: @unchecked Sendable {
                             into dst: inout [UInt8], base: UInt64) throws {
         var pos = start
         while pos < end {
-            let m = try begin(e, op: op, pos: pos, count: end - pos)
+            let m = try map(e, op: op, pos: pos, count: end - pos)
             let stop = min(m.offset + m.length, end)
             var p = pos
             while p < stop {
@@ -347,7 +488,7 @@ final class IomapKernel: @unchecked Sendable {
     /// read(2) on a buffered iomap file: missing pages are read in readahead
     /// batches (one iomap iteration per batch), then copied from the page cache.
     func bufferedRead(_ e: FuseEntryOut, offset: UInt64, length: Int) throws -> [UInt8] {
-        let size = e.attr.size
+        let size = size(e)
         guard offset < size, length > 0 else { return [] }
         let end = min(size, offset + UInt64(length))
         let ps = Self.pageSize
@@ -383,11 +524,19 @@ final class IomapKernel: @unchecked Sendable {
         return out
     }
 
-    func dropPageCache() { pages = [:] }
+    /// Drop every clean page (dirty ones stay, as drop_caches does).
+    func dropPageCache() {
+        for (node, pg) in pages {
+            let d = dirty[node] ?? []
+            pages[node] = d.isEmpty ? nil : pg.filter { d.contains($0.key) }
+        }
+    }
 
     /// O_DIRECT read: block-aligned, bios straight from the mappings, result clipped to EOF.
     func directRead(_ e: FuseEntryOut, offset: UInt64, length: Int) throws -> [UInt8] {
-        let size = e.attr.size
+        let size = size(e)
+        // Dirty page cache over the range is written back first.
+        try writeback(e, from: offset, to: offset + UInt64(length))
         guard offset % blockSize == 0, UInt64(length) % blockSize == 0 else { throw FuseFailure(errno: EINVAL) }
         guard offset < size, length > 0 else { return [] }
         let end = offset + UInt64(length)

@@ -1,0 +1,245 @@
+import Foundation
+
+/// The engine's side of a block-mapping (iomap) write path, where the kernel
+/// writes file data to the device itself and the engine only manages the
+/// map: allocate space before the data is written (unwritten extents, or
+/// zeroed blocks in a block map), make it written once the data is on the
+/// device, and commit the size. No FUSE knowledge.
+///
+/// Unlike the classic write path, none of these functions read or write file
+/// data blocks (besides zeroing freshly allocated blocks of block-mapped
+/// files): the kernel owns the bytes and zeroes partial blocks itself.
+extension Ext4FileSystem {
+    /// Call `observer(start, count)` after every run of blocks the engine frees
+    /// (file data, map blocks, xattr blocks, directories), with no engine lock
+    /// of the allocator held (an inode lock may be). nil removes it.
+    public func setFreedBlocksObserver(_ observer: (@Sendable (UInt64, UInt64) -> Void)?) {
+        guard let w else { return }
+        w.gdLock.with { w.freedBlocksObserver = observer }
+    }
+
+    /// Make every block of [offset, offset+length) (rounded out to blocks, at most
+    /// `maxBlocks` blocks from the first one) backed by storage, without changing
+    /// the size. Extent-mapped files get unwritten extents over their holes (they
+    /// read as zeroes until `convertUnwritten`); block-mapped files cannot
+    /// describe unwritten blocks, so their new blocks are written with zeroes and
+    /// flushed to the device before the map names them. Returns the runs that
+    /// were allocated (empty when nothing was a hole).
+    public func allocateForWrite(_ ino: UInt32, offset: UInt64, length: UInt64,
+                                 maxBlocks: UInt64 = 32767) throws(Ext4Error) -> [Extent] {
+        let w = try wstate
+        guard length > 0, maxBlocks > 0 else { return [] }
+        let (end, o) = offset.addingReportingOverflow(length)
+        guard !o, offset < maxFileSize else { throw .fileTooBig }
+        let bs = UInt64(blockSize)
+        let first = offset / bs
+        let lastByte = min(end, maxFileSize) - 1
+        let last = min(lastByte / bs, first + maxBlocks - 1)
+        return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> [Extent] in
+            var m = try loadInode(ino)
+            guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a regular file") }
+            if m.flags & 0x10 != 0 { throw .permission }
+            guard !m.hasInline else { throw .invalid("inline-data file has no block map") }
+            var exts = try allExtents(m)
+            let meta = try mapMetaBlocks(m)
+            let allocated = try allocateHoles(m, &exts, first: first, last: last, unwritten: m.hasExtents)
+            guard !allocated.isEmpty else { return [] }
+            do throws(Ext4Error) {
+                if !m.hasExtents {
+                    // The zeroes must be on the device before the map points at
+                    // the blocks: a crash then exposes zeroes, never stale data.
+                    for x in allocated { try zeroBlocks(x.physical, x.length) }
+                    try dev.flush()
+                }
+                try storeMap(&m, exts, oldMeta: meta)
+            } catch {
+                for x in allocated { try? freeBlocks(x.physical, x.length) }
+                throw error
+            }
+            m.bumpVersion()
+            try storeInode(m)
+            return allocated
+        }
+    }
+
+    /// IO completion: mark unwritten blocks of [offset, offset+length) (rounded
+    /// out to blocks) written, splitting and merging extents as needed, and raise
+    /// the size to `newSize` if that is larger. Blocks that are holes or already
+    /// written are left alone (the mapping may have changed meanwhile). Returns
+    /// the size afterwards.
+    public func convertUnwritten(_ ino: UInt32, offset: UInt64, length: UInt64,
+                                 newSize: UInt64?) throws(Ext4Error) -> UInt64 {
+        let w = try wstate
+        let bs = UInt64(blockSize)
+        let (end, o) = offset.addingReportingOverflow(length)
+        guard !o else { throw .invalid("range overflows") }
+        if let s = newSize, s > maxFileSize { throw .fileTooBig }
+        return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> UInt64 in
+            var m = try loadInode(ino)
+            guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a regular file") }
+            var changed = false
+            if length > 0 && m.hasExtents && !m.hasInline {
+                let first = offset / bs
+                let stop = end / bs + (end % bs == 0 ? 0 : 1)
+                var exts = try allExtents(m)
+                let pieces = Ext4FileSystem.clip(exts, first, stop).filter { $0.unwritten }
+                if !pieces.isEmpty {
+                    let meta = try mapMetaBlocks(m)
+                    for var x in pieces {
+                        x.unwritten = false
+                        Ext4FileSystem.put(&exts, x)
+                    }
+                    try storeMap(&m, exts, oldMeta: meta)
+                    changed = true
+                }
+            }
+            if let s = newSize, s > m.size {
+                m.size = s
+                changed = true
+            }
+            if changed {
+                m.bumpVersion()
+                try storeInode(m)
+            }
+            return m.size
+        }
+    }
+
+    /// Set the size of a file whose partial blocks the kernel zeroes itself:
+    /// like a truncating setattr, but no data block is read or written. Blocks
+    /// past the new end are freed when shrinking.
+    public func truncateMapped(_ ino: UInt32, size newSize: UInt64) throws(Ext4Error) {
+        let w = try wstate
+        guard newSize <= maxFileSize else { throw .fileTooBig }
+        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+            var m = try loadInode(ino)
+            guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("size of non-file") }
+            if m.flags & 0x10 != 0 { throw .permission }
+            if m.flags & 0x20 != 0 && newSize < m.size { throw .permission }
+            if m.hasInline {
+                try truncateInode(&m, newSize)
+            } else if newSize < m.size {
+                let bs = UInt64(blockSize)
+                var exts = try allExtents(m)
+                let meta = try mapMetaBlocks(m)
+                let keep = newSize / bs + (newSize % bs == 0 ? 0 : 1)
+                let removed = Ext4FileSystem.cut(&exts, from: keep, count: UInt64.max - keep)
+                if !removed.isEmpty {
+                    try storeMap(&m, exts, oldMeta: meta)
+                    for x in removed { try freeBlocks(x.physical, x.length) }
+                }
+                m.size = newSize
+            } else {
+                m.size = newSize
+            }
+            m.bumpVersion()
+            try storeInode(m)
+        }
+    }
+
+    /// fallocate for a file whose partial blocks the kernel zeroes itself:
+    /// PUNCH_HOLE and ZERO_RANGE act on whole blocks only (punch frees them,
+    /// zero makes them unwritten, and zero also allocates unwritten space over
+    /// holes of the range, partial edge blocks included). Other modes are the
+    /// engine's `fallocate`, which touches no data.
+    public func fallocateMapped(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
+        let punch = mode & 2 != 0, zero = mode & 0x10 != 0, keepSize = mode & 1 != 0
+        guard punch || zero else { return try fallocate(ino, mode: mode, offset: offset, length: length) }
+        let w = try wstate
+        guard mode & ~UInt32(0x13) == 0, !(punch && zero), !(punch && !keepSize) else {
+            throw .unsupported("fallocate mode \(mode)")
+        }
+        guard length > 0 else { throw .invalid("zero length") }
+        let (end, o) = offset.addingReportingOverflow(length)
+        guard !o, end <= maxFileSize else { throw .fileTooBig }
+        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+            var m = try loadInode(ino)
+            guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a file") }
+            if m.flags & 0x30 != 0 { throw .permission }
+            if m.hasInline {
+                // Not an iomap file: the classic fallocate converts and zeroes.
+                return try fallocate(ino, mode: mode, offset: offset, length: length)
+            }
+            guard m.hasExtents || punch else { throw .unsupported("fallocate mode \(mode) on a block-mapped file") }
+            let bs = UInt64(blockSize)
+            var exts = try allExtents(m)
+            let meta = try mapMetaBlocks(m)
+            let fb = offset / bs + (offset % bs == 0 ? 0 : 1), lb = end / bs
+            var removed: [Extent] = []
+            if lb > fb { removed = Ext4FileSystem.cut(&exts, from: fb, count: lb - fb) }
+            var allocated: [Extent] = []
+            if zero {
+                // Reuse the blocks as unwritten extents, then fill the holes.
+                for var x in removed { x.unwritten = true; Ext4FileSystem.put(&exts, x) }
+                removed = []
+                allocated = try allocateHoles(m, &exts, first: offset / bs, last: (end - 1) / bs, unwritten: true)
+            }
+            do throws(Ext4Error) {
+                try storeMap(&m, exts, oldMeta: meta)
+            } catch {
+                for x in allocated { try? freeBlocks(x.physical, x.length) }
+                throw error
+            }
+            for x in removed { try freeBlocks(x.physical, x.length) }
+            if zero && !keepSize && end > m.size { m.size = end }
+            let now = nowSpec()
+            m.setTime(.mtime, now); m.setTime(.ctime, now)
+            m.bumpVersion()
+            try storeInode(m)
+        }
+    }
+
+    // ---- helpers -----------------------------------------------------------------
+
+    /// Allocate the holes of blocks [first, last] into `exts` (as unwritten or
+    /// written extents). On failure nothing stays allocated.
+    func allocateHoles(_ m: MInode, _ exts: inout [Extent], first: UInt64, last: UInt64,
+                       unwritten: Bool) throws(Ext4Error) -> [Extent] {
+        guard first <= last else { return [] }
+        let sorted = exts.sorted { $0.logical < $1.logical }
+        var holes: [(UInt64, UInt64)] = []
+        var cur = first
+        for x in sorted {
+            let xe = x.logical + x.length
+            if xe <= cur { continue }
+            if x.logical > last { break }
+            if x.logical > cur { holes.append((cur, x.logical)) }
+            cur = xe
+            if cur > last { break }
+        }
+        if cur <= last { holes.append((cur, last + 1)) }
+        let maxLen = unwritten ? Ext4FileSystem.maxUnwrittenLen : Ext4FileSystem.maxWrittenLen
+        var allocated: [Extent] = []
+        do throws(Ext4Error) {
+            for (hs, he) in holes {
+                var c = hs
+                while c < he {
+                    let (p, got) = try allocBlocks(goal: goalFor(exts, c, m), count: Int(min(he - c, maxLen)))
+                    let x = Extent(logical: c, physical: p, length: UInt64(got), unwritten: unwritten)
+                    allocated.append(x)
+                    Ext4FileSystem.put(&exts, x)
+                    c += UInt64(got)
+                }
+            }
+        } catch {
+            for x in allocated { try? freeBlocks(x.physical, x.length) }
+            throw error
+        }
+        return allocated
+    }
+
+    /// Write zeroes over `count` blocks at `start` (at most 1 MiB per write).
+    func zeroBlocks(_ start: UInt64, _ count: UInt64) throws(Ext4Error) {
+        guard validRun(start, count) else { throw corrupt("zeroing blocks \(start)+\(count) outside fs") }
+        let bs = UInt64(blockSize)
+        let chunk = max(1, (1 << 20) / bs)
+        let zeros = [UInt8](repeating: 0, count: Int(min(count, chunk) * bs))
+        var b = start
+        let end = start + count
+        while b < end {
+            let n = min(end - b, chunk)
+            try devWrite(b * bs, n == min(count, chunk) ? zeros : Array(zeros.prefix(Int(n * bs))))
+            b += n
+        }
+    }
+}
