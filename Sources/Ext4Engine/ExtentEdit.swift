@@ -159,6 +159,22 @@ extension Ext4FileSystem {
         return true
     }
 
+    /// Put `changes` (all inside [l0, l1)) into the map of `m`: one leaf edit
+    /// when it fits, else the whole map rewritten. `newBlocks`: data blocks the
+    /// changes add (freshly allocated), for i_blocks.
+    func putExtents(_ m: inout MInode, _ changes: [Extent], from l0: UInt64, to l1: UInt64,
+                    newBlocks: UInt64) throws(Ext4Error) {
+        guard !changes.isEmpty else { return }
+        if try editExtentLeaf(&m, from: l0, to: l1, put: changes) {
+            if newBlocks > 0 { try setBlocks(&m, fsBlocks: fsBlockCount(m) + newBlocks) }
+            return
+        }
+        var exts = try allExtents(m)
+        let meta = try mapMetaBlocks(m)
+        for x in changes { Ext4FileSystem.put(&exts, x) }
+        try storeMap(&m, exts, oldMeta: meta)
+    }
+
     /// Split leaves are half full; e2fsck calls such a tree one that "could be
     /// narrower". Repack the tree of an inode whose leaves were split (on the
     /// last writer's close and at unmount). Caller holds the inode lock.

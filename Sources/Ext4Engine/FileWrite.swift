@@ -143,15 +143,7 @@ extension Ext4FileSystem {
                 if let err { throw err }
             }
             guard !newRuns.isEmpty else { return }
-            let added = fresh.reduce(UInt64(0)) { $0 + $1.length }
-            if try editExtentLeaf(&m, from: first, to: last + 1, put: newRuns) {
-                try setBlocks(&m, fsBlocks: fsBlockCount(m) + added)
-            } else {
-                var exts = try allExtents(m)
-                let meta = try mapMetaBlocks(m)
-                for x in newRuns { Ext4FileSystem.put(&exts, x) }
-                try storeMap(&m, exts, oldMeta: meta)
-            }
+            try putExtents(&m, newRuns, from: first, to: last + 1, newBlocks: fresh.reduce(0) { $0 + $1.length })
         } catch {
             for x in fresh { try? freeBlocks(x.physical, x.length) }
             throw error

@@ -40,9 +40,12 @@ extension Ext4FileSystem {
             guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a regular file") }
             if m.flags & 0x10 != 0 { throw .permission }
             guard !m.hasInline else { throw .invalid("inline-data file has no block map") }
-            var exts = try allExtents(m)
-            let meta = try mapMetaBlocks(m)
-            let allocated = try allocateHoles(m, &exts, first: first, last: last, unwritten: m.hasExtents)
+            // Only the range is looked up; new blocks continue the mapping before it.
+            let ri = try rawInodeFrom(m)
+            var local = try mapRange(ri, from: first, count: last - first + 1)
+            let goal = try goalBefore(ri, first, m)
+            let allocated = try allocateHoles(m, &local, first: first, last: last, unwritten: m.hasExtents,
+                                              fallbackGoal: goal)
             guard !allocated.isEmpty else { return [] }
             do throws(Ext4Error) {
                 if !m.hasExtents {
@@ -51,7 +54,7 @@ extension Ext4FileSystem {
                     for x in allocated { try zeroBlocks(x.physical, x.length) }
                     try dev.flush()
                 }
-                try storeMap(&m, exts, oldMeta: meta)
+                try putExtents(&m, allocated, from: first, to: last + 1, newBlocks: allocated.reduce(0) { $0 + $1.length })
             } catch {
                 for x in allocated { try? freeBlocks(x.physical, x.length) }
                 throw error
@@ -81,15 +84,11 @@ extension Ext4FileSystem {
             if length > 0 && m.hasExtents && !m.hasInline {
                 let first = offset / bs
                 let stop = end / bs + (end % bs == 0 ? 0 : 1)
-                var exts = try allExtents(m)
-                let pieces = Ext4FileSystem.clip(exts, first, stop).filter { $0.unwritten }
+                let ri = try rawInodeFrom(m)
+                let pieces = try mapRange(ri, from: first, count: stop - first).filter { $0.unwritten }
                 if !pieces.isEmpty {
-                    let meta = try mapMetaBlocks(m)
-                    for var x in pieces {
-                        x.unwritten = false
-                        Ext4FileSystem.put(&exts, x)
-                    }
-                    try storeMap(&m, exts, oldMeta: meta)
+                    let written = pieces.map { Extent(logical: $0.logical, physical: $0.physical, length: $0.length, unwritten: false) }
+                    try putExtents(&m, written, from: first, to: stop, newBlocks: 0)
                     changed = true
                 }
             }
@@ -193,8 +192,9 @@ extension Ext4FileSystem {
 
     /// Allocate the holes of blocks [first, last] into `exts` (as unwritten or
     /// written extents). On failure nothing stays allocated.
+    /// `fallbackGoal`: where to allocate when `exts` has nothing before a hole.
     func allocateHoles(_ m: MInode, _ exts: inout [Extent], first: UInt64, last: UInt64,
-                       unwritten: Bool) throws(Ext4Error) -> [Extent] {
+                       unwritten: Bool, fallbackGoal: UInt64? = nil) throws(Ext4Error) -> [Extent] {
         guard first <= last else { return [] }
         let sorted = exts.sorted { $0.logical < $1.logical }
         var holes: [(UInt64, UInt64)] = []
@@ -214,7 +214,9 @@ extension Ext4FileSystem {
             for (hs, he) in holes {
                 var c = hs
                 while c < he {
-                    let (p, got) = try allocBlocks(goal: goalFor(exts, c, m), count: Int(min(he - c, maxLen)))
+                    let before = exts.contains { $0.logical < c }
+                    let goal = before ? goalFor(exts, c, m) : (fallbackGoal ?? goalFor(exts, c, m))
+                    let (p, got) = try allocBlocks(goal: goal, count: Int(min(he - c, maxLen)))
                     let x = Extent(logical: c, physical: p, length: UInt64(got), unwritten: unwritten)
                     allocated.append(x)
                     Ext4FileSystem.put(&exts, x)

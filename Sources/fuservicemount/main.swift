@@ -119,11 +119,12 @@ if stat(source, &sourceStat) != 0 {
     fail(Exit.mountFailure, "cannot mount \(src): \(String(cString: strerror(errno)))")
 }
 var mpStat = stat()
+// Like the source, a missing or unusable mountpoint is a mount failure for mount(8).
 if stat(mountpoint, &mpStat) != 0 {
-    fail(Exit.usage, "mountpoint \(dir): \(String(cString: strerror(errno)))")
+    fail(Exit.mountFailure, "mountpoint \(dir): \(String(cString: strerror(errno)))")
 }
 if (mpStat.st_mode & S_IFMT) != S_IFDIR && (mpStat.st_mode & S_IFMT) != S_IFREG {
-    fail(Exit.usage, "mountpoint \(dir) is not a directory")
+    fail(Exit.mountFailure, "mountpoint \(dir) is not a directory")
 }
 
 var opts = cmd.options ?? ""
