@@ -67,6 +67,8 @@ let package = Package(
 
         // Test-only C target: exposes <linux/fuse.h> layouts for cross-checking.
         .target(name: "CFuseHeaderCheck", path: "Tests/CFuseHeaderCheck"),
+        // Tools, scratch directories and deterministic data for every test target.
+        .target(name: "TestSupport", dependencies: ["LoopDevices"], path: "Tests/TestSupport", swiftSettings: strict),
         // The socket test kernel shared by the test targets.
         .target(name: "FuseTestSupport", dependencies: ["FuseKernel", .product(name: "Logging", package: "swift-log")],
                 path: "Tests/FuseTestSupport", swiftSettings: strict),
@@ -74,19 +76,19 @@ let package = Package(
                     dependencies: ["FuseKernel", "FuseTestSupport", "CFuseHeaderCheck", "CShim"],
                     swiftSettings: strict),
         .testTarget(name: "Ext4EngineTests",
-                    dependencies: ["Ext4Engine", "CShim"],
+                    dependencies: ["Ext4Engine", "CShim", "TestSupport"],
                     swiftSettings: strict),
         .testTarget(name: "Ext4ServerTests",
-                    dependencies: ["Ext4Server", "FuseKernel", "FuseTestSupport", "Ext4Engine", "CShim"],
+                    dependencies: ["Ext4Server", "FuseKernel", "FuseTestSupport", "Ext4Engine", "CShim", "TestSupport"],
                     swiftSettings: strict),
         .testTarget(name: "IomapTests",
-                    dependencies: ["Ext4Server", "FuseKernel", "Ext4Engine", "CShim"],
+                    dependencies: ["Ext4Server", "FuseKernel", "Ext4Engine", "CShim", "TestSupport"],
                     swiftSettings: strict),
         .testTarget(name: "LoopDevicesTests",
-                    dependencies: ["LoopDevices", "CShim"],
+                    dependencies: ["LoopDevices", "CShim", "TestSupport"],
                     swiftSettings: strict),
         .testTarget(name: "ServiceBrokerTests",
-                    dependencies: ["ServiceBroker", "LoopDevices", "CShim"],
+                    dependencies: ["ServiceBroker", "LoopDevices", "CShim", "TestSupport"],
                     exclude: ["Resources"],
                     swiftSettings: strict),
     ]

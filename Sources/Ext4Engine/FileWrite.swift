@@ -252,21 +252,34 @@ extension Ext4FileSystem {
         return try inode(ino)
     }
 
-    public func fallocate(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
-        let w = try wstate
-        let keepSize = mode & 1 != 0
-        let punch = mode & 2 != 0
-        let zero = mode & 0x10 != 0
+    /// A fallocate request checked: the modes we support (KEEP_SIZE,
+    /// PUNCH_HOLE with KEEP_SIZE, ZERO_RANGE), a non-empty range within the
+    /// file size limit.
+    func checkFallocate(mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error)
+        -> (end: UInt64, keepSize: Bool, punch: Bool, zero: Bool) {
+        let keepSize = mode & 1 != 0, punch = mode & 2 != 0, zero = mode & 0x10 != 0
         guard mode & ~UInt32(0x13) == 0, !(punch && zero), !(punch && !keepSize) else {
             throw .unsupported("fallocate mode \(mode)")
         }
         guard length > 0 else { throw .invalid("zero length") }
         let (end, o) = offset.addingReportingOverflow(length)
         guard !o, end <= maxFileSize else { throw .fileTooBig }
+        return (end, keepSize, punch, zero)
+    }
+
+    /// The inode fallocate works on: a regular file, neither immutable nor append-only.
+    func loadForFallocate(_ ino: UInt32) throws(Ext4Error) -> MInode {
+        let m = try loadInode(ino)
+        guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a file") }
+        if m.flags & 0x30 != 0 { throw .permission }
+        return m
+    }
+
+    public func fallocate(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
+        let w = try wstate
+        let (end, keepSize, punch, zero) = try checkFallocate(mode: mode, offset: offset, length: length)
         try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-            var m = try loadInode(ino)
-            guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a file") }
-            if m.flags & 0x30 != 0 { throw .permission }
+            var m = try loadForFallocate(ino)
             if m.hasInline { try convertInlineFile(&m) }
             // Block maps cannot describe unwritten blocks: like the kernel, only
             // PUNCH_HOLE works on them.

@@ -142,19 +142,11 @@ extension Ext4FileSystem {
     /// holes of the range, partial edge blocks included). Other modes are the
     /// engine's `fallocate`, which touches no data.
     public func fallocateMapped(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
-        let punch = mode & 2 != 0, zero = mode & 0x10 != 0, keepSize = mode & 1 != 0
-        guard punch || zero else { return try fallocate(ino, mode: mode, offset: offset, length: length) }
+        guard mode & 0x12 != 0 else { return try fallocate(ino, mode: mode, offset: offset, length: length) }
         let w = try wstate
-        guard mode & ~UInt32(0x13) == 0, !(punch && zero), !(punch && !keepSize) else {
-            throw .unsupported("fallocate mode \(mode)")
-        }
-        guard length > 0 else { throw .invalid("zero length") }
-        let (end, o) = offset.addingReportingOverflow(length)
-        guard !o, end <= maxFileSize else { throw .fileTooBig }
+        let (end, keepSize, punch, zero) = try checkFallocate(mode: mode, offset: offset, length: length)
         try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-            var m = try loadInode(ino)
-            guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a file") }
-            if m.flags & 0x30 != 0 { throw .permission }
+            var m = try loadForFallocate(ino)
             if m.hasInline {
                 // Not an iomap file: the classic fallocate converts and zeroes.
                 return try fallocate(ino, mode: mode, offset: offset, length: length)

@@ -3,18 +3,6 @@ import Foundation
 import Glibc
 import Testing
 
-/// Deterministic generator for reproducible random workloads.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// Extent count and tree depth of `path`, from debugfs.
 func extentShape(_ img: String, _ path: String) throws -> (extents: Int, depth: Int) {
     let out = try debugfs(img, "ex \(path)")
@@ -63,7 +51,7 @@ struct ExtentEditTests {
         let blocks: UInt64 = 4096
         try fs.fallocate(f.ino, mode: 0, offset: 0, length: blocks * bs)
         var model = [UInt8](repeating: 0, count: Int(blocks * bs))
-        var rng = SplitMix(state: 42)
+        var rng = SplitMix(seed: 42)
         for i in 0..<2500 {
             let blk = UInt64.random(in: 0..<blocks, using: &rng)
             // Mostly whole blocks, sometimes a partial one (zero-around of unwritten blocks).
@@ -95,7 +83,7 @@ struct ExtentEditTests {
         let bs = UInt64(fs.blockSize)
         let blocks: UInt64 = 3000
         var model = [UInt8](repeating: 0, count: 0)
-        var rng = SplitMix(state: 7)
+        var rng = SplitMix(seed: 7)
         for i in 0..<1200 {
             let blk = UInt64.random(in: 0..<blocks, using: &rng) * 2
             let data = pattern(Int(bs), seed: UInt32(i))

@@ -1,68 +1,7 @@
 import Ext4Engine
 import Foundation
 import Glibc
-
-enum TestError: Error, CustomStringConvertible {
-    case command(String, Int32, String)
-    var description: String {
-        switch self {
-        case .command(let c, let s, let e): return "\(c) exited \(s): \(e)"
-        }
-    }
-}
-
-@discardableResult
-func run(_ exe: String, _ args: [String], allowFail: Bool = false) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: exe)
-    p.arguments = args
-    var env = ProcessInfo.processInfo.environment
-    env["E2FSPROGS_FAKE_TIME"] = nil
-    env["MKE2FS_CONFIG"] = nil
-    p.environment = env
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    if p.terminationStatus != 0 && !allowFail {
-        throw TestError.command(([exe] + args).joined(separator: " "), p.terminationStatus,
-                                String(decoding: e, as: UTF8.self))
-    }
-    return String(decoding: o, as: UTF8.self) + String(decoding: e, as: UTF8.self)
-}
-
-final class TempDir {
-    let path: String
-    init() throws {
-        path = NSTemporaryDirectory() + "ext4test-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-    func sub(_ s: String) -> String { path + "/" + s }
-}
-
-func pattern(_ n: Int, seed: UInt32) -> [UInt8] {
-    var x = seed &* 2_654_435_761 | 1
-    var out = [UInt8](repeating: 0, count: n)
-    for i in 0..<n {
-        x ^= x << 13; x ^= x >> 17; x ^= x << 5
-        out[i] = UInt8(truncatingIfNeeded: x)
-    }
-    return out
-}
-
-func writeFile(_ path: String, _ bytes: [UInt8]) throws {
-    try Data(bytes).write(to: URL(fileURLWithPath: path))
-}
-
-func writeAt(_ path: String, _ offset: Int, _ bytes: [UInt8]) {
-    let fd = open(path, O_WRONLY)
-    defer { close(fd) }
-    _ = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) }
-}
+@_exported import TestSupport
 
 let longTarget = String(repeating: "long/path/component/", count: 10) + "end"
 let manyCount = 3000

@@ -7,31 +7,20 @@ import FuseKernel
 import FuseTestSupport
 import Glibc
 import Logging
+import TestSupport
 
 struct ToolError: Error, CustomStringConvertible {
     let description: String
 }
 
-/// Runs a tool; returns stdout. Throws with stderr on a non-zero exit.
+/// Runs a tool found on PATH (sbin included); returns stdout. Throws with stderr on a non-zero exit.
 @discardableResult
 func tool(_ argv: [String], allowFailure: Bool = false) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = argv
-    var env = ProcessInfo.processInfo.environment
-    env["PATH"] = (env["PATH"] ?? "/usr/bin:/bin") + ":/usr/sbin:/sbin"
-    p.environment = env
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    if p.terminationStatus != 0 && !allowFailure {
-        throw ToolError(description: "\(argv.joined(separator: " ")): exit \(p.terminationStatus): \(String(decoding: e, as: UTF8.self))")
+    let r = try execute("/usr/bin/env", argv)
+    if r.status != 0 && !allowFailure {
+        throw ToolError(description: "\(argv.joined(separator: " ")): exit \(r.status): \(r.stderr)")
     }
-    return String(decoding: o, as: UTF8.self)
+    return r.stdout
 }
 
 func haveTool(_ name: String) -> Bool {

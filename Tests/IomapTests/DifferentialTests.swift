@@ -37,7 +37,7 @@ enum DiffOp: CustomStringConvertible {
 
 /// The op sequence for a seed: only valid names are used, sizes stay small.
 func diffOps(seed: UInt64, count: Int, blockSize: UInt64) -> [DiffOp] {
-    var rng = SplitMix(s: seed)
+    var rng = SplitMix(seed: seed)
     var files: [String: UInt64] = [:]  // name -> size (approximate is fine for choosing offsets)
     var next = 0
     var ops: [DiffOp] = []

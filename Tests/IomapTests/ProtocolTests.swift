@@ -109,7 +109,7 @@ import Testing
         #expect(try begin(e.nodeid, e.attr.ino, 0, k.maxBytes, 1) == -EFBIG)
         // Random positions, counts and read-class op flags: every answer is a
         // valid mapping (checked by the test kernel) or an error, never a crash.
-        var rng = SplitMix(s: 99)
+        var rng = SplitMix(seed: 99)
         for _ in 0..<400 {
             let pos: UInt64
             switch rng.below(4) {

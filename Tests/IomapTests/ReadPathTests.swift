@@ -9,18 +9,6 @@ import FuseKernel
 import Glibc
 import Testing
 
-struct SplitMix {
-    var s: UInt64
-    mutating func next() -> UInt64 {
-        s &+= 0x9E37_79B9_7F4A_7C15
-        var z = s
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func below(_ n: UInt64) -> UInt64 { n == 0 ? 0 : next() % n }
-}
-
 /// A built image with its source tree.
 final class Fixture {
     let dir: TempDir
@@ -39,7 +27,7 @@ final class Fixture {
 /// Everything the read side promises, for every file of the tree.
 func checkAllFiles(_ k: IomapKernel, tree: String, files: [String] = treeFiles, inline: Set<String> = [],
                    seed: UInt64 = 1) throws {
-    var rng = SplitMix(s: seed)
+    var rng = SplitMix(seed: seed)
     for path in files {
         let src = try readWhole(tree + "/" + path)
         let e = try k.lookup(path)

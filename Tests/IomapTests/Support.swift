@@ -3,65 +3,7 @@
 
 import Foundation
 import Glibc
-
-struct CommandFailed: Error, CustomStringConvertible {
-    let description: String
-}
-
-@discardableResult
-func run(_ exe: String, _ args: [String]) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: exe)
-    p.arguments = args
-    var env = ProcessInfo.processInfo.environment
-    env["MKE2FS_CONFIG"] = nil
-    p.environment = env
-    let out = Pipe(), err = Pipe()
-    p.standardOutput = out
-    p.standardError = err
-    try p.run()
-    let o = out.fileHandleForReading.readDataToEndOfFile()
-    let e = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else {
-        throw CommandFailed(description: "\(([exe] + args).joined(separator: " ")) exited \(p.terminationStatus): \(String(decoding: e, as: UTF8.self))")
-    }
-    return String(decoding: o, as: UTF8.self) + String(decoding: e, as: UTF8.self)
-}
-
-final class TempDir {
-    let path: String
-    init() throws {
-        path = NSTemporaryDirectory() + "iomaptest-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-    func sub(_ s: String) -> String { path + "/" + s }
-}
-
-func pattern(_ n: Int, seed: UInt32) -> [UInt8] {
-    var x = seed &* 2_654_435_761 | 1
-    var out = [UInt8](repeating: 0, count: n)
-    for i in 0..<n {
-        x ^= x << 13; x ^= x >> 17; x ^= x << 5
-        out[i] = UInt8(truncatingIfNeeded: x)
-    }
-    return out
-}
-
-func writeFile(_ path: String, _ bytes: [UInt8]) throws {
-    try Data(bytes).write(to: URL(fileURLWithPath: path))
-}
-
-func writeAt(_ path: String, _ offset: Int, _ bytes: [UInt8]) {
-    let fd = open(path, O_WRONLY)
-    defer { close(fd) }
-    _ = bytes.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(offset)) }
-}
-
-func readWhole(_ path: String) throws -> [UInt8] {
-    [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
-}
+@_exported import TestSupport
 
 /// Regular files of the source tree, relative paths.
 let treeFiles = ["empty", "one", "small.txt", "b4095", "b4096", "b4097", "multi.bin", "sparse.bin",

@@ -43,7 +43,7 @@ import Testing
             #expect(n <= Int(e.attr.size / ra) + extents + 1)
             report.append("sequential buffered read, readahead \(ra >> 10) KiB: \(Int(Double(n) * gib)) BEGIN/GiB")
         }
-        var rng = SplitMix(s: 7)
+        var rng = SplitMix(seed: 7)
         k.cache = [:]
         let reads = 2048
         let before = k.upcalls["begin.directread"] ?? 0
@@ -107,7 +107,7 @@ import Testing
             }
             lines.append("cache \(cache ? "on " : "off"): sequential buffered read:  \(Int(Double(iomapUpcalls() - n0) * gib))/GiB (\(detail(before)))")
             // 4 KiB random direct writes: into a sparse file, then over written blocks.
-            var rng = SplitMix(s: 11)
+            var rng = SplitMix(seed: 11)
             let writes = 2048
             let perGiB = Double(1 << 18) / Double(writes)
             let sparse = try k.create("sparse.bin")

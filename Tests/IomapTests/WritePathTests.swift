@@ -219,7 +219,7 @@ struct FsConfig: CustomStringConvertible, Sendable {
         defer { if !finished { _ = k.finish() } }
         let e = try k.create("c.bin")
         var model = Model()
-        var rng = SplitMix(s: 99)
+        var rng = SplitMix(seed: 99)
         for i in 0..<60 {
             let off = rng.below(1 << 20)
             let len = Int(rng.below(40_000)) + 1

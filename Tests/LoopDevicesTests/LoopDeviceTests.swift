@@ -4,6 +4,7 @@ import Glibc
 import Testing
 import CShim
 @testable import LoopDevices
+import TestSupport
 
 /// A temporary backing file of `size` bytes, removed by `remove()`.
 struct TempImage {
@@ -32,21 +33,6 @@ func openFDCount() -> Int {
     return n
 }
 
-/// Whether a loop device backed by `path` exists (sysfs scan).
-func loopExists(for path: String) -> Bool {
-    var st = stat()
-    guard stat(path, &st) == 0 else { return false }
-    return LoopDevice.findLoop(device: UInt64(st.st_dev), inode: UInt64(st.st_ino)) != nil
-}
-
-/// Autoclear is asynchronous in the kernel; wait a little for it.
-func waitLoopGone(_ path: String) -> Bool {
-    for _ in 0..<50 {
-        if !loopExists(for: path) { return true }
-        usleep(20_000)
-    }
-    return false
-}
 
 let isRoot = getuid() == 0
 

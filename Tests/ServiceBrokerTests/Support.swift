@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ServiceBroker
 import LoopDevices
+@_exported import TestSupport
 
 /// Runs a closure on its own pthread; `join()` waits for it.
 final class TestThread: @unchecked Sendable {
@@ -86,19 +87,6 @@ func mountOptions(_ path: String) -> String? {
     mountinfoLines().first { $0.count > 5 && $0[4] == path }.map { String($0[5]) }
 }
 
-func loopExists(for path: String) -> Bool {
-    var st = stat()
-    guard stat(path, &st) == 0 else { return false }
-    return LoopDevice.findLoop(device: UInt64(st.st_dev), inode: UInt64(st.st_ino)) != nil
-}
-
-func waitLoopGone(_ path: String) -> Bool {
-    for _ in 0..<100 {
-        if !loopExists(for: path) { return true }
-        usleep(20_000)
-    }
-    return false
-}
 
 func isBlockDevice(_ fd: Int32) -> Bool {
     var st = stat()

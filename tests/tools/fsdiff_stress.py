@@ -50,6 +50,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fstarget  # noqa: E402
+import treecompare  # noqa: E402
 
 # ---------------------------------------------------------------- syscalls
 
@@ -720,7 +721,7 @@ def snapshot(root, cfg, cap=None):
                     if off < min(st.st_size, cap):
                         e["data"] += f" short read at {off}"
                     if cfg.seek:
-                        e["seek"] = seek_map(fd, st.st_size)
+                        e["seek"] = [list(x) for x in treecompare.seek_layout(fd, st.st_size)]
                 finally:
                     os.close(fd)
             except OSError as ex:
@@ -735,22 +736,6 @@ def snapshot(root, cfg, cap=None):
         sv = os.statvfs(root)
         out["<statfs>"] = {"inodes_used": sv.f_files - sv.f_ffree}
     return out
-
-
-def seek_map(fd, size):
-    segs = []
-    off = 0
-    while off < size:
-        try:
-            d = os.lseek(fd, off, SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:
-                break
-            return "error " + errno.errorcode.get(e.errno, str(e.errno))
-        h = os.lseek(fd, d, SEEK_HOLE)
-        segs.append([d, h])
-        off = h
-    return segs
 
 
 def diff_trees(a, b, limit=20):
