@@ -94,7 +94,14 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         var w = FuseInitWants()
         w.flags.insert(.posixACL)
         w.flags.insert(.exportSupport)
-        if iomapWanted(offer) { w.flags.insert(.iomap) }
+        if iomapWanted(offer) {
+            w.flags.insert(.iomap)
+        } else if !readOnly && options.writebackCache {
+            // Classic read-write path: buffered writes stay in the kernel's page
+            // cache and come back in large WRITEs at writeback, fsync or close;
+            // the kernel keeps size and times and sends them with SETATTR.
+            w.flags.insert(.writebackCache)
+        }
         return w
     }
 
@@ -178,7 +185,10 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         return try engine { () throws(Ext4Error) in try fs.read(ino, offset: a.offset, count: Int(a.size)) }
     }
 
-    public func flush(_ c: FuseContext, _ a: FuseFlushIn) throws(FuseError) {}
+    /// Nothing to do at close(2) (no POSIX locks, writes are synchronous once
+    /// they reach us): ENOSYS tells the kernel to stop sending FLUSH at all.
+    /// It still writes dirty pages back before each close.
+    public func flush(_ c: FuseContext, _ a: FuseFlushIn) throws(FuseError) { throw .nosys }
 
     public func opendir(_ c: FuseContext, _ a: FuseOpenIn) throws(FuseError) -> FuseOpenOut {
         let ino = try Self.ino(c.nodeid)

@@ -298,7 +298,7 @@ public final class FuseSession: @unchecked Sendable {
                                           setxattrExt: result.info.flags.contains(.setxattrExt),
                                           maxWrite: Int(result.info.maxWrite))
         }
-        logger.info("FUSE 7.\(i.minor) kernel; negotiated minor \(result.info.minor), iomap \(result.info.iomap ? "on" : "off"), max_write \(result.info.maxWrite)")
+        logger.info("FUSE 7.\(i.minor) kernel; negotiated minor \(result.info.minor), iomap \(result.info.iomap ? "on" : "off"), writeback cache \(result.info.flags.contains(.writebackCache) ? "on" : "off"), max_write \(result.info.maxWrite)")
         fs.initialized(result.info, channel: transport)
         return FuseReplyEncoder.ok(unique: u, result.reply.encoded)
     }
