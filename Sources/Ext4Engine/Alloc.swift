@@ -154,6 +154,8 @@ extension Ext4FileSystem {
         let w = try wstate
         guard count > 0 else { return }
         guard validRun(start, count) else { throw corrupt("freeing blocks \(start)+\(count) outside fs") }
+        // Metadata changes not yet written must never land on the blocks' next owner.
+        dropDirty(start, count)
         var b = start
         let end = start + count
         while b < end {

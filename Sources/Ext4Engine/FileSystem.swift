@@ -277,6 +277,7 @@ public final class Ext4FileSystem: @unchecked Sendable {
     func block(_ n: UInt64) throws(Ext4Error) -> [UInt8] {
         guard n < sb.blocksCount else { throw corrupt("block \(n) beyond end of file system") }
         if let b = cache.get(n) { return b }
+        if let d = dirtyBlock(n) { return d }
         let since = cache.epoch
         var b = [UInt8](repeating: 0, count: blockSize)
         try Ext4FileSystem.readRaw(dev, at: n * UInt64(blockSize), into: &b)
@@ -297,6 +298,10 @@ public final class Ext4FileSystem: @unchecked Sendable {
             return out.compactMap { $0 }
         }
         let n = lastMiss - firstMiss + 1
+        // Dirty metadata not yet on the device wins (looked up before the read:
+        // a flush removes an entry only once the device has its bytes).
+        let dirty = dirtyBlocks(start + UInt64(firstMiss), n)
+        for (i, d) in dirty where out[firstMiss + i] == nil { out[firstMiss + i] = d }
         let since = cache.epoch
         var buf = [UInt8](repeating: 0, count: n * blockSize)
         try Ext4FileSystem.readRaw(dev, at: (start + UInt64(firstMiss)) * UInt64(blockSize), into: &buf)

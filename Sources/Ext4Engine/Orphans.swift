@@ -8,12 +8,14 @@ extension Ext4FileSystem {
         try loadWriteState(w)
         try recoverOrphans()
         let now = UInt32(truncatingIfNeeded: nowSpec().sec)
-        try updateSuper { s in
+        try flushMetadata()
+        try updateSuper(writeThrough: true) { s in
             s.putLE16(0x3A, s.le16(0x3A) & ~1) // not clean while mounted
             s.putLE32(0x2C, now)                // s_mtime
             s.putLE16(0x34, s.le16(0x34) &+ 1)  // s_mnt_count
         }
         try dev.flush()
+        startFlusher()
     }
 
     var lastOrphan: UInt32 { wstateOrNil?.gdLock.with { wstateOrNil?.sbRaw.le32(0xE8) ?? 0 } ?? 0 }
@@ -101,13 +103,15 @@ extension Ext4FileSystem {
         }
     }
 
+    /// Metadata is flushed as a whole (like fuse2fs), then the device.
     public func fsync(_ ino: UInt32, dataOnly: Bool) throws(Ext4Error) {
-        _ = try wstate
+        try flushMetadata()
         try dev.flush()
     }
 
     public func sync() throws(Ext4Error) {
         try updateSuper()
+        try flushMetadata()
         try dev.flush()
     }
 
@@ -126,8 +130,12 @@ extension Ext4FileSystem {
                 if m.links == 0 { try destroyInode(&m) } else { try storeInode(m) }
             }
         }
+        stopFlusher()
+        // Everything else first, then "clean" on top of it.
+        try flushMetadata()
+        try dev.flush()
         let now = UInt32(truncatingIfNeeded: nowSpec().sec)
-        try updateSuper { s in
+        try updateSuper(writeThrough: true) { s in
             s.putLE16(0x3A, s.le16(0x3A) | 1)
             s.putLE32(0x30, now) // s_wtime
         }

@@ -54,6 +54,17 @@ final class WriteState: @unchecked Sendable {
     /// Inodes whose extent tree has split leaves since it was last packed.
     var looseTrees: Set<UInt32> = []
 
+    // Metadata write-back (MetaWriteback.swift). flushLock → dirtyLock, both below every other lock.
+    let flushLock = NSLock()
+    let dirtyLock = NSLock()
+    var dirty: [UInt64: (seq: UInt64, bytes: [UInt8])] = [:]
+    var dirtySeq: UInt64 = 0
+    // gdLock: the superblock bytes changed since last written
+    var sbDirty = false
+    var sbSeq: UInt64 = 0
+    let flusherStop = NSLock()
+    var stopFlusher = false
+
     // xattrShareLock: xattr blocks by header hash (candidates for sharing)
     let xattrShareLock = NSLock()
     var xattrBlocks: [UInt32: Set<UInt64>] = [:]
@@ -119,17 +130,6 @@ extension Ext4FileSystem {
     }
 
     // ---- metadata writes ---------------------------------------------------------
-
-    /// Write one metadata block through the cache (write-through).
-    func writeMeta(_ n: UInt64, _ b: [UInt8]) throws(Ext4Error) {
-        guard n < sb.blocksCount, n > 0 || sb.firstDataBlock == 1, b.count == blockSize else {
-            throw .corrupted("metadata write to bad block \(n)")
-        }
-        // Always write: the cache cannot prove the device agrees (a block may have
-        // been file data, written around the cache, since it was last metadata).
-        try devWrite(n * UInt64(blockSize), b)
-        cache.wrote(n, b)
-    }
 
     func devWrite(_ off: UInt64, _ b: [UInt8]) throws(Ext4Error) {
         var err: Ext4Error? = nil
@@ -213,8 +213,9 @@ extension Ext4FileSystem {
         return w.gdLock.with { w.gd[g] }
     }
 
-    /// Write the superblock with current totals; `body` may change other fields. Takes gdLock.
-    func updateSuper(_ body: (inout [UInt8]) -> Void = { _ in }) throws(Ext4Error) {
+    /// Update the superblock with current totals; `body` may change other fields.
+    /// Written at the next metadata flush, or now with `writeThrough`. Takes gdLock.
+    func updateSuper(writeThrough: Bool = false, _ body: (inout [UInt8]) -> Void = { _ in }) throws(Ext4Error) {
         let w = try wstate
         try w.gdLock.with { () throws(Ext4Error) in
             var s = w.sbRaw
@@ -224,7 +225,13 @@ extension Ext4FileSystem {
             s.putLE32(0x10, UInt32(truncatingIfNeeded: w.freeInodesTotal))
             if sb.metadataCsum { s.putLE32(0x3FC, crc32c(~0, s[0..<0x3FC])) }
             w.sbRaw = s
-            try devWrite(1024, s)
+            w.sbSeq &+= 1
+            if writeThrough {
+                try w.flushLock.with { () throws(Ext4Error) in try devWrite(1024, s) }
+                w.sbDirty = false
+            } else {
+                w.sbDirty = true
+            }
             // Keep a cached copy of the block holding the superblock coherent.
             let sbBlock: UInt64 = blockSize == 1024 ? 1 : 0
             if var cb = cache.get(sbBlock) {
