@@ -338,6 +338,19 @@ extension IomapKernel {
         invalidate(e.nodeid, from: pos, length: written)
     }
 
+    /// One FUSE_IOMAP_IOEND exactly as given (no APPEND computed, no state
+    /// updated), e.g. for an IO that failed (`error` < 0): the reply's errno
+    /// (0 on success) and, on success, the newsize of its 8-byte payload.
+    func rawIoend(_ e: FuseEntryOut, flags: FuseIomap.IoendFlags, error: Int32, pos: UInt64, written: UInt64,
+                  addr: UInt64 = FuseIomap.nullAddr, dev: UInt32 = 0) throws -> (errno: Int32, newsize: UInt64?) {
+        let a = FuseIomapIoendIn(flags: flags.rawValue, error: error, attrIno: e.attr.ino, pos: pos,
+                                 newAddr: addr, written: written, dev: dev)
+        let (err, p) = try call(.iomapIoend(a), node: e.nodeid)
+        if err != 0 { return (-err, nil) }
+        guard p.count == 8 else { throw MappingRejected(description: "IOEND reply \(p.count) bytes, not 8") }
+        return (0, try FuseIomapIoendOut.decode(p).newsize)
+    }
+
     /// fsync(2): write back, then FUSE_FSYNC.
     func fsync(_ e: FuseEntryOut) throws {
         try writeback(e)
