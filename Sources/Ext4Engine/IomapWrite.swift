@@ -104,6 +104,32 @@ extension Ext4FileSystem {
         }
     }
 
+    /// A write into [offset, offset+length) failed. On a block-mapped file the
+    /// blocks BEGIN allocated there (written zeroes) that lie wholly past the
+    /// size would stay beyond EOF: free them. Extent files keep their unwritten
+    /// extents (they read as zeroes and e2fsck accepts them past EOF).
+    public func dropBlocksPastSize(_ ino: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
+        let w = try wstate
+        let (end, o) = offset.addingReportingOverflow(length)
+        guard !o, length > 0 else { return }
+        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+            var m = try loadInode(ino)
+            guard m.fileType == .regular, !m.hasExtents, !m.hasInline else { return }
+            let bs = UInt64(blockSize)
+            let keep = m.size / bs + (m.size % bs == 0 ? 0 : 1)
+            let from = max(keep, offset / bs)
+            let stop = end / bs + (end % bs == 0 ? 0 : 1)
+            guard stop > from else { return }
+            var exts = try allExtents(m)
+            let meta = try mapMetaBlocks(m)
+            let removed = Ext4FileSystem.cut(&exts, from: from, count: stop - from)
+            guard !removed.isEmpty else { return }
+            try storeMap(&m, exts, oldMeta: meta)
+            for x in removed { try freeBlocks(x.physical, x.length) }
+            try storeInode(m)
+        }
+    }
+
     /// Set the size of a file whose partial blocks the kernel zeroes itself:
     /// like a truncating setattr, but no data block is read or written. Blocks
     /// past the new end are freed when shrinking.

@@ -471,8 +471,18 @@ extension Ext4FuseFS {
         iomapState.state.withLock { $0.upcalls.ioend += 1 }
         let ino = try Self.ino(c.nodeid)
         // A failed IO changes nothing; echo its error (the kernel keeps the original anyway).
+        // Block-mapped files are the exception: their blocks past EOF were allocated
+        // as written zeroes at BEGIN and would stay beyond i_size, so they go.
         if a.error != 0 {
             let e = a.error < 0 && a.error > -4096 ? -a.error : EIO
+            if !readOnly, a.attrIno == UInt64(ino), a.written > 0 {
+                let pos = a.pos, written = a.written
+                do throws(Ext4Error) {
+                    try fs.dropBlocksPastSize(ino, offset: pos, length: written)
+                } catch {
+                    logger.error("inode \(ino): freeing blocks of a failed write past EOF: \(error)")
+                }
+            }
             throw FuseError(e)
         }
         guard a.attrIno == UInt64(ino) else { throw .inval }

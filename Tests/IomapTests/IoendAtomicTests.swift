@@ -390,4 +390,37 @@ private let extentConfigs = [FsConfig.all[0], FsConfig.all[1]]
             #expect(try debugfsExtents(image, "sparse.bin").count == before[0].count, "\(before[0])")
         }
     }
+
+    /// Block-mapped files get written zeroes at BEGIN; a failed direct write
+    /// past EOF must not leave them beyond i_size (e2fsck would object).
+    @Test(arguments: [FsConfig.all[3], FsConfig.all[4]])
+    func failedIoendBlockMapped(_ cfg: FsConfig) throws {
+        let dir = try TempDir()
+        let tree = dir.sub("tree"), image = dir.sub("image")
+        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
+        try makeImage(image, tree: tree, type: cfg.type, args: ["-b", "\(cfg.blockSize)"] + cfg.args)
+        let k = try rwKernel(image)
+        var finished = false
+        defer { if !finished { _ = k.finish() } }
+        let bs = k.blockSize
+        let n = Int(bs)
+        let e = try k.create("f.bin")
+        let ino = UInt32(e.attr.ino)
+        let d = pattern(4 * n, seed: 51)
+        try k.directWrite(e, offset: 0, d)
+        #expect(try k.fs.inode(ino).size == 4 * bs)
+        let m = try k.begin(e, op: [.write, .direct], pos: 8 * bs, count: 4 * bs)
+        #expect(m.type == MType.mapped.rawValue, "\(m)")
+        try k.writeDev(m.addr + (8 * bs - m.offset), pattern(4 * n, seed: 52)[...])
+        let r = try k.rawIoend(e, flags: [.direct, .append], error: -EIO, pos: 8 * bs, written: 4 * bs)
+        #expect(r.errno == EIO, "\(r)")
+        #expect(try k.fs.inode(ino).size == 4 * bs, "a failed APPEND IOEND moved the size")
+        #expect(try k.fs.mappings(ino, fromBlock: 4, maxBlocks: 64).isEmpty, "blocks past EOF stayed")
+        try k.unmount()
+        finished = true
+        #expect(k.finish())
+        let fsck = try execute("/usr/sbin/e2fsck", ["-fn", image])
+        #expect(fsck.status == 0, "\(cfg): e2fsck -fn after a failed direct write past EOF: \(fsck.stdout)")
+        #expect(try debugfsRead(image, "f.bin", tmp: dir) == d)
+    }
 }
