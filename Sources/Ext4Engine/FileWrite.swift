@@ -78,7 +78,10 @@ extension Ext4FileSystem {
         let last = (offset + n - 1) / bs
         let ri = try rawInodeFrom(m)
         let nblk = Int(last - first + 1)
-        var buf = [UInt8](repeating: 0, count: nblk * blockSize)
+        // Whole blocks are written straight from the caller's buffer; a write
+        // with a partial block is assembled in `buf` (old bytes around it).
+        let aligned = offset % bs == 0 && n % bs == 0
+        var buf = aligned ? [] : [UInt8](repeating: 0, count: nblk * blockSize)
         // Current mapping of the range.
         let cur = hasBlockMap(ri) ? try mapRange(ri, from: first, count: last - first + 1) : []
         func mapped(_ l: UInt64) -> Extent? {
@@ -95,9 +98,11 @@ extension Ext4FileSystem {
             buf.replaceSubrange(o..<(o + blockSize), with: old)
         }
         let dataOff = Int(offset - first * bs)
-        buf.withUnsafeMutableBytes { p in
-            guard let base = p.baseAddress, let src = data.baseAddress else { return }
-            (base + dataOff).copyMemory(from: src, byteCount: data.count)
+        if !aligned {
+            buf.withUnsafeMutableBytes { p in
+                guard let base = p.baseAddress, let src = data.baseAddress else { return }
+                (base + dataOff).copyMemory(from: src, byteCount: data.count)
+            }
         }
         // Allocate holes; unwritten blocks become written.
         var newRuns: [Extent] = []   // written extents the map gains
@@ -135,6 +140,10 @@ extension Ext4FileSystem {
             for x in runs {
                 let o = Int(x.logical - first) * blockSize
                 let len = Int(x.length) * blockSize
+                if aligned {
+                    try dev.write(at: x.physical * bs, from: UnsafeRawBufferPointer(rebasing: data[o..<(o + len)]))
+                    continue
+                }
                 var err: Ext4Error? = nil
                 buf.withUnsafeBytes { p in
                     let sub = UnsafeRawBufferPointer(rebasing: p[o..<(o + len)])
