@@ -1,3 +1,4 @@
+import CShim
 import Foundation
 
 /// Write-back of metadata. `writeMeta` keeps a changed metadata block in
@@ -111,6 +112,7 @@ extension Ext4FileSystem {
     func startFlusher() {
         guard let w else { return }
         let t = Thread { [weak self] in
+            cshim_set_thread_name("ext4-flusher")
             var last = Date()
             while true {
                 usleep(100_000)
@@ -122,7 +124,6 @@ extension Ext4FileSystem {
                 }
             }
         }
-        t.name = "ext4-flusher"
         t.start()
     }
 
