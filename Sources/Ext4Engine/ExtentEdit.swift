@@ -15,13 +15,17 @@ extension Ext4FileSystem {
         return units / UInt64(blockSize / 512)
     }
 
-    /// One on-disk leaf entry.
-    func extentLeafEntry(_ x: Extent) -> [UInt8] {
-        var e = [UInt8](repeating: 0, count: 12)
-        e.putLE32(0, UInt32(truncatingIfNeeded: x.logical))
-        e.putLE16(4, UInt16(truncatingIfNeeded: x.unwritten ? x.length + 32768 : x.length))
-        e.putLE16(6, UInt16(truncatingIfNeeded: x.physical >> 32))
-        e.putLE32(8, UInt32(truncatingIfNeeded: x.physical))
+    /// On-disk leaf entries (12 bytes each), one buffer.
+    func extentLeafBytes<C: Collection>(_ list: C) -> [UInt8] where C.Element == Extent {
+        var e = [UInt8](repeating: 0, count: 12 * list.count)
+        var o = 0
+        for x in list {
+            e.putLE32(o, UInt32(truncatingIfNeeded: x.logical))
+            e.putLE16(o + 4, UInt16(truncatingIfNeeded: x.unwritten ? x.length + 32768 : x.length))
+            e.putLE16(o + 6, UInt16(truncatingIfNeeded: x.physical >> 32))
+            e.putLE32(o + 8, UInt32(truncatingIfNeeded: x.physical))
+            o += 12
+        }
         return e
     }
 
@@ -34,19 +38,18 @@ extension Ext4FileSystem {
         return e
     }
 
-    /// An extent node holding `entries` (12 bytes each) with room for `max`;
-    /// a block-sized node carries the checksum tail.
-    func extentNode(_ entries: [[UInt8]], max: Int, depth: Int, blockSized: Bool, seed: UInt32) -> [UInt8] {
-        var node = [UInt8](repeating: 0, count: 12)
-        node.putLE16(0, 0xF30A); node.putLE16(2, UInt16(truncatingIfNeeded: entries.count))
+    /// An extent node holding `entries` (12 bytes each, flat) with room for
+    /// `max`; a block-sized node carries the checksum tail.
+    func extentNode<C: Collection>(_ entries: C, max: Int, depth: Int, blockSized: Bool, seed: UInt32) -> [UInt8]
+        where C.Element == UInt8 {
+        let count = entries.count / 12
+        var node = [UInt8](repeating: 0, count: blockSized ? Swift.max(blockSize, 12 + entries.count) : 12 + entries.count)
+        node.putLE16(0, 0xF30A); node.putLE16(2, UInt16(truncatingIfNeeded: count))
         node.putLE16(4, UInt16(truncatingIfNeeded: max)); node.putLE16(6, UInt16(truncatingIfNeeded: depth))
-        for e in entries { node += e }
-        guard blockSized else { return node }
-        node += [UInt8](repeating: 0, count: Swift.max(0, blockSize - node.count))
-        if sb.metadataCsum {
-            let t = 12 + 12 * max
-            if t + 4 <= node.count { node.putLE32(t, crc32c(seed, node[0..<t])) }
-        }
+        node.replaceSubrange(12..<(12 + entries.count), with: entries)
+        guard blockSized, sb.metadataCsum else { return node }
+        let t = 12 + 12 * max
+        if t + 4 <= node.count { node.putLE32(t, crc32c(seed, node[0..<t])) }
         return node
     }
 
@@ -122,28 +125,28 @@ extension Ext4FileSystem {
         // An interior key must equal its child's first logical block (e2fsck checks it).
         if let key = keyOfLeaf, list.first?.logical != key || oldFirst != key { return false }
         for x in list where x.logical < lo || x.logical + x.length > hi { return false }
-        let entries = list.map(extentLeafEntry)
+        let entries = extentLeafBytes(list)
         guard let leafBlk = blk else {
             // The leaf is the inode's root.
-            guard entries.count <= 4 else { return false }
+            guard list.count <= 4 else { return false }
             m.iBlock = extentNode(entries, max: 4, depth: 0, blockSized: false, seed: seed)
             return true
         }
-        if entries.count <= leafMax {
+        if list.count <= leafMax {
             try writeMeta(leafBlk, extentNode(entries, max: leafMax, depth: 0, blockSized: true, seed: seed))
             return true
         }
         // Split the leaf in two, if the parent has room for one more index entry.
-        guard let parent = path.last, entries.count <= 2 * perBlock else { return false }
+        guard let parent = path.last, list.count <= 2 * perBlock else { return false }
         let pn = Int(parent.node.le16(2)), pmax = Int(parent.node.le16(4)), pdepth = Int(parent.node.le16(6))
-        guard pn < pmax else { return false }
-        let half = entries.count / 2
+        guard pn < pmax, 12 + 12 * pn <= parent.node.count else { return false }
+        let half = list.count / 2
         let (newBlk, _) = try allocBlocks(goal: leafBlk + 1, count: 1)
         do throws(Ext4Error) {
-            try writeMeta(newBlk, extentNode(Array(entries[half...]), max: perBlock, depth: 0, blockSized: true, seed: seed))
+            try writeMeta(newBlk, extentNode(entries[(12 * half)...], max: perBlock, depth: 0, blockSized: true, seed: seed))
             let ie = extentIndexEntry(first: UInt32(truncatingIfNeeded: list[half].logical), child: newBlk)
-            var pEntries: [[UInt8]] = (0..<pn).map { Array(parent.node[(12 + 12 * $0)..<(24 + 12 * $0)]) }
-            pEntries.insert(ie, at: parent.idx + 1)
+            var pEntries = Array(parent.node[12..<(12 + 12 * pn)])
+            pEntries.insert(contentsOf: ie, at: 12 * (parent.idx + 1))
             try setBlocks(&m, fsBlocks: fsBlockCount(m) + 1)
             if let pb = parent.blk {
                 try writeMeta(pb, extentNode(pEntries, max: pmax, depth: pdepth, blockSized: true, seed: seed))
@@ -154,7 +157,7 @@ extension Ext4FileSystem {
             try? freeBlocks(newBlk, 1)
             throw error
         }
-        try writeMeta(leafBlk, extentNode(Array(entries[..<half]), max: leafMax, depth: 0, blockSized: true, seed: seed))
+        try writeMeta(leafBlk, extentNode(entries[..<(12 * half)], max: leafMax, depth: 0, blockSized: true, seed: seed))
         if let w { w.preallocLock.with { _ = w.looseTrees.insert(m.ino) } }
         return true
     }

@@ -179,23 +179,23 @@ extension Ext4FileSystem {
     private func storeExtentTree(_ m: inout MInode, _ list: [Extent], _ newBlock: () throws(Ext4Error) -> UInt64,
                                  _ reused: Set<UInt64>) throws(Ext4Error) -> UInt64 {
         for x in list where x.logical + x.length > (1 << 32) { throw .fileTooBig }
-        var entries: [[UInt8]] = list.map(extentLeafEntry)
+        var entries = extentLeafBytes(list)   // flat, 12 bytes per entry
         var firsts: [UInt32] = list.map { UInt32($0.logical) }
         let per = (blockSize - 12) / 12
         var depth = 0
         var meta: UInt64 = 0
         let seed = sb.metadataCsum ? inodeSeed(m.ino, m.generation) : 0
-        while entries.count > 4 {
-            var nextE: [[UInt8]] = []
+        while firsts.count > 4 {
+            var nextE: [UInt8] = []
             var nextF: [UInt32] = []
             var i = 0
-            while i < entries.count {
-                let chunk = Array(entries[i..<min(entries.count, i + per)])
-                let node = extentNode(chunk, max: per, depth: depth, blockSized: true, seed: seed)
+            while i < firsts.count {
+                let end = min(firsts.count, i + per)
+                let node = extentNode(entries[(12 * i)..<(12 * end)], max: per, depth: depth, blockSized: true, seed: seed)
                 let blk = try newBlock()
                 try writeMapBlock(blk, node, reused)
                 meta += 1
-                nextE.append(extentIndexEntry(first: firsts[i], child: blk))
+                nextE += extentIndexEntry(first: firsts[i], child: blk)
                 nextF.append(firsts[i])
                 i += per
             }
