@@ -32,8 +32,13 @@ extension Ext4FuseFS {
         if i.flags & (Self.immutableFL | Self.appendFL) != 0 { throw .perm }
     }
 
-    /// Owner, group and mode for a new inode in `parent`.
-    func newInode(_ c: FuseContext, parent: Inode, mode: UInt32, umask: UInt32, rdev: UInt32 = 0) -> NewInode {
+    /// Owner, group and mode for a new inode in `parent`, and the ACLs it
+    /// inherits. With FUSE_POSIX_ACL the server inherits default ACLs (the
+    /// kernel does not): a parent with a default ACL gives a new inode an access
+    /// ACL made from it and masked by the requested mode, instead of the umask;
+    /// a new directory also gets the default ACL itself.
+    func newInode(_ c: FuseContext, parent: Inode, mode: UInt32, umask: UInt32, rdev: UInt32 = 0)
+        -> (NewInode, InheritedACL?) {
         var m = mode
         let isDir = m & UInt32(S_IFMT) == UInt32(S_IFDIR)
         var gid = c.gid
@@ -41,23 +46,110 @@ extension Ext4FuseFS {
             gid = parent.gid
             if isDir { m |= UInt32(S_ISGID) }
         }
-        // Default-ACL inheritance is not implemented: the umask always applies
-        // (a parent's default ACL is not copied to new inodes).
-        m &= ~(umask & 0o777)
+        var inherited: InheritedACL? = nil
+        if let dacl = defaultACL(parent.ino) {
+            var perm = m & 0o777
+            let access = Self.aclCreateMasked(dacl, mode: &perm)
+            m = (m & ~0o777) | perm
+            inherited = InheritedACL(access: access, defaultACL: isDir ? dacl : nil)
+        } else {
+            m &= ~(umask & 0o777)
+        }
         let major = (rdev >> 8) & 0xfff, minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00)
-        return NewInode(mode: UInt16(truncatingIfNeeded: m), uid: c.uid, gid: gid, rdev: (major, minor))
+        return (NewInode(mode: UInt16(truncatingIfNeeded: m), uid: c.uid, gid: gid, rdev: (major, minor)), inherited)
+    }
+
+    struct InheritedACL {
+        var access: [UInt8]?
+        var defaultACL: [UInt8]?
+    }
+
+    static let aclAccessName = Array("system.posix_acl_access".utf8)
+    static let aclDefaultName = Array("system.posix_acl_default".utf8)
+
+    /// One POSIX ACL entry of the xattr form (version 2).
+    struct ACLEntry: Equatable {
+        var tag: UInt16, perm: UInt16, id: UInt32
+    }
+
+    static func parseACL(_ v: [UInt8]) -> [ACLEntry]? {
+        guard v.count >= 12, (v.count - 4) % 8 == 0 else { return nil }
+        return v.withUnsafeBytes { raw -> [ACLEntry]? in
+            var r = WireReader(raw)
+            guard (try? r.u32()) == 2 else { return nil }
+            var out: [ACLEntry] = []
+            while let tag = try? r.u16(), let perm = try? r.u16(), let id = try? r.u32() {
+                out.append(ACLEntry(tag: tag, perm: perm, id: id))
+            }
+            return out
+        }
+    }
+
+    static func encodeACL(_ entries: [ACLEntry]) -> [UInt8] {
+        var w = WireWriter(capacity: 4 + 8 * entries.count)
+        w.u32(2)
+        for e in entries { w.u16(e.tag); w.u16(e.perm); w.u32(e.id) }
+        return w.bytes
+    }
+
+    /// The directory's default ACL (xattr form), if it has a valid one.
+    func defaultACL(_ dir: UInt32) -> [UInt8]? {
+        guard let v = try? fs.getxattr(dir, name: Self.aclDefaultName), Self.parseACL(v) != nil else { return nil }
+        return v
+    }
+
+    /// POSIX.1e ACL creation: mask a default ACL by the requested permission
+    /// bits. Owner and other entries are limited by the mode's owner and other
+    /// bits, the mask (or, without one, the owning group entry) by its group
+    /// bits; `perm` becomes the permissions the ACL leaves. Returns the access
+    /// ACL, or nil when it says no more than the mode (no named entries, no mask).
+    static func aclCreateMasked(_ acl: [UInt8], mode perm: inout UInt32) -> [UInt8]? {
+        guard var e = parseACL(acl) else { return nil }
+        var extended = false
+        var groupObj: Int? = nil, mask: Int? = nil
+        for i in e.indices {
+            let p = UInt32(e[i].perm) & 7
+            switch e[i].tag {
+            case 0x01:  // USER_OBJ
+                let np = p & ((perm >> 6) & 7)
+                e[i].perm = UInt16(np); perm = (perm & ~0o700) | (np << 6)
+            case 0x02, 0x08: extended = true  // USER, GROUP
+            case 0x04: groupObj = i
+            case 0x10: mask = i; extended = true
+            case 0x20:  // OTHER
+                let np = p & (perm & 7)
+                e[i].perm = UInt16(np); perm = (perm & ~0o007) | np
+            default: break
+            }
+        }
+        if let g = mask ?? groupObj {
+            let np = (UInt32(e[g].perm) & 7) & ((perm >> 3) & 7)
+            e[g].perm = UInt16(np); perm = (perm & ~0o070) | (np << 3)
+        }
+        return extended ? encodeACL(e) : nil
+    }
+
+    /// Store the ACLs a new inode inherited.
+    func applyInherited(_ ino: UInt32, _ acl: InheritedACL?) throws(FuseError) {
+        guard let acl else { return }
+        try engine { () throws(Ext4Error) in
+            if let a = acl.access { try fs.setxattr(ino, name: Self.aclAccessName, value: a, flags: 0) }
+            if let d = acl.defaultACL { try fs.setxattr(ino, name: Self.aclDefaultName, value: d, flags: 0) }
+        }
     }
 
     func make(_ c: FuseContext, name: FuseName, mode: UInt32, umask: UInt32, rdev: UInt32 = 0) throws(FuseError) -> Inode {
         try writable()
         guard name.count <= 255 else { throw .nametoolong }
         let parent = try inodeOf(c.nodeid)
-        let n = newInode(c, parent: parent, mode: mode, umask: umask, rdev: rdev)
+        let (n, acl) = newInode(c, parent: parent, mode: mode, umask: umask, rdev: rdev)
         let dir = parent.ino
-        if n.mode & 0xF000 == 0x4000 {
-            return try engine { () throws(Ext4Error) in try fs.mkdir(parent: dir, name: name, n) }
+        let i = try engine { () throws(Ext4Error) -> Inode in
+            n.mode & 0xF000 == 0x4000 ? try fs.mkdir(parent: dir, name: name, n) : try fs.mknod(parent: dir, name: name, n)
         }
-        return try engine { () throws(Ext4Error) in try fs.mknod(parent: dir, name: name, n) }
+        guard acl != nil else { return i }
+        try applyInherited(i.ino, acl)
+        return try engine { () throws(Ext4Error) in try fs.inode(i.ino) }
     }
 
     public func mknod(_ c: FuseContext, name: FuseName, _ a: FuseMknodIn) throws(FuseError) -> FuseEntryOut {
@@ -79,8 +171,13 @@ extension Ext4FuseFS {
     public func tmpfile(_ c: FuseContext, name: FuseName, _ a: FuseCreateIn) throws(FuseError) -> (FuseEntryOut, FuseOpenOut) {
         try writable()
         let parent = try inodeOf(c.nodeid)
-        let n = newInode(c, parent: parent, mode: UInt32(S_IFREG) | (a.mode & 0o7777), umask: a.umask)
-        let i = try engine { () throws(Ext4Error) in try fs.tmpfile(parent: parent.ino, n) }
+        let (n, acl) = newInode(c, parent: parent, mode: UInt32(S_IFREG) | (a.mode & 0o7777), umask: a.umask)
+        var i = try engine { () throws(Ext4Error) in try fs.tmpfile(parent: parent.ino, n) }
+        if acl != nil {
+            try applyInherited(i.ino, acl)
+            let ino = i.ino
+            i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
+        }
         fs.fileOpened(i.ino, forWriting: Self.forWriting(a.flags))
         return (referenced(i), FuseOpenOut(fh: 0, openFlags: FuseOpenOutFlags.keepCache.rawValue))
     }
@@ -178,7 +275,60 @@ extension Ext4FuseFS {
             if ch.mtime == nil { ch.mtime = .now }
         }
         let i = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
+        if let mode = ch.mode { try chmodACL(ino, mode: UInt32(mode)) }
         return FuseAttrOut(attrValid: timeout, attr: attr(i))
+    }
+
+    /// chmod with an access ACL: the ACL's owner, mask (or owning group) and
+    /// other entries take the new permission bits, as the kernel's
+    /// posix_acl_chmod does (with FUSE_POSIX_ACL the server keeps them in step).
+    func chmodACL(_ ino: UInt32, mode: UInt32) throws(FuseError) {
+        guard let v = try? fs.getxattr(ino, name: Self.aclAccessName), var e = Self.parseACL(v) else { return }
+        let hasMask = e.contains { $0.tag == 0x10 }
+        for i in e.indices {
+            switch e[i].tag {
+            case 0x01: e[i].perm = UInt16((mode >> 6) & 7)
+            case 0x04 where !hasMask, 0x10: e[i].perm = UInt16((mode >> 3) & 7)
+            case 0x20: e[i].perm = UInt16(mode & 7)
+            default: break
+            }
+        }
+        let nv = Self.encodeACL(e)
+        guard nv != v else { return }
+        try engine { () throws(Ext4Error) in try fs.setxattr(ino, name: Self.aclAccessName, value: nv, flags: 0) }
+    }
+
+    /// Setting an access ACL sets the permission bits it implies (owner, mask or
+    /// owning group, other), as the kernel's posix_acl_update_mode does; an ACL
+    /// that says no more than those bits is not stored at all.
+    func setAccessACL(_ i: Inode, value: [UInt8], flags: UInt32) throws(FuseError) {
+        guard let e = Self.parseACL(value) else { throw .inval }
+        var perm: UInt32 = 0
+        var extended = false
+        let hasMask = e.contains { $0.tag == 0x10 }
+        for x in e {
+            let p = UInt32(x.perm) & 7
+            switch x.tag {
+            case 0x01: perm |= p << 6
+            case 0x04: if !hasMask { perm |= p << 3 }
+            case 0x10: perm |= p << 3; extended = true
+            case 0x20: perm |= p
+            case 0x02, 0x08: extended = true
+            default: throw .inval
+            }
+        }
+        let ino = i.ino
+        if extended {
+            try engine { () throws(Ext4Error) in try fs.setxattr(ino, name: Self.aclAccessName, value: value, flags: flags) }
+        } else {
+            if flags & 2 != 0 { throw .nodata }  // XATTR_REPLACE of an ACL that is not stored
+            do throws(Ext4Error) { try fs.removexattr(ino, name: Self.aclAccessName) } catch {
+                if error != .noData { throw FuseError(error.errno) }
+            }
+        }
+        var ch = AttrChange()
+        ch.mode = UInt16(truncatingIfNeeded: (UInt32(i.mode) & ~UInt32(0o777)) | perm)
+        _ = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
     }
 
     /// A timestamp clamped to what the inodes can store, as the kernel's
@@ -252,6 +402,7 @@ extension Ext4FuseFS {
         try writable()
         let i = try inodeOf(c.nodeid)
         try mutable(i)
+        if name == Self.aclAccessName { return try setAccessACL(i, value: value, flags: flags) }
         try engine { () throws(Ext4Error) in try fs.setxattr(i.ino, name: name, value: value, flags: flags) }
     }
 
