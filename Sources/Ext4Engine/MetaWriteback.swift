@@ -111,8 +111,10 @@ extension Ext4FileSystem {
     /// Flush metadata every `flushInterval` seconds while mounted.
     func startFlusher() {
         guard let w else { return }
+        w.flusherStop.with { w.flusherRunning = true }
         let t = Thread { [weak self] in
             cshim_set_thread_name("ext4-flusher")
+            defer { w.flusherDone.signal() }
             var last = Date()
             while true {
                 usleep(100_000)
@@ -127,8 +129,15 @@ extension Ext4FileSystem {
         t.start()
     }
 
+    /// Stop the flusher and wait for it to finish, so that no flush of its can
+    /// land after the final one (which marks the file system clean).
     func stopFlusher() {
         guard let w else { return }
-        w.flusherStop.with { w.stopFlusher = true }
+        let running = w.flusherStop.with { () -> Bool in
+            w.stopFlusher = true
+            defer { w.flusherRunning = false }
+            return w.flusherRunning
+        }
+        if running { _ = w.flusherDone.wait(timeout: .now() + 30) }
     }
 }

@@ -64,6 +64,8 @@ final class WriteState: @unchecked Sendable {
     var sbSeq: UInt64 = 0
     let flusherStop = NSLock()
     var stopFlusher = false
+    var flusherRunning = false
+    let flusherDone = DispatchSemaphore(value: 0)
 
     // xattrShareLock: xattr blocks by header hash (candidates for sharing)
     let xattrShareLock = NSLock()
