@@ -54,7 +54,10 @@ extension Ext4FileSystem {
         try w.orphanLock.with { () throws(Ext4Error) in
             if w.orphanMapLock.with({ w.orphanNext[ino] != nil }) { return }
             let head = w.gdLock.with { w.sbRaw.le32(0xE8) }
-            w.orphanMapLock.with { w.orphanNext[ino] = head }
+            w.orphanMapLock.with {
+                w.orphanNext[ino] = head
+                if head != 0 { w.orphanPrev[head] = ino }
+            }
             try updateSuper { s in s.putLE32(0xE8, ino) }
         }
     }
@@ -63,14 +66,17 @@ extension Ext4FileSystem {
     func removeOrphan(_ ino: UInt32) throws(Ext4Error) {
         let w = try wstate
         try w.orphanLock.with { () throws(Ext4Error) in
-            guard let next = w.orphanMapLock.with({ w.orphanNext[ino] }) else { return }
-            let pred: UInt32? = w.orphanMapLock.with {
-                w.orphanNext.first(where: { $0.value == ino && $0.key != ino })?.key
-            }
-            w.orphanMapLock.with {
+            // The predecessor comes from the reverse map: O(1), however long the chain.
+            let found: (next: UInt32, pred: UInt32?)? = w.orphanMapLock.with {
+                guard let next = w.orphanNext[ino] else { return nil }
+                let pred = w.orphanPrev[ino]
                 w.orphanNext[ino] = nil
+                w.orphanPrev[ino] = nil
                 if let pred { w.orphanNext[pred] = next }
+                if next != 0 { w.orphanPrev[next] = pred }
+                return (next, pred)
             }
+            guard let (next, pred) = found else { return }
             if let pred {
                 try patchDtime(pred, next)
             } else {

@@ -46,6 +46,8 @@ final class WriteState: @unchecked Sendable {
     var refs: [UInt32: UInt64] = [:]
     // orphanMapLock: ino -> next orphan (on-disk dtime of an orphan inode)
     var orphanNext: [UInt32: UInt32] = [:]
+    // orphanMapLock: ino -> the orphan before it in the chain (none for the head)
+    var orphanPrev: [UInt32: UInt32] = [:]
 
     // preallocLock (a leaf lock: nothing else is taken while it is held)
     let preallocLock = NSLock()

@@ -360,6 +360,32 @@ struct WriteTests {
         #expect(ls.contains("linked") && !ls.contains("open"))
     }
 
+    /// A long orphan chain, unlinked from in random order: the on-disk chain
+    /// must stay walkable (a crash now leaves the rest for the next mount).
+    @Test func longOrphanChain() throws {
+        let tmp = try TempDir()
+        let img = try makeImage(tmp, writeVariants[0])
+        let fs = try openRW(img)
+        let free0 = fs.statfs().ffree
+        var inos: [UInt32] = []
+        for i in 0..<300 {
+            let f = try fs.mknod(parent: root, name: b("o\(i)"), fileMode)
+            try fs.put(f.ino, 0, pattern(3000, seed: UInt32(i)))
+            fs.retain(f.ino, count: 1)   // the kernel still knows it
+            _ = try fs.unlink(parent: root, name: b("o\(i)"))
+            inos.append(f.ino)
+        }
+        var rng = SplitMix(seed: 5)
+        inos.shuffle(using: &rng)
+        for ino in inos.prefix(200) { try fs.release(ino, count: 1) }
+        try fs.sync()
+        // "Crash": the other 100 are still on the on-disk chain; the next mount frees them.
+        let fs2 = try openRW(img)
+        #expect(fs2.statfs().ffree == free0)
+        try fs2.unmount()
+        try fsckClean(img, "long orphan chain")
+    }
+
     @Test func concurrentStress() throws {
         let tmp = try TempDir()
         let img = try makeImage(tmp, writeVariants[0], sizeMB: 128)
