@@ -64,9 +64,7 @@ private let extentConfigs = [FsConfig.all[0], FsConfig.all[1]]
     @Test(arguments: extentConfigs)
     func failedIoendChangesNothing(_ cfg: FsConfig) throws {
         let dir = try TempDir()
-        let tree = dir.sub("tree"), image = dir.sub("image")
-        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
-        try makeImage(image, tree: tree, type: cfg.type, args: ["-b", "\(cfg.blockSize)"] + cfg.args)
+        let image = try emptyImage(dir, cfg)
         let k = try rwKernel(image)
         var finished = false
         defer { if !finished { _ = k.finish() } }
@@ -396,9 +394,7 @@ private let extentConfigs = [FsConfig.all[0], FsConfig.all[1]]
     @Test(arguments: [FsConfig.all[3], FsConfig.all[4]])
     func failedIoendBlockMapped(_ cfg: FsConfig) throws {
         let dir = try TempDir()
-        let tree = dir.sub("tree"), image = dir.sub("image")
-        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
-        try makeImage(image, tree: tree, type: cfg.type, args: ["-b", "\(cfg.blockSize)"] + cfg.args)
+        let image = try emptyImage(dir, cfg)
         let k = try rwKernel(image)
         var finished = false
         defer { if !finished { _ = k.finish() } }

@@ -19,6 +19,14 @@ func rwKernel(_ image: String, cache: Bool = true) throws -> IomapKernel {
     return k
 }
 
+/// An image of `cfg` made from an empty tree in `dir`; returns its path.
+func emptyImage(_ dir: TempDir, _ cfg: FsConfig) throws -> String {
+    let tree = dir.sub("tree"), image = dir.sub("image")
+    try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
+    try makeImage(image, tree: tree, type: cfg.type, args: ["-b", "\(cfg.blockSize)"] + cfg.args)
+    return image
+}
+
 /// `e2fsck -fn`: must find nothing.
 func fsckClean(_ image: String) throws {
     _ = try run("/usr/sbin/e2fsck", ["-fn", image])
