@@ -91,7 +91,8 @@ final class BlockCache: @unchecked Sendable {
     private var epochValue: UInt64 = 0
     var epoch: UInt64 { epochLock.lock(); defer { epochLock.unlock() }; return epochValue }
 
-    /// A metadata write: the device already has `value`; make the cache agree.
+    /// A metadata write: `value` is the block's contents now (in the dirty set
+    /// until flushed, see MetaWriteback.swift); make the cache agree.
     func wrote(_ key: UInt64, _ value: [UInt8]) {
         bump()
         put(key, value)

@@ -168,7 +168,7 @@ extension Ext4FileSystem {
 
     /// Write one block of a file's map. A block this map already owned (`reused`)
     /// has been metadata, written through writeMeta, for as long as the map has
-    /// held it, so the cache (or the device) has its current bytes: skip the
+    /// held it, so `block` (cache, dirty set or device) has its current bytes: skip the
     /// write when nothing changed. Rewriting a large map then costs one write
     /// per changed block instead of one per block.
     private func writeMapBlock(_ blk: UInt64, _ bytes: [UInt8], _ reused: Set<UInt64>) throws(Ext4Error) {
