@@ -20,9 +20,12 @@ extension Ext4FileSystem {
         return Int(v & 65532) | (Int(v & 3) << 16)
     }
 
-    /// Parse dirents in `[start, end)` of `b`, validating every record.
-    func parseDirents(_ b: [UInt8], start: Int, end: Int, what: @autoclosure () -> String) throws(Ext4Error) -> [RawDirent] {
-        var out: [RawDirent] = []
+    /// Walk the dirents in `[start, end)` of `b`, validating every record, and
+    /// call `visit(offset, ino, recLen, nameLen, ftype)` for each live one
+    /// (ino != 0, non-empty name) until it returns false. Allocates nothing.
+    func scanDirents(_ b: [UInt8], start: Int, end: Int, what: @autoclosure () -> String,
+                     _ visit: (Int, UInt32, Int, Int, UInt8) -> Bool) throws(Ext4Error) {
+        let end = min(end, b.count)
         var off = start
         while off < end {
             guard off + 8 <= end else { throw corrupt("\(what()): directory entry header past end at \(off)") }
@@ -34,12 +37,57 @@ extension Ext4FileSystem {
                 throw corrupt("\(what()): bad rec_len \(recLen) at offset \(off)")
             }
             guard ino <= sb.inodesCount else { throw corrupt("\(what()): inode \(ino) out of range at offset \(off)") }
-            if ino != 0, nameLen > 0, let name = b.sub(off + 8, nameLen) {
-                out.append(RawDirent(off: off, ino: ino, recLen: recLen, name: name, ftype: ftype))
-            }
+            if ino != 0, nameLen > 0, !visit(off, ino, recLen, nameLen, ftype) { return }
             off += recLen
         }
+    }
+
+    /// Parse dirents in `[start, end)` of `b`, validating every record.
+    func parseDirents(_ b: [UInt8], start: Int, end: Int, what: @autoclosure () -> String) throws(Ext4Error) -> [RawDirent] {
+        var out: [RawDirent] = []
+        try scanDirents(b, start: start, end: end, what: what()) { off, ino, recLen, nameLen, ftype in
+            if let name = b.sub(off + 8, nameLen) {
+                out.append(RawDirent(off: off, ino: ino, recLen: recLen, name: name, ftype: ftype))
+            }
+            return true
+        }
         return out
+    }
+
+    /// The inode `name` points to in one directory block, or nil; validates
+    /// the block as `direntsOfBlock` does but compares names in place.
+    func findInBlock(_ ri: RawInode, _ b: [UInt8], logical: UInt64, name: [UInt8]) throws(Ext4Error) -> UInt32? {
+        guard let (start, end) = try direntArea(ri, b, logical: logical) else { return nil }
+        var found: UInt32?
+        try scanDirents(b, start: start, end: end, what: "directory \(ri.ino) block \(logical)") { off, ino, _, nameLen, _ in
+            guard nameLen == name.count, off + 8 + nameLen <= b.count else { return true }
+            if b[(off + 8)..<(off + 8 + nameLen)].elementsEqual(name) { found = ino; return false }
+            return true
+        }
+        return found
+    }
+
+    /// The byte range of dirents in a directory block (after checking its
+    /// checksum tail), or nil for an htree index node.
+    private func direntArea(_ ri: RawInode, _ b: [UInt8], logical: UInt64) throws(Ext4Error) -> (Int, Int)? {
+        guard b.count >= blockSize else { throw corrupt("directory \(ri.ino) block \(logical): short block") }
+        if isIndexed(ri) {
+            // dx root: "." and ".." followed by index data inside ".."'s record.
+            if logical == 0 { return (0, blockSize) }
+            if b.le32(0) == 0 && decodeRecLen(b.le16(4)) == blockSize { return nil } // dx node
+        }
+        var end = blockSize
+        if sb.metadataCsum {
+            let t = blockSize - 12
+            guard b.le32(t) == 0, b.le16(t + 4) == 12, b.u8(t + 6) == 0, b.u8(t + 7) == 0xDE else {
+                throw corrupt("directory \(ri.ino) block \(logical): missing directory leaf checksum tail")
+            }
+            guard crc32c(ri.seed, b[0..<t]) == b.le32(t + 8) else {
+                throw corrupt("directory \(ri.ino) block \(logical): directory block checksum mismatch")
+            }
+            end = t
+        }
+        return (0, end)
     }
 
     func isIndexed(_ ri: RawInode) -> Bool {
@@ -48,26 +96,8 @@ extension Ext4FileSystem {
 
     /// Entries of one directory block, honouring dx blocks and leaf tails.
     func direntsOfBlock(_ ri: RawInode, _ b: [UInt8], logical: UInt64) throws(Ext4Error) -> [RawDirent] {
-        let what = "directory \(ri.ino) block \(logical)"
-        if isIndexed(ri) {
-            if logical == 0 {
-                // dx root: "." and ".." followed by index data inside ".."'s record.
-                return try parseDirents(b, start: 0, end: blockSize, what: what)
-            }
-            if b.le32(0) == 0 && decodeRecLen(b.le16(4)) == blockSize { return [] } // dx node
-        }
-        var end = blockSize
-        if sb.metadataCsum {
-            let t = blockSize - 12
-            guard b.le32(t) == 0, b.le16(t + 4) == 12, b.u8(t + 6) == 0, b.u8(t + 7) == 0xDE else {
-                throw corrupt("\(what): missing directory leaf checksum tail")
-            }
-            guard crc32c(ri.seed, b[0..<t]) == b.le32(t + 8) else {
-                throw corrupt("\(what): directory block checksum mismatch")
-            }
-            end = t
-        }
-        return try parseDirents(b, start: 0, end: end, what: what)
+        guard let (start, end) = try direntArea(ri, b, logical: logical) else { return [] }
+        return try parseDirents(b, start: start, end: end, what: "directory \(ri.ino) block \(logical)")
     }
 
     func dirBlockCount(_ ri: RawInode) -> UInt64 {
@@ -211,9 +241,7 @@ extension Ext4FileSystem {
             while i < x.length {
                 let run = try blockRun(x.physical + i, Int(min(Ext4FileSystem.dirReadahead, x.length - i)))
                 for (k, b) in run.enumerated() {
-                    for d in try direntsOfBlock(ri, b, logical: x.logical + i + UInt64(k)) where d.name == name {
-                        return d.ino
-                    }
+                    if let ino = try findInBlock(ri, b, logical: x.logical + i + UInt64(k), name: name) { return ino }
                 }
                 i += UInt64(run.count)
             }
@@ -310,7 +338,7 @@ extension Ext4FileSystem {
             if steps > nblocks + 1 { return .bad("htree loop") }
             guard leaf < nblocks, let p = phys(leaf) else { return .bad("leaf \(leaf) unmapped") }
             let b = try block(p)
-            for d in try direntsOfBlock(ri, b, logical: leaf) where d.name == name { return .found(d.ino) }
+            if let ino = try findInBlock(ri, b, logical: leaf, name: name) { return .found(ino) }
             // Hash collisions may continue in the next leaf.
             var level = frames.count - 1
             while level >= 0 && frames[level].at + 1 >= frames[level].count { level -= 1 }
