@@ -94,9 +94,17 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         var w = FuseInitWants()
         w.flags.insert(.posixACL)
         w.flags.insert(.exportSupport)
-        if iomapWanted(offer) {
+        let iomap = iomapWanted(offer)
+        if iomap {
             w.flags.insert(.iomap)
-        } else if !readOnly && options.writebackCache {
+        } else {
+            // Classic path: we clear set-user/group-ID on write, truncate and
+            // chown (FUSE_WRITE_KILL_SUIDGID, FATTR_KILL_SUIDGID,
+            // FUSE_OPEN_KILL_SUIDGID). In return the kernel sets SB_NOSEC and
+            // stops asking for security.capability before every write.
+            w.flags.insert(.handleKillprivV2)
+        }
+        if !iomap && !readOnly && options.writebackCache {
             // Classic read-write path: buffered writes stay in the kernel's page
             // cache and come back in large WRITEs at writeback, fsync or close;
             // the kernel keeps size and times and sends them with SETATTR.
@@ -167,11 +175,14 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
         guard i.fileType != .directory else { throw .isdir }
         // FUSE_ATOMIC_O_TRUNC: the truncation of open(O_TRUNC) is ours to do.
-        if a.flags & UInt32(O_TRUNC) != 0 && i.fileType == .regular && i.size > 0 {
-            try mutable(i)
-            var ch = AttrChange()
-            ch.size = 0
-            _ = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
+        if a.flags & UInt32(O_TRUNC) != 0 && i.fileType == .regular {
+            if a.openFlags & Self.openKillSuidgid != 0 { try mutable(i); try killSuidgid(i) }
+            if i.size > 0 {
+                try mutable(i)
+                var ch = AttrChange()
+                ch.size = 0
+                _ = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
+            }
         }
         if !readOnly && i.fileType == .regular { fs.fileOpened(ino, forWriting: Self.forWriting(a.flags)) }
         return FuseOpenOut(fh: 0, openFlags: FuseOpenOutFlags.keepCache.rawValue)

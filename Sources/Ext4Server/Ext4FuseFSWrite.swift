@@ -349,7 +349,28 @@ extension Ext4FuseFS {
         // Append-only files accept writes only at their end (the kernel passes
         // the end as the offset for O_APPEND writes).
         if i.flags & Self.appendFL != 0 && a.offset != i.size { throw .perm }
+        if a.writeFlags & Self.writeKillSuidgid != 0 { try killSuidgid(i) }
         return UInt32(clamping: try writeBytes(i.ino, a.offset, data))
+    }
+
+    /// FUSE_WRITE_KILL_SUIDGID / FUSE_OPEN_KILL_SUIDGID (fuse_write_in.write_flags, fuse_open_in.open_flags).
+    static let writeKillSuidgid: UInt32 = 1 << 2
+    static let openKillSuidgid: UInt32 = 1 << 0
+
+    /// With FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to us: a write or
+    /// truncate by a caller without CAP_FSETID clears set-user-ID, and
+    /// set-group-ID when group-execute is set, as the kernel's ext4 does.
+    /// (security.capability is still removed by the kernel itself, which
+    /// checks for it once per inode before marking the inode S_NOSEC.)
+    func killSuidgid(_ i: Inode) throws(FuseError) {
+        var m = i.mode
+        m &= ~UInt16(S_ISUID)
+        if m & UInt16(S_IXGRP) != 0 { m &= ~UInt16(S_ISGID) }
+        guard m != i.mode else { return }
+        var ch = AttrChange()
+        ch.mode = m
+        let ino = i.ino
+        _ = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
     }
 
     /// The engine's write over an array's bytes, with its error mapped.

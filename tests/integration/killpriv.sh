@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Set-user-ID and set-group-ID clearing, with the kernel's ext4 as the oracle.
+# The server negotiates FUSE_HANDLE_KILLPRIV_V2 on the classic path, so it, not
+# the kernel, clears the bits on write (FUSE_WRITE_KILL_SUIDGID), truncate and
+# chown (FATTR_KILL_SUIDGID) and open(O_TRUNC) (FUSE_OPEN_KILL_SUIDGID). The
+# same steps run on our mount (-o suid, through fuservicemount) and on a kernel
+# loop mount of a copy of the image: a non-root writer appends, truncates and
+# opens with O_TRUNC; root chowns and root writes (root keeps the bits on write,
+# as CAP_FSETID does). Modes, owners and sizes must be the same on both, the
+# kernel must read our image back the same, and both images must fsck clean.
+# Exit: 0 pass, 77 skip (last line says why), anything else fails.
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+export EXT4IOMAP_BUILD="${EXT4IOMAP_BUILD:-$repo/.build/debug}"
+TOOLS="$repo/tests/tools"
+
+skip() { echo "$1"; exit 77; }
+[ "$(id -u)" -eq 0 ] || skip "killpriv: needs root (loop and FUSE mounts)"
+for c in python3 mkfs.ext4 e2fsck mount setpriv truncate; do
+  command -v "$c" >/dev/null || skip "killpriv: $c not installed"
+done
+getent passwd nobody >/dev/null || skip "killpriv: no user nobody"
+grp=$(id -gn nobody)
+
+WORK=$(mktemp -d /tmp/killpriv.XXXXXX)
+chmod 755 "$WORK"
+A="$WORK/a.img" B="$WORK/b.img"
+AM="$WORK/a" BM="$WORK/b"
+mkdir -p "$AM" "$BM"
+cleanup() {
+  python3 "$TOOLS/fstarget.py" cleanup --image "$A" --image "$B" "$AM" "$BM" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+fail() { echo "killpriv: FAIL: $*"; exit 1; }
+
+steps() {  # steps DIR: the scenario; prints one line per file
+  local d=$1/s
+  mkdir "$d" && chmod 777 "$d" || return 1
+  for f in append trunc otrunc chown rootw; do
+    : > "$d/$f"; echo seed > "$d/$f"
+    chown nobody:"$grp" "$d/$f"; chmod 6775 "$d/$f"
+  done
+  : > "$d/noxgrp"; chown nobody:"$grp" "$d/noxgrp"; chmod 2765 "$d/noxgrp"  # setgid without group-exec: kept
+  : > "$d/plain"; chown nobody:"$grp" "$d/plain"; chmod 0644 "$d/plain"
+  setpriv --reuid=nobody --regid="$grp" --clear-groups sh -c "
+    echo more >> '$d/append'; truncate -s 2 '$d/trunc'; : > '$d/otrunc'
+    echo y >> '$d/noxgrp'; echo z >> '$d/plain'" || return 1
+  chown root "$d/chown"
+  echo root >> "$d/rootw"
+  (cd "$d" && stat -c '%n %a %U %G %s' *)
+}
+
+mkfs.ext4 -q -F "$A" 32M || fail mkfs
+cp --sparse=always "$A" "$B"
+python3 "$TOOLS/fstarget.py" mount ext4iomap "$A" "$AM" -o suid --log "$WORK/server.log" > "$WORK/mount.out" 2>&1 \
+  || { cat "$WORK/mount.out"; fail "mounting ours read-write"; }
+python3 "$TOOLS/fstarget.py" mount kernel "$B" "$BM" > "$WORK/kmount.out" 2>&1 \
+  || { cat "$WORK/kmount.out"; fail "mounting the kernel's"; }
+ours=$(steps "$AM") || fail "scenario on our mount"
+theirs=$(steps "$BM") || fail "scenario on the kernel's mount"
+if [ "$ours" != "$theirs" ]; then
+  diff <(echo "$ours") <(echo "$theirs") | sed 's/^/    /'
+  fail "modes differ from the kernel's ext4 (< ours, > kernel)"
+fi
+# The scenario must have exercised every clearing rule, or the comparison says little.
+echo "$ours" | grep -q '^append 775 ' || fail "append by a non-root writer kept set-ID bits: $ours"
+echo "$ours" | grep -q '^rootw 6775 ' || fail "root's write cleared set-ID bits: $ours"
+echo "$ours" | grep -q '^noxgrp 2765 ' || fail "setgid without group-exec was cleared: $ours"
+python3 "$TOOLS/fstarget.py" umount "$AM" --image "$A" || fail "unmount ours"
+umount "$BM" || fail "unmount the kernel's"
+for img in "$A" "$B"; do
+  e2fsck -fn "$img" > "$WORK/fsck.out" 2>&1 || { sed 's/^/    /' "$WORK/fsck.out" | head -30; fail "e2fsck -fn $(basename "$img")"; }
+done
+mount -o ro,loop "$A" "$BM" || fail "kernel mount of our image"
+back=$(cd "$BM/s" && stat -c '%n %a %U %G %s' *)
+umount "$BM"
+[ "$back" = "$ours" ] || fail "the kernel reads our image back differently"
+echo "$ours" | sed 's/^/    /'
+echo "killpriv: pass (modes equal to the kernel's ext4, fsck clean)"
