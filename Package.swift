@@ -42,7 +42,7 @@ let package = Package(
                 swiftSettings: strict),
         // The FUSE face of the ext4 engine: the only target that sees both.
         .target(name: "Ext4Server",
-                dependencies: ["FuseKernel", "Ext4Engine", "ServiceBroker", "CMount", "CSystemd", "CSeccomp",
+                dependencies: ["FuseKernel", "Ext4Engine", "ServiceBroker", "LoopDevices", "CMount", "CSystemd", "CSeccomp",
                                .product(name: "Logging", package: "swift-log")],
                 swiftSettings: strict),
         .target(name: "LoopDevices",

@@ -309,6 +309,13 @@ extension Lockdown {
         // threads (glibc pthreads); clone only for threads
         for n in ["futex", "set_robust_list", "get_robust_list", "rseq", "exit", "exit_group",
                   "gettid", "getpid", "sched_yield", "sched_getaffinity"] { r.append(Rule(n)) }
+        // FUSE over io_uring: the rings exist before the lockdown and only take
+        // IORING_OP_URING_CMD (registered restriction); setup stays forbidden
+        // and register is allowed for ENABLE_RINGS (12) alone, which each
+        // serving thread calls once. The threads pin themselves to their CPU.
+        r.append(Rule("io_uring_enter"))
+        r.append(Rule("io_uring_register", [eq(1, 12)]))
+        r.append(Rule("sched_setaffinity", [eq(0, 0)]))
         r.append(Rule("clone", [masked(0, K.cloneThread, K.cloneThread)]))
         r.append(Rule("tgkill", [eq(0, UInt64(UInt32(bitPattern: getpid())))]))
         // signals (abort, the Swift runtime's crash handlers, the SIGSYS trap)

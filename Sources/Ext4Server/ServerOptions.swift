@@ -15,6 +15,8 @@ public struct ServerOptions: Sendable, Equatable {
     /// Classic path: let the kernel cache writes (FUSE writeback cache), `writeback_cache=1`.
     /// Off by default: measured, it costs ~20% on small-file creates for ~10% on random buffered writes.
     public var writebackCache = false
+    /// Serve through FUSE over io_uring when the kernel offers it (`fuse.enable_uring=1`); `uring=0` keeps /dev/fuse.
+    public var uring = true
     public var allowSuid = false
     public var allowDev = false
     /// The server's own seccomp filter (see Lockdown.swift); `seccomp=0` is for debugging only.
@@ -90,6 +92,12 @@ public struct ServerOptions: Sendable, Equatable {
                 case "1": o.writebackCache = true
                 case "0": o.writebackCache = false
                 default: throw .bad("writeback_cache must be 0 or 1")
+                }
+            case "uring":
+                switch value {
+                case "1": o.uring = true
+                case "0": o.uring = false
+                default: throw .bad("uring must be 0 or 1")
                 }
             case "seccomp":
                 switch value {

@@ -86,6 +86,7 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTranspo
                                         readOnly: options.readOnly, blockSize: 0)
     }
     try iomapPreflight(fuseFD: transport.fd, deviceFD: devFD, name: args.source, options: options)
+    let rings = makeUringRings(options, workers: workers, logger: logger)
     // Lock down before the engine parses anything from the device.
     do { try sandbox.apply(.setup) } catch { throw ServerFailure(2, "sandbox: \(error)") }
     let fs = try openFileSystem(deviceFD: devFD, name: args.source, options: options, logger: logger)
@@ -108,7 +109,7 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTranspo
     let adapter = Ext4FuseFS(fs: fs, options: options, logger: logger)
     defer { adapter.destroy() }  // flush and mark clean however the session ended
     let session = FuseSession(transport: transport, fileSystem: adapter,
-                              options: FuseSessionOptions(workers: workers), logger: logger)
+                              options: FuseSessionOptions(workers: workers, uring: rings), logger: logger)
     do { try session.run() } catch { throw ServerFailure(2, "\(error)") }
     transport.close()
 }

@@ -6,6 +6,7 @@ import Ext4Engine
 import FuseKernel
 import Glibc
 import Logging
+import LoopDevices
 
 public struct ServerFailure: Error, CustomStringConvertible {
     /// Process exit status: 1 usage or permissions, 2 open or mount failure.
@@ -64,6 +65,25 @@ func mountFlags(_ o: ServerOptions) -> UInt {
     return f
 }
 
+/// Rings for FUSE over io_uring, made while io_uring_setup is still allowed
+/// (the sandbox forbids it). nil with `uring=0` or when io_uring is unavailable.
+func makeUringRings(_ options: ServerOptions, workers: Int, logger: Logger) -> FuseUringRings? {
+    guard options.uring else { return nil }
+    // The kernel offers FUSE over io_uring only with the fuse module's
+    // enable_uring on; when it is visibly off, make no rings and no threads.
+    if let v = readSysfsValue("/sys/module/fuse/parameters/enable_uring"), v.hasPrefix("N") || v.hasPrefix("0") {
+        logger.debug("FUSE over io_uring: the fuse module's enable_uring is off")
+        return nil
+    }
+    let perQueue = max(1, workers / FuseUringRings.possibleCPUs())
+    switch FuseUringRings.create(threadsPerQueue: perQueue) {
+    case .success(let r): return r
+    case .failure(let e):
+        logger.info("FUSE over io_uring unavailable (\(e)); serving through /dev/fuse")
+        return nil
+    }
+}
+
 public func runStandalone(device: String, mountpoint: String, options: ServerOptions, workers: Int,
                           logger: Logger) throws(ServerFailure) {
     guard geteuid() == 0 else {
@@ -72,6 +92,7 @@ public func runStandalone(device: String, mountpoint: String, options: ServerOpt
     let devFD = Glibc.open(device, (options.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
     guard devFD >= 0 else { throw ServerFailure(2, "\(device): \(String(cString: strerror(errno)))") }
     let fs = try openFileSystem(deviceFD: devFD, name: device, options: options, logger: logger)
+    let rings = makeUringRings(options, workers: workers, logger: logger)
     var st = stat()
     guard stat(mountpoint, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
         throw ServerFailure(2, "\(mountpoint): not a directory")
@@ -101,7 +122,7 @@ public func runStandalone(device: String, mountpoint: String, options: ServerOpt
     let adapter = Ext4FuseFS(fs: fs, options: options, logger: logger)
     defer { adapter.destroy() }  // flush and mark clean however the session ended
     let session = FuseSession(transport: transport, fileSystem: adapter,
-                              options: FuseSessionOptions(workers: workers), logger: logger)
+                              options: FuseSessionOptions(workers: workers, uring: rings), logger: logger)
     do { try session.run() } catch {
         _ = umount2(mountpoint, Int32(MNT_DETACH))
         throw ServerFailure(2, "\(error)")

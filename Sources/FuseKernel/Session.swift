@@ -11,7 +11,13 @@ import Synchronization
 public struct FuseSessionOptions: Sendable {
     /// Worker threads, including the one that calls run().
     public var workers: Int
-    public init(workers: Int = 4) { self.workers = max(1, min(workers, 64)) }
+    /// Rings for FUSE over io_uring, made before the sandbox; offered at INIT
+    /// when the kernel offers it (`fuse.enable_uring=1`) and the transport is /dev/fuse.
+    public var uring: FuseUringRings?
+    public init(workers: Int = 4, uring: FuseUringRings? = nil) {
+        self.workers = max(1, min(workers, 64))
+        self.uring = uring
+    }
 }
 
 public enum FuseSessionError: Error, CustomStringConvertible, Sendable {
@@ -35,6 +41,8 @@ public final class FuseSession: @unchecked Sendable {
         var decode = FuseDecodeContext()
         var connection: FuseConnectionInfo?
         var stopping = false
+        var uringOn = false
+        var uringUsable = false
         var loggedDecodeFailures = 0
     }
     private let state = Mutex(State())
@@ -57,14 +65,39 @@ public final class FuseSession: @unchecked Sendable {
         let bufSize = 1 << 20 + 64 * 1024
         let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: bufSize, alignment: 16)
         defer { buf.deallocate() }
+        // Phase 0: the io_uring threads start and enable their rings now, so
+        // that INIT offers io_uring only if every one of them can serve.
+        var threads: [pthread_t] = []
+        let gate = FuseUringGate()
+        if let rings = options.uring, let dev = transport as? DevFuseTransport {
+            let fd = dev.fd
+            for index in rings.slots.indices {
+                guard let t = spawn("fuse-uring", { [self] in uringLoop(rings, index, gate: gate, dev: dev, fuseFD: fd) }) else {
+                    gate.threadFailed()
+                    continue
+                }
+                threads.append(t)
+            }
+            let usable = gate.waitReady(threads: rings.threads)
+            state.withLock { $0.uringUsable = usable }
+            if !usable { logger.warning("FUSE over io_uring: a ring could not be enabled; serving through /dev/fuse") }
+        }
         // Phase 1: INIT on the primary channel, before any clone exists.
+        var initError: FuseTransportError?
+        var ended = false
         while state.withLock({ $0.connection == nil && !$0.stopping }) {
             let n: Int?
-            do { n = try transport.receive(into: buf) } catch { throw .transport(error) }
-            guard let n else { return }
+            do { n = try transport.receive(into: buf) } catch { initError = error; break }
+            guard let n else { ended = true; break }
             handle(UnsafeRawBufferPointer(rebasing: buf[0..<min(n, bufSize)]), on: transport)
         }
-        if state.withLock({ $0.stopping }) { return }
+        if ended || initError != nil || state.withLock({ $0.stopping }) {
+            // No INIT (or a failed one): the uring threads, if any, end unused.
+            gate.decide(go: false)
+            for t in threads { pthread_join(t, nil) }
+            if let initError { throw .transport(initError) }
+            return
+        }
         // Phase 2: workers.
         var channels: [any FuseTransport] = []
         for _ in 1..<options.workers {
@@ -73,21 +106,13 @@ public final class FuseSession: @unchecked Sendable {
                 break
             }
         }
-        var threads: [pthread_t] = []
         for ch in channels {
-            let box = Unmanaged.passRetained(WorkerBox(session: self, channel: ch))
-            var tid = pthread_t()
-            let rc = pthread_create(&tid, nil, { arg in
-                guard let arg else { return nil }
-                let w = Unmanaged<WorkerBox>.fromOpaque(arg).takeRetainedValue()
-                cshim_set_thread_name("fuse-worker")
-                w.session.workerLoop(w.channel)
-                return nil
-            }, box.toOpaque())
-            if rc == 0 { threads.append(tid) } else {
-                box.release()
-                logger.warning("pthread_create failed: \(rc)")
-            }
+            if let t = spawn("fuse-worker", { [self] in workerLoop(ch) }) { threads.append(t) }
+        }
+        let uringOn = state.withLock { $0.uringOn }
+        gate.decide(go: uringOn)  // the INIT reply is written: registration may start
+        if uringOn, let rings = options.uring {
+            logger.info("FUSE over io_uring: \(rings.queues) queues, \(rings.threads) threads")
         }
         workerLoop(transport)
         // Whoever ends first wakes the rest (sockets need it; /dev/fuse ends for all).
@@ -96,10 +121,29 @@ public final class FuseSession: @unchecked Sendable {
         for ch in channels { ch.close() }
     }
 
-    final class WorkerBox: @unchecked Sendable {
-        let session: FuseSession
-        let channel: any FuseTransport
-        init(session: FuseSession, channel: any FuseTransport) { self.session = session; self.channel = channel }
+    final class ThreadBody: @unchecked Sendable {
+        let name: String
+        let body: @Sendable () -> Void
+        init(name: String, body: @escaping @Sendable () -> Void) { self.name = name; self.body = body }
+    }
+
+    /// Start a named thread; nil (logged) when pthread_create fails.
+    private func spawn(_ name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t? {
+        let box = Unmanaged.passRetained(ThreadBody(name: name, body: body))
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, { arg in
+            guard let arg else { return nil }
+            let b = Unmanaged<ThreadBody>.fromOpaque(arg).takeRetainedValue()
+            cshim_set_thread_name(b.name)
+            b.body()
+            return nil
+        }, box.toOpaque())
+        guard rc == 0 else {
+            box.release()
+            logger.warning("pthread_create failed: \(rc)")
+            return nil
+        }
+        return tid
     }
 
     func workerLoop(_ ch: any FuseTransport) {
@@ -291,14 +335,17 @@ public final class FuseSession: @unchecked Sendable {
             logger.error("kernel FUSE 7.\(i.minor) is older than the oldest we serve (7.\(FuseABI.oldestMinor))")
             throw FuseError(EPROTO)
         }
-        let result = Self.negotiateInit(i, wants: fs.negotiate(Self.offer(from: i)))
+        var wants = fs.negotiate(Self.offer(from: i))
+        if state.withLock({ $0.uringUsable }) { wants.flags.insert(.overIoUring) }
+        let result = Self.negotiateInit(i, wants: wants)
         state.withLock {
+            $0.uringOn = result.info.flags.contains(.overIoUring)
             $0.connection = result.info
             $0.decode = FuseDecodeContext(minor: min(i.minor, result.info.minor),
                                           setxattrExt: result.info.flags.contains(.setxattrExt),
                                           maxWrite: Int(result.info.maxWrite))
         }
-        logger.info("FUSE 7.\(i.minor) kernel; negotiated minor \(result.info.minor), iomap \(result.info.iomap ? "on" : "off"), writeback cache \(result.info.flags.contains(.writebackCache) ? "on" : "off"), max_write \(result.info.maxWrite)")
+        logger.info("FUSE 7.\(i.minor) kernel; negotiated minor \(result.info.minor), iomap \(result.info.iomap ? "on" : "off"), writeback cache \(result.info.flags.contains(.writebackCache) ? "on" : "off"), io_uring \(result.info.flags.contains(.overIoUring) ? "on" : "off"), max_write \(result.info.maxWrite)")
         fs.initialized(result.info, channel: transport)
         return FuseReplyEncoder.ok(unique: u, result.reply.encoded)
     }

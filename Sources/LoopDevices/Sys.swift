@@ -53,3 +53,6 @@ enum Sys {
 
     static func isS_IFMT(_ mode: mode_t, _ kind: mode_t) -> Bool { (mode & S_IFMT) == kind }
 }
+
+/// A small sysfs or procfs file's contents (up to 4 KiB), or nil when it cannot be read.
+public func readSysfsValue(_ path: String) -> String? { Sys.readSmallFile(path) }

@@ -7,7 +7,7 @@ import Testing
 struct OptionsTests {
     @Test func defaults() throws {
         let o = try ServerOptions.parse("")
-        #expect(!o.readOnly && !o.noRecovery && o.iomap == nil && o.iomapCache && !o.writebackCache)
+        #expect(!o.readOnly && !o.noRecovery && o.iomap == nil && o.iomapCache && !o.writebackCache && o.uring)
         #expect(!o.allowSuid && !o.allowDev && o.cacheBlocks == 8192 && o.kernelOptions.isEmpty)
     }
 
@@ -16,11 +16,12 @@ struct OptionsTests {
         #expect(o.readOnly && o.noRecovery && o.allowSuid && o.allowDev && o.cacheBlocks == 64)
         #expect(o.iomap == true && !o.iomapCache && o.writebackCache)
         #expect(o.kernelOptions == ["noatime"])
-        let p = try ServerOptions.parse("rw,iomap=0,writeback_cache=0,nosuid,nodev")
-        #expect(!p.readOnly && p.iomap == false && !p.writebackCache && !p.allowSuid && !p.allowDev)
+        let p = try ServerOptions.parse("rw,iomap=0,writeback_cache=0,nosuid,nodev,uring=0")
+        #expect(!p.readOnly && p.iomap == false && !p.writebackCache && !p.allowSuid && !p.allowDev && !p.uring)
+        #expect(try ServerOptions.parse("uring=1").uring)
     }
 
-    @Test(arguments: ["writeback_cache=2", "writeback_cache", "iomap=yes", "cache_blocks=3", "ro=1", "bogus", "iomap_cache=x"])
+    @Test(arguments: ["writeback_cache=2", "writeback_cache", "iomap=yes", "cache_blocks=3", "ro=1", "bogus", "iomap_cache=x", "uring=2", "uring"])
     func refused(_ s: String) {
         #expect(throws: ServerOptions.ParseError.self) { _ = try ServerOptions.parse(s) }
     }

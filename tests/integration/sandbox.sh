@@ -83,7 +83,9 @@ for ns in mnt net ipc pid; do
   check "own $ns namespace ($theirs vs host $mine)" [ -n "$theirs" -a "$mine" != "$theirs" ]
 done
 
-# Only the descriptors the helper passed: stdio, /dev/fuse, the loop device.
+# Only the descriptors the helper passed: stdio, /dev/fuse, the loop device,
+# and the server's own io_uring rings when the fuse module offers FUSE over
+# io_uring (restricted to FUSE ring commands; see tests/integration/uring.sh).
 # No service socket (closed after the handshake), no image file, nothing else.
 bad=
 for f in /proc/$SPID/fd/*; do
@@ -91,10 +93,11 @@ for f in /proc/$SPID/fd/*; do
   case "$n:$t" in
     0:/dev/null|1:/dev/null|2:*) ;;
     *:/dev/fuse|*:"$LOOP") ;;
+    *:"anon_inode:[io_uring]") ;;
     *) bad="$bad $n->$t" ;;
   esac
 done
-check "open fds are only stdio, /dev/fuse and $LOOP${bad:+ (unexpected:$bad)}" [ -z "$bad" ]
+check "open fds are only stdio, /dev/fuse, $LOOP and io_uring rings${bad:+ (unexpected:$bad)}" [ -z "$bad" ]
 check "no socket fd after the handshake" [ -z "$(ls -l /proc/$SPID/fd | grep socket:)" ]
 
 # The same sandbox, applied to a test process, denies every forbidden action.
