@@ -36,7 +36,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "tools"))
 import fstarget  # noqa: E402
 
-LABEL = {"ext4iomap": "ext4iomapd", "ext4iomapd": "ext4iomapd (standalone)", "kernel": "kernel ext4", "fuse2fs": "fuse2fs"}
+_LABEL = {"ext4iomap": "ext4iomapd", "ext4iomapd": "ext4iomapd (standalone)", "kernel": "kernel ext4", "fuse2fs": "fuse2fs"}
+URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
+
+
+def split_target(t):
+    """A target is KIND or KIND:OPTIONS (mount options for that target, e.g. ext4iomap:uring=0)."""
+    kind, _, opts = t.partition(":")
+    return kind, opts
+
+
+class _Labels(dict):
+    def __missing__(self, t):
+        kind, opts = split_target(t)
+        return f"{_LABEL[kind]} ({opts})" if opts else _LABEL[kind]
+
+
+LABEL = _Labels()
 NA_RW = "n/a (read-write not available)"
 
 
@@ -104,7 +120,9 @@ class Bench:
             raise RuntimeError(r.stdout)
 
     def mount(self, target, ro):
-        err = fstarget.mount(target, self.img, self.mnt, "ro" if ro else "",
+        kind, opts = split_target(target)
+        opts = ",".join(o for o in ("ro" if ro else "", opts) if o)
+        err = fstarget.mount(kind, self.img, self.mnt, opts,
                              logfile=os.path.join(self.work, f"server-{target}.log"))
         if err and not ro and fstarget.RW_REFUSAL.search(err):
             return NA_RW
@@ -189,7 +207,7 @@ class Bench:
                         self.record(t, "randread", fio("randread", self.mnt, [
                             "--rw=randread", "--bs=4k", f"--size={self.seq_size}", "--filename=readfile", "--readonly",
                             "--time_based", f"--runtime={a.randread_secs}", "--randrepeat=1"]))
-                    if t in ("ext4iomap", "ext4iomapd", "fuse2fs"):
+                    if split_target(t)[0] in ("ext4iomap", "ext4iomapd", "fuse2fs"):
                         for pid in fstarget.server_pids(self.img):
                             hwm = vm_hwm(pid)
                             if hwm:
@@ -288,16 +306,42 @@ def main():
     ap.add_argument("--randread-secs", type=int, default=20)
     ap.add_argument("--workdir", default=None, help="where the sparse images go (default /tmp)")
     ap.add_argument("--out", default="bench/out")
+    ap.add_argument("--uring", choices=("on", "off", "leave"), default="leave",
+                    help="set the fuse module's enable_uring for the run (restored after); "
+                         "only servers that ask for FUSE over io_uring use it (ours, not fuse2fs)")
     a = ap.parse_args()
     if a.quick:
         a.scale, a.randread_secs = 0.05, 5
     a.targets = [t for t in a.targets.split(",") if t]
     a.workloads = [w for w in a.workloads.split(",") if w]
     for t in a.targets:
-        if t not in fstarget.KINDS:
+        if split_target(t)[0] not in fstarget.KINDS:
             ap.error(f"unknown target {t}")
     if os.geteuid() != 0:
         ap.error("benchmarks mount file systems: run as root")
+    saved_uring = None
+    if a.uring != "leave":
+        try:
+            with open(URING_PARAM) as f:
+                saved_uring = f.read().strip()
+            with open(URING_PARAM, "w") as f:
+                f.write("Y" if a.uring == "on" else "N")
+        except OSError as e:
+            ap.error(f"--uring {a.uring}: {URING_PARAM}: {e}")
+    try:
+        return run_bench(a)
+    finally:
+        if saved_uring is not None:
+            with open(URING_PARAM, "w") as f:
+                f.write(saved_uring)
+
+
+def run_bench(a):
+    try:
+        with open(URING_PARAM) as f:
+            log(f"fuse enable_uring={f.read().strip()}")
+    except OSError:
+        log("fuse enable_uring: not available on this kernel")
     b = Bench(a)
     try:
         b.run()
