@@ -294,6 +294,7 @@ extension Lockdown {
         static let prSetName: UInt64 = 15                // PR_SET_NAME
         static let prGetName: UInt64 = 16                // PR_GET_NAME
         static let prSetNoNewPrivs: UInt64 = 38          // PR_SET_NO_NEW_PRIVS
+        static let ioringRegisterEnableRings: UInt64 = 12 // IORING_REGISTER_ENABLE_RINGS
     }
 
     static func rules(_ stage: LockdownStage) -> [Rule] {
@@ -311,10 +312,10 @@ extension Lockdown {
                   "gettid", "getpid", "sched_yield", "sched_getaffinity"] { r.append(Rule(n)) }
         // FUSE over io_uring: the rings exist before the lockdown and only take
         // IORING_OP_URING_CMD (registered restriction); setup stays forbidden
-        // and register is allowed for ENABLE_RINGS (12) alone, which each
-        // serving thread calls once. The threads pin themselves to their CPU.
+        // and register is allowed for ENABLE_RINGS alone, which each serving
+        // thread calls once. The threads pin themselves to their CPU.
         r.append(Rule("io_uring_enter"))
-        r.append(Rule("io_uring_register", [eq(1, 12)]))
+        r.append(Rule("io_uring_register", [eq(1, K.ioringRegisterEnableRings)]))
         r.append(Rule("sched_setaffinity", [eq(0, 0)]))
         r.append(Rule("clone", [masked(0, K.cloneThread, K.cloneThread)]))
         r.append(Rule("tgkill", [eq(0, UInt64(UInt32(bitPattern: getpid())))]))

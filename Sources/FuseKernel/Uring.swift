@@ -6,8 +6,10 @@
 //
 // Shape: `FuseUringRings.create` makes the rings (one per thread, restricted
 // to IORING_OP_URING_CMD) while io_uring_setup is still allowed, before the
-// sandbox. The session offers FUSE_OVER_IO_URING at INIT only when it holds
-// rings; after the INIT reply every thread registers one entry (a 288-byte
+// sandbox. The session starts their threads before INIT; each pins itself to
+// its queue's CPU and enables its ring (becoming its only submitter), and
+// FUSE_OVER_IO_URING is offered only when all of them could. After the INIT
+// reply every thread registers one entry (a 288-byte
 // header buffer and a payload buffer) on its queue, then loops: wait for a
 // request, rebuild it as the classic message, run it through the same
 // dispatch as /dev/fuse, write the reply into the entry, COMMIT_AND_FETCH.
@@ -26,7 +28,6 @@ import Synchronization
 
 /// Layout of `struct fuse_uring_req_header` (linux/fuse.h, 7.42).
 public enum FuseUringABI {
-    static let inOutSize = 128
     static let opInOffset = 128
     public static let opInSize = 128
     static let entInOutOffset = 256
@@ -46,6 +47,8 @@ public final class FuseUringRings: @unchecked Sendable {
     let slots: [Slot]
     public let queues: Int
     public var threads: Int { slots.count }
+    /// Malformed ring entries are logged once per mount.
+    let loggedMalformed = Atomic<Bool>(false)
 
     private init(slots: [Slot], queues: Int) { self.slots = slots; self.queues = queues }
 
@@ -257,7 +260,9 @@ extension FuseSession {
                 handle(UnsafeRawBufferPointer(rebasing: area[start..<(start + Int(len))]), on: sink)
                 reply = sink.reply ?? [FuseReplyEncoder.error(unique: unique, errno: EIO)]
             } else {
-                logUringMalformed(qid: qid, len: len, payloadSize: payloadSz)
+                if !rings.loggedMalformed.exchange(true, ordering: .relaxed) {
+                    logger.warning("io_uring queue \(qid): malformed request (len \(len), payload \(payloadSz)); answered EIO (logged once)")
+                }
                 reply = [FuseReplyEncoder.error(unique: unique, errno: EIO)]
             }
             FuseUringMessage.writeReply(reply, unique: unique, header: header, payload: payload)
@@ -266,9 +271,5 @@ extension FuseSession {
                 return
             }
         }
-    }
-
-    private func logUringMalformed(qid: UInt16, len: UInt32, payloadSize: UInt32) {
-        logger.warning("io_uring queue \(qid): malformed request (len \(len), payload \(payloadSize)); answered EIO")
     }
 }
