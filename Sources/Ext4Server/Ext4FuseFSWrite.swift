@@ -301,7 +301,13 @@ extension Ext4FuseFS {
     /// Setting an access ACL sets the permission bits it implies (owner, mask or
     /// owning group, other), as the kernel's posix_acl_update_mode does; an ACL
     /// that says no more than those bits is not stored at all.
-    func setAccessACL(_ i: Inode, value: [UInt8], flags: UInt32) throws(FuseError) {
+    /// FUSE_SETXATTR_ACL_KILL_SGID (fuse_setxattr_in.setxattr_flags).
+    static let setxattrACLKillSgid: UInt32 = 1 << 0
+
+    /// Set the access ACL and the mode it implies, as the kernel's
+    /// posix_acl_update_mode does; `killSgid` (the caller is neither in the
+    /// file's group nor has CAP_FSETID, the kernel tells us) also clears S_ISGID.
+    func setAccessACL(_ i: Inode, value: [UInt8], flags: UInt32, killSgid: Bool = false) throws(FuseError) {
         guard let e = Self.parseACL(value) else { throw .inval }
         var perm: UInt32 = 0
         var extended = false
@@ -327,7 +333,9 @@ extension Ext4FuseFS {
             }
         }
         var ch = AttrChange()
-        ch.mode = UInt16(truncatingIfNeeded: (UInt32(i.mode) & ~UInt32(0o777)) | perm)
+        var keep = UInt32(i.mode) & ~UInt32(0o777)
+        if killSgid { keep &= ~UInt32(S_ISGID) }
+        ch.mode = UInt16(truncatingIfNeeded: keep | perm)
         _ = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
     }
 
@@ -419,11 +427,15 @@ extension Ext4FuseFS {
         return done
     }
 
-    public func setxattr(_ c: FuseContext, name: FuseName, value: [UInt8], flags: UInt32) throws(FuseError) {
+    public func setxattr(_ c: FuseContext, name: FuseName, value: [UInt8], flags: UInt32,
+                         setxattrFlags: UInt32) throws(FuseError) {
         try writable()
         let i = try inodeOf(c.nodeid)
         try mutable(i)
-        if name == Self.aclAccessName { return try setAccessACL(i, value: value, flags: flags) }
+        if name == Self.aclAccessName {
+            return try setAccessACL(i, value: value, flags: flags,
+                                    killSgid: setxattrFlags & Self.setxattrACLKillSgid != 0)
+        }
         try engine { () throws(Ext4Error) in try fs.setxattr(i.ino, name: name, value: value, flags: flags) }
     }
 

@@ -161,7 +161,8 @@ public protocol FuseFileSystem: AnyObject, Sendable {
     func statfs(_ c: FuseContext) throws(FuseError) -> FuseKstatfs
     func release(_ c: FuseContext, _ a: FuseReleaseIn)
     func fsync(_ c: FuseContext, _ a: FuseFsyncIn) throws(FuseError)
-    func setxattr(_ c: FuseContext, name: FuseName, value: [UInt8], flags: UInt32) throws(FuseError)
+    /// `flags`: XATTR_CREATE/XATTR_REPLACE; `setxattrFlags`: FUSE_SETXATTR_* (ACL_KILL_SGID).
+    func setxattr(_ c: FuseContext, name: FuseName, value: [UInt8], flags: UInt32, setxattrFlags: UInt32) throws(FuseError)
     func getxattr(_ c: FuseContext, name: FuseName) throws(FuseError) -> [UInt8]
     /// The names, each followed by a NUL byte.
     func listxattr(_ c: FuseContext) throws(FuseError) -> [UInt8]
@@ -215,7 +216,7 @@ extension FuseFileSystem {
     public func statfs(_ c: FuseContext) throws(FuseError) -> FuseKstatfs { FuseKstatfs(bsize: 512, namelen: 255) }
     public func release(_ c: FuseContext, _ a: FuseReleaseIn) {}
     public func fsync(_ c: FuseContext, _ a: FuseFsyncIn) throws(FuseError) { throw .nosys }
-    public func setxattr(_ c: FuseContext, name: FuseName, value: [UInt8], flags: UInt32) throws(FuseError) { throw .nosys }
+    public func setxattr(_ c: FuseContext, name: FuseName, value: [UInt8], flags: UInt32, setxattrFlags: UInt32) throws(FuseError) { throw .nosys }
     public func getxattr(_ c: FuseContext, name: FuseName) throws(FuseError) -> [UInt8] { throw .nosys }
     public func listxattr(_ c: FuseContext) throws(FuseError) -> [UInt8] { throw .nosys }
     public func removexattr(_ c: FuseContext, name: FuseName) throws(FuseError) { throw .nosys }

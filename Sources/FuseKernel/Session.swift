@@ -244,7 +244,7 @@ public final class FuseSession: @unchecked Sendable {
             case .release(let r): fs.release(c, r); return empty()
             case .fsync(let f): try fs.fsync(c, f); return empty()
             case .setxattr(let s, let name, let value):
-                try fs.setxattr(c, name: name, value: value, flags: s.flags); return empty()
+                try fs.setxattr(c, name: name, value: value, flags: s.flags, setxattrFlags: s.setxattrFlags); return empty()
             case .getxattr(let g, let name):
                 return try sized(u, g.size, try fs.getxattr(c, name: name))
             case .listxattr(let g):

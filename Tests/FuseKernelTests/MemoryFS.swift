@@ -181,7 +181,7 @@ final class MemoryFS: FuseFileSystem, @unchecked Sendable {
             }
         }
     }
-    func setxattr(_ c: FuseContext, name: FuseName, value: [UInt8], flags: UInt32) throws(FuseError) {
+    func setxattr(_ c: FuseContext, name: FuseName, value: [UInt8], flags: UInt32, setxattrFlags: UInt32) throws(FuseError) {
         try state.withLock { s throws(FuseError) in
             guard s.nodes[c.nodeid] != nil else { throw .noent }
             s.nodes[c.nodeid]?.xattrs[name] = value

@@ -2,11 +2,14 @@
 # Set-user-ID and set-group-ID clearing, with the kernel's ext4 as the oracle.
 # The server negotiates FUSE_HANDLE_KILLPRIV_V2 on the classic path, so it, not
 # the kernel, clears the bits on write (FUSE_WRITE_KILL_SUIDGID), truncate and
-# chown (FATTR_KILL_SUIDGID) and open(O_TRUNC) (FUSE_OPEN_KILL_SUIDGID). The
+# chown (FATTR_KILL_SUIDGID) and open(O_TRUNC) (FUSE_OPEN_KILL_SUIDGID), and
+# setting an access ACL clears set-group-ID when the caller is not in the
+# file's group (FUSE_SETXATTR_ACL_KILL_SGID, as posix_acl_update_mode). The
 # same steps run on our mount (-o suid, through fuservicemount) and on a kernel
 # loop mount of a copy of the image: a non-root writer appends, truncates and
 # opens with O_TRUNC; root chowns and root writes (root keeps the bits on write,
-# as CAP_FSETID does). Modes, owners and sizes must be the same on both, the
+# as CAP_FSETID does); a non-root owner sets ACLs on a file of another group and
+# on one of its own group. Modes, owners and sizes must be the same on both, the
 # kernel must read our image back the same, and both images must fsck clean.
 # Exit: 0 pass, 77 skip (last line says why), anything else fails.
 set -uo pipefail
@@ -16,7 +19,7 @@ TOOLS="$repo/tests/tools"
 
 skip() { echo "$1"; exit 77; }
 [ "$(id -u)" -eq 0 ] || skip "killpriv: needs root (loop and FUSE mounts)"
-for c in python3 mkfs.ext4 e2fsck mount setpriv truncate; do
+for c in python3 mkfs.ext4 e2fsck mount setpriv truncate setfacl; do
   command -v "$c" >/dev/null || skip "killpriv: $c not installed"
 done
 getent passwd nobody >/dev/null || skip "killpriv: no user nobody"
@@ -44,9 +47,12 @@ steps() {  # steps DIR: the scenario; prints one line per file
   done
   : > "$d/noxgrp"; chown nobody:"$grp" "$d/noxgrp"; chmod 2765 "$d/noxgrp"  # setgid without group-exec: kept
   : > "$d/plain"; chown nobody:"$grp" "$d/plain"; chmod 0644 "$d/plain"
+  : > "$d/acl-other"; chown nobody:root "$d/acl-other"; chmod 2775 "$d/acl-other"  # owner not in group root
+  : > "$d/acl-own"; chown nobody:"$grp" "$d/acl-own"; chmod 2775 "$d/acl-own"
   setpriv --reuid=nobody --regid="$grp" --clear-groups sh -c "
     echo more >> '$d/append'; truncate -s 2 '$d/trunc'; : > '$d/otrunc'
-    echo y >> '$d/noxgrp'; echo z >> '$d/plain'" || return 1
+    echo y >> '$d/noxgrp'; echo z >> '$d/plain'
+    setfacl -m u:nobody:rwx '$d/acl-other' && setfacl -m u:nobody:rwx '$d/acl-own'" || return 1
   chown root "$d/chown"
   echo root >> "$d/rootw"
   (cd "$d" && stat -c '%n %a %U %G %s' *)
@@ -68,6 +74,8 @@ fi
 echo "$ours" | grep -q '^append 775 ' || fail "append by a non-root writer kept set-ID bits: $ours"
 echo "$ours" | grep -q '^rootw 6775 ' || fail "root's write cleared set-ID bits: $ours"
 echo "$ours" | grep -q '^noxgrp 2765 ' || fail "setgid without group-exec was cleared: $ours"
+echo "$ours" | grep -q '^acl-other 775 ' || fail "an ACL set by a non-member kept setgid: $ours"
+echo "$ours" | grep -q '^acl-own 2775 ' || fail "an ACL set by a group member cleared setgid: $ours"
 python3 "$TOOLS/fstarget.py" umount "$AM" --image "$A" || fail "unmount ours"
 umount "$BM" || fail "unmount the kernel's"
 for img in "$A" "$B"; do
