@@ -15,6 +15,9 @@ mount read-only. The server's peak RSS (VmHWM) is read at the end of the read ru
 
   bench.py [--targets ext4iomap,kernel,fuse2fs] [--image-size 3G] [--quick]
            [--out DIR] [--workloads seqwrite,randwrite,seqread,randread,meta]
+           [--uring on|off|leave]
+
+A target may carry mount options after a colon: ext4iomap:uring=0.
 
 Writes results.md (a markdown table) and results.json (raw numbers, fio's JSON
 included) into --out. Root needed. Python 3 standard library only (plus fio, e2fsprogs,
