@@ -19,24 +19,10 @@ for c in python3 mkfs.ext4 e2fsck mount setfacl getfacl; do
   command -v "$c" >/dev/null || skip "acl-inherit: $c not installed"
 done
 
-WORK=$(mktemp -d /tmp/acl-inherit.XXXXXX)
-A="$WORK/a.img" B="$WORK/b.img"
-AM="$WORK/a" BM="$WORK/b"
-mkdir -p "$AM" "$BM"
-cleanup() {
-  python3 "$TOOLS/fstarget.py" cleanup --image "$A" --image "$B" "$AM" "$BM" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-fail() { echo "acl-inherit: FAIL: $*"; exit 1; }
-
-mkfs.ext4 -q -F "$A" 64M || fail "mkfs"
-cp --sparse=always "$A" "$B"
-python3 "$TOOLS/fstarget.py" mount ext4iomap "$A" "$AM" --log "$WORK/server.log" > "$WORK/mount.out" 2>&1 \
-  || { cat "$WORK/mount.out"; fail "mounting ours read-write"; }
-python3 "$TOOLS/fstarget.py" mount kernel "$B" "$BM" > "$WORK/kmount.out" 2>&1 \
-  || { cat "$WORK/kmount.out"; fail "mounting the kernel's"; }
+# shellcheck source=../tools/twin.sh
+. "$TOOLS/twin.sh"
+twin_init acl-inherit
+twin_mount 64M
 
 # The workload, run in a subshell per mount (umask is per process).
 work() {
@@ -82,15 +68,11 @@ n=$(grep -c '^\./' "$WORK/a.txt")
 echo "  $n inodes: modes and ACLs equal to the kernel's"
 grep -q 'user:1234:rwx' "$WORK/a.txt" || fail "no inherited named entry seen: the test did not test"
 
-python3 "$TOOLS/fstarget.py" umount "$AM" --image "$A" || fail "unmount of ours"
-python3 "$TOOLS/fstarget.py" umount "$BM" --image "$B" || fail "unmount of the kernel's"
-for img in "$A" "$B"; do
-  e2fsck -fn "$img" > "$WORK/fsck.out" 2>&1 || { head -40 "$WORK/fsck.out"; fail "e2fsck -fn $img"; }
-done
+twin_unmount_fsck
 echo "  e2fsck -fn clean on both images"
 # The kernel reads our image the same way.
-python3 "$TOOLS/fstarget.py" mount kernel "$A" "$AM" -o ro > /dev/null 2>&1 || fail "kernel mount of our image"
+twin_view_ours
 snapshot "$AM" > "$WORK/a2.txt"
-python3 "$TOOLS/fstarget.py" umount "$AM" --image "$A" > /dev/null 2>&1
+twin_view_done
 diff -u "$WORK/b.txt" "$WORK/a2.txt" > "$WORK/diff2.txt" || { head -40 "$WORK/diff2.txt"; fail "the kernel reads our ACLs differently"; }
 echo "acl-inherit: pass (default ACLs inherited as the kernel's ext4 does, fsck clean)"

@@ -25,18 +25,9 @@ done
 getent passwd nobody >/dev/null || skip "killpriv: no user nobody"
 grp=$(id -gn nobody)
 
-WORK=$(mktemp -d /tmp/killpriv.XXXXXX)
-chmod 755 "$WORK"
-A="$WORK/a.img" B="$WORK/b.img"
-AM="$WORK/a" BM="$WORK/b"
-mkdir -p "$AM" "$BM"
-cleanup() {
-  python3 "$TOOLS/fstarget.py" cleanup --image "$A" --image "$B" "$AM" "$BM" 2>/dev/null
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-fail() { echo "killpriv: FAIL: $*"; exit 1; }
+# shellcheck source=../tools/twin.sh
+. "$TOOLS/twin.sh"
+twin_init killpriv
 
 steps() {  # steps DIR: the scenario; prints one line per file
   local d=$1/s
@@ -58,12 +49,7 @@ steps() {  # steps DIR: the scenario; prints one line per file
   (cd "$d" && stat -c '%n %a %U %G %s' *)
 }
 
-mkfs.ext4 -q -F "$A" 32M || fail mkfs
-cp --sparse=always "$A" "$B"
-python3 "$TOOLS/fstarget.py" mount ext4iomap "$A" "$AM" -o suid --log "$WORK/server.log" > "$WORK/mount.out" 2>&1 \
-  || { cat "$WORK/mount.out"; fail "mounting ours read-write"; }
-python3 "$TOOLS/fstarget.py" mount kernel "$B" "$BM" > "$WORK/kmount.out" 2>&1 \
-  || { cat "$WORK/kmount.out"; fail "mounting the kernel's"; }
+twin_mount 32M suid
 ours=$(steps "$AM") || fail "scenario on our mount"
 theirs=$(steps "$BM") || fail "scenario on the kernel's mount"
 if [ "$ours" != "$theirs" ]; then
@@ -76,14 +62,10 @@ echo "$ours" | grep -q '^rootw 6775 ' || fail "root's write cleared set-ID bits:
 echo "$ours" | grep -q '^noxgrp 2765 ' || fail "setgid without group-exec was cleared: $ours"
 echo "$ours" | grep -q '^acl-other 775 ' || fail "an ACL set by a non-member kept setgid: $ours"
 echo "$ours" | grep -q '^acl-own 2775 ' || fail "an ACL set by a group member cleared setgid: $ours"
-python3 "$TOOLS/fstarget.py" umount "$AM" --image "$A" || fail "unmount ours"
-umount "$BM" || fail "unmount the kernel's"
-for img in "$A" "$B"; do
-  e2fsck -fn "$img" > "$WORK/fsck.out" 2>&1 || { sed 's/^/    /' "$WORK/fsck.out" | head -30; fail "e2fsck -fn $(basename "$img")"; }
-done
-mount -o ro,loop "$A" "$BM" || fail "kernel mount of our image"
-back=$(cd "$BM/s" && stat -c '%n %a %U %G %s' *)
-umount "$BM"
+twin_unmount_fsck
+twin_view_ours
+back=$(cd "$AM/s" && stat -c '%n %a %U %G %s' *)
+twin_view_done
 [ "$back" = "$ours" ] || fail "the kernel reads our image back differently"
 echo "$ours" | sed 's/^/    /'
 echo "killpriv: pass (modes equal to the kernel's ext4, fsck clean)"
