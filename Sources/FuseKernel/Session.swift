@@ -41,7 +41,6 @@ public final class FuseSession: @unchecked Sendable {
         var decode = FuseDecodeContext()
         var connection: FuseConnectionInfo?
         var stopping = false
-        var uringOn = false
         var uringUsable = false
         var loggedDecodeFailures = 0
     }
@@ -109,7 +108,7 @@ public final class FuseSession: @unchecked Sendable {
         for ch in channels {
             if let t = spawn("fuse-worker", { [self] in workerLoop(ch) }) { threads.append(t) }
         }
-        let uringOn = state.withLock { $0.uringOn }
+        let uringOn = state.withLock { $0.connection?.flags.contains(.overIoUring) ?? false }
         gate.decide(go: uringOn)  // the INIT reply is written: registration may start
         if uringOn, let rings = options.uring {
             logger.info("FUSE over io_uring: \(rings.queues) queues, \(rings.threads) threads")
@@ -339,7 +338,6 @@ public final class FuseSession: @unchecked Sendable {
         if state.withLock({ $0.uringUsable }) { wants.flags.insert(.overIoUring) }
         let result = Self.negotiateInit(i, wants: wants)
         state.withLock {
-            $0.uringOn = result.info.flags.contains(.overIoUring)
             $0.connection = result.info
             $0.decode = FuseDecodeContext(minor: min(i.minor, result.info.minor),
                                           setxattrExt: result.info.flags.contains(.setxattrExt),
