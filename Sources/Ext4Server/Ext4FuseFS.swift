@@ -175,12 +175,13 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
         guard i.fileType != .directory else { throw .isdir }
         // FUSE_ATOMIC_O_TRUNC: the truncation of open(O_TRUNC) is ours to do.
+        // With FUSE_OPEN_KILL_SUIDGID the same change also clears set-ID bits.
         if a.flags & UInt32(O_TRUNC) != 0 && i.fileType == .regular {
-            if a.openFlags & Self.openKillSuidgid != 0 { try mutable(i); try killSuidgid(i) }
-            if i.size > 0 {
+            var ch = AttrChange()
+            if i.size > 0 { ch.size = 0 }
+            if a.openFlags & Self.openKillSuidgid != 0 { ch.mode = Self.suidgidKilled(i.mode) }
+            if ch.size != nil || ch.mode != nil {
                 try mutable(i)
-                var ch = AttrChange()
-                ch.size = 0
                 _ = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
             }
         }

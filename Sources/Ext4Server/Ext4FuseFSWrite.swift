@@ -260,12 +260,7 @@ extension Ext4FuseFS {
             ch.mtime = .set(timestamp(a.mtime, a.mtimensec))
         }
         if v.contains(.ctime) { ch.ctime = .set(timestamp(a.ctime, a.ctimensec)) }
-        if v.contains(.killSuidgid) {
-            var m = ch.mode ?? old.mode
-            m &= ~UInt16(S_ISUID)
-            if m & UInt16(S_IXGRP) != 0 { m &= ~UInt16(S_ISGID) }
-            ch.mode = m
-        }
+        if v.contains(.killSuidgid), let m = Self.suidgidKilled(ch.mode ?? old.mode) { ch.mode = m }
         let ino = old.ino
         if let size = ch.size, kernelDoesIO(ino) {
             // The kernel zeroed the partial block at the new end itself and
@@ -371,14 +366,19 @@ extension Ext4FuseFS {
     /// (security.capability is still removed by the kernel itself, which
     /// checks for it once per inode before marking the inode S_NOSEC.)
     func killSuidgid(_ i: Inode) throws(FuseError) {
-        var m = i.mode
-        m &= ~UInt16(S_ISUID)
-        if m & UInt16(S_IXGRP) != 0 { m &= ~UInt16(S_ISGID) }
-        guard m != i.mode else { return }
+        guard let m = Self.suidgidKilled(i.mode) else { return }
         var ch = AttrChange()
         ch.mode = m
         let ino = i.ino
         _ = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
+    }
+
+    /// `mode` without set-user-ID, and without set-group-ID when group-execute
+    /// is set; nil when that changes nothing.
+    static func suidgidKilled(_ mode: UInt16) -> UInt16? {
+        var m = mode & ~UInt16(S_ISUID)
+        if m & UInt16(S_IXGRP) != 0 { m &= ~UInt16(S_ISGID) }
+        return m == mode ? nil : m
     }
 
     /// The engine's write over an array's bytes, with its error mapped.
