@@ -108,6 +108,9 @@ public final class HelperSession {
     var iomapMandatoryFailure: String?
     var iomapTried = false
     let log: (String) -> Void
+    /// Run once the server has answered HELLO, before the helper hands it any
+    /// file (spawn mode empties the server's root here).
+    public var afterHello: (() throws(BrokerError) -> Void)?
 
     /// `socket` stays owned by the caller.
     public init(socket: Int32, config: HelperConfiguration, log: @escaping (String) -> Void = { _ in }) {
@@ -157,6 +160,7 @@ public final class HelperSession {
             throw .sequence("server picked unsupported version \(v)")
         }
         version = v
+        try afterHello?()
 
         // argv memfd
         let argvFD = try makeArgvMemfd()
