@@ -148,13 +148,19 @@ public final class HelperSession {
     /// file (spawn mode empties the server's root here).
     public var afterHello: (() throws(BrokerError) -> Void)?
 
+    /// A connected SOCK_SEQPACKET socket handed over as "fusedev" instead of a
+    /// fresh /dev/fuse fd, for test programs that play the kernel against the
+    /// real server (with `fake`, no mount is made). fuservicemount never sets it.
+    let fuseChannel: Int32
+
     /// `socket` stays owned by the caller. `pinned`: the resources pinned at
     /// start-up, before any server was started or contacted (pinned here when nil).
     public init(socket: Int32, config: HelperConfiguration, pinned: PinnedResources? = nil,
-                log: @escaping (String) -> Void = { _ in }) {
+                fuseChannel: Int32 = -1, log: @escaping (String) -> Void = { _ in }) {
         self.sock = socket
         self.config = config
         self.pinned = pinned
+        self.fuseChannel = fuseChannel
         self.log = log
     }
 
@@ -332,9 +338,10 @@ public final class HelperSession {
             try reply(0)
         case .source(let s):
             if sourceSeen { return try fail("NAME respecified", EINVAL) }
-            // The kernel's source is always the helper's own; a server may only
-            // repeat it.
-            if s != config.source { return try fail("source name \(s) is not the command line's source", EINVAL) }
+            // The kernel's source is always the helper's own (config.source); the
+            // server's name is accepted for the protocol's sake and never used.
+            if s.isEmpty || s.utf8.count > 4096 { return try fail("bad source name", EINVAL) }
+            if s != config.source { log("server named the source \(s); the mount's source stays \(config.source)") }
             sourceSeen = true
             try reply(0)
         case .options(let s):
@@ -535,6 +542,11 @@ public final class HelperSession {
     }
 
     func openFuseDevice() throws(BrokerError) -> Int32 {
+        if fuseChannel >= 0 {
+            let fd = fcntl(fuseChannel, F_DUPFD_CLOEXEC, 3)
+            if fd < 0 { throw .system(operation: "dup of the FUSE channel", errno: errno) }
+            return fd
+        }
         while true {
             let fd = Glibc.open(config.fuseDevicePath, O_RDWR | O_CLOEXEC)
             if fd >= 0 {

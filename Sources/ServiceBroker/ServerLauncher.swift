@@ -96,8 +96,12 @@ public enum ServerLauncher {
         }
         var s = stat()
         if lstat(path, &s) != 0 { throw .system(operation: "service socket \(path)", errno: errno) }
-        if (s.st_mode & S_IFMT) != S_IFSOCK || s.st_uid != 0 || (s.st_mode & 0o022) != 0 {
+        if (s.st_mode & S_IFMT) != S_IFSOCK || s.st_uid != 0 {
             throw .denied("service socket \(path) is not a root-owned socket", errno: EPERM)
+        }
+        if (s.st_mode & 0o022) != 0 {
+            throw .denied("service socket \(path) is writable by group or others (mode \(String(s.st_mode & 0o777, radix: 8))); only root may connect to a file system server",
+                          errno: EPERM)
         }
     }
 
