@@ -59,6 +59,17 @@ public struct IomapUpcalls: Sendable, Equatable {
 /// Refuse `iomap=1` before mounting when it cannot be honoured: the source must
 /// be a block device (loop devices included) and the kernel must offer iomap
 /// on this /dev/fuse fd (FUSE_DEV_IOC_IOMAP_SUPPORT).
+/// The last path component of what `fd` refers to (e.g. "loop3"), read from
+/// /proc before the sandbox closes it; nil when it cannot be read.
+public func deviceName(_ fd: Int32) -> String? {
+    var buf = [CChar](repeating: 0, count: 4096)
+    let n = Glibc.readlink("/proc/self/fd/\(fd)", &buf, buf.count - 1)
+    guard n > 0 else { return nil }
+    let path = String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    guard path.hasPrefix("/"), let last = path.split(separator: "/").last, !last.isEmpty else { return nil }
+    return String(last.prefix(31))
+}
+
 public func iomapPreflight(fuseFD: Int32, deviceFD: Int32, name: String, options: ServerOptions) throws(ServerFailure) {
     guard options.iomap == true else { return }
     var st = stat()
@@ -246,16 +257,11 @@ extension Ext4FuseFS {
         return out
     }
 
-    /// A short name for the superblock's s_id: the device's name, else the volume label.
+    /// A short name for the superblock's s_id: the device's name given at
+    /// construction, else the volume label. (No /proc lookup here: this runs
+    /// under the serving filter.)
     func iomapSourceName() -> String {
-        if let dev = fs.blockDevice as? FileBlockDevice {
-            var buf = [CChar](repeating: 0, count: 4096)
-            let n = Glibc.readlink("/proc/self/fd/\(dev.fd)", &buf, buf.count - 1)
-            if n > 0 {
-                let path = String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                if let last = path.split(separator: "/").last, !last.isEmpty { return String(last) }
-            }
-        }
+        if let n = sourceName, !n.isEmpty { return n }
         return fs.volumeName.isEmpty ? "ext4" : fs.volumeName
     }
 

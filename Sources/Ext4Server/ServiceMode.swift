@@ -55,7 +55,11 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, detachStderr: Bo
     _ = try broker("service hello") { () throws(BrokerError) in try endpoint.hello() }
     let args = try ForwardedArgs(try broker("receiving arguments") { () throws(BrokerError) in try endpoint.receiveArgs() })
     let fuseFD = try broker("receiving /dev/fuse") { () throws(BrokerError) in try endpoint.receiveFuseDevice() }
-    let transport = DevFuseTransport(fd: fuseFD, ownsFD: true)
+    // The helper is trusted to pass the kernel's channel; a test helper may pass
+    // a socket whose peer plays the kernel (same dispatch, same sandbox).
+    let fuseIsSocket = ServiceEndpoint.isSeqpacketUnix(fuseFD)
+    let transport: any FuseFDTransport & FuseTransport = fuseIsSocket
+        ? SocketTransport(fd: fuseFD, ownsFD: true) : DevFuseTransport(fd: fuseFD, ownsFD: true)
     let options: ServerOptions
     do { options = try ServerOptions.parse(args.options) } catch {
         _ = try? endpoint.goodbye(status: 1)
@@ -75,7 +79,7 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, detachStderr: Bo
     }
 }
 
-private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTransport, _ args: ForwardedArgs,
+private func serveMount(_ endpoint: ServiceEndpoint, _ transport: any FuseFDTransport & FuseTransport, _ args: ForwardedArgs,
                         devNull: Int32, _ options: ServerOptions, _ sandbox: ServerSandbox, workers: Int, logger: Logger) throws(ServerFailure) {
     func broker<T>(_ what: String, _ body: () throws(BrokerError) -> T) throws(ServerFailure) -> T {
         do { return try body() } catch { throw ServerFailure(2, "\(what): \(error)") }
@@ -85,8 +89,14 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTranspo
         try endpoint.requestBlockDevice(path: args.source, flags: flags | O_CLOEXEC, loop: true,
                                         readOnly: options.readOnly, blockSize: 0)
     }
-    try iomapPreflight(fuseFD: transport.fd, deviceFD: devFD, name: args.source, options: options)
-    let rings = makeUringRings(options, workers: workers, logger: logger)
+    // A socket peer playing the kernel answers iomap at INIT; /dev/fuse is asked now.
+    if !(transport is SocketTransport) {
+        try iomapPreflight(fuseFD: transport.fd, deviceFD: devFD, name: args.source, options: options)
+    }
+    let rings = transport is SocketTransport ? nil : makeUringRings(options, workers: workers, logger: logger)
+    // Facts about the environment reach the adapter as values: the device's
+    // name is read now, while /proc may still be looked at.
+    let sourceName = deviceName(devFD)
     // Lock down before the engine parses anything from the device.
     do { try sandbox.apply(.setup) } catch { throw ServerFailure(2, "sandbox: \(error)") }
     let fs = try openFileSystem(deviceFD: devFD, name: args.source, options: options, logger: logger)
@@ -106,7 +116,7 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTranspo
         _ = dup2(devNull, 2)
         _ = Glibc.close(devNull)
     }
-    let adapter = Ext4FuseFS(fs: fs, options: options, logger: logger)
+    let adapter = Ext4FuseFS(fs: fs, options: options, sourceName: sourceName, logger: logger)
     defer { adapter.destroy() }  // flush and mark clean however the session ended
     let session = FuseSession(transport: transport, fileSystem: adapter,
                               options: FuseSessionOptions(workers: workers, uring: rings), logger: logger)
