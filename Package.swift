@@ -79,7 +79,7 @@ let package = Package(
                     dependencies: ["Ext4Engine", "CShim", "TestSupport"],
                     swiftSettings: strict),
         .testTarget(name: "Ext4ServerTests",
-                    dependencies: ["Ext4Server", "FuseKernel", "FuseTestSupport", "Ext4Engine", "CShim", "TestSupport"],
+                    dependencies: ["Ext4Server", "ServiceBroker", "FuseKernel", "FuseTestSupport", "Ext4Engine", "CShim", "TestSupport"],
                     swiftSettings: strict),
         .testTarget(name: "IomapTests",
                     dependencies: ["Ext4Server", "FuseKernel", "Ext4Engine", "CShim", "TestSupport",

@@ -84,11 +84,7 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: any FuseFDTran
     func broker<T>(_ what: String, _ body: () throws(BrokerError) -> T) throws(ServerFailure) -> T {
         do { return try body() } catch { throw ServerFailure(2, "\(what): \(error)") }
     }
-    let flags = options.readOnly ? O_RDONLY : O_RDWR
-    let devFD = try broker("opening \(args.source)") { () throws(BrokerError) in
-        try endpoint.requestBlockDevice(path: args.source, flags: flags | O_CLOEXEC, loop: true,
-                                        readOnly: options.readOnly, blockSize: 0)
-    }
+    let devFD = try openSource(endpoint, args.source, options, logger: logger)
     // A socket peer playing the kernel answers iomap at INIT; /dev/fuse is asked now.
     if !(transport is SocketTransport) {
         try iomapPreflight(fuseFD: transport.fd, deviceFD: devFD, name: args.source, options: options)
@@ -122,4 +118,43 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: any FuseFDTran
                               options: FuseSessionOptions(workers: workers, uring: rings), logger: logger)
     do { try session.run() } catch { throw ServerFailure(2, "\(error)") }
     transport.close()
+}
+
+/// Why the server asks the helper to OPEN the source rather than for a block
+/// device, or nil to keep to BDEV (and fail on its error). A version-1 helper
+/// (libfuse's fuservicemount3) makes no loop devices: BDEV on an image file
+/// only gets ENOTBLK there, so it is asked to OPEN the source from the start. A
+/// version-2 helper answers ENOTBLK when it could make no loop device.
+func sourceOpenFallback(version: UInt16, blockDeviceRefusal: BrokerError?) -> String? {
+    if version < 2 { return "the helper speaks service protocol version \(version) (no loop devices)" }
+    if case .refused(_, let e)? = blockDeviceRefusal, e == ENOTBLK {
+        return "the helper could not give it as a block device (ENOTBLK)"
+    }
+    return nil
+}
+
+/// The source's fd, with the mount's access mode: a block device (a loop over
+/// an image file from a version-2 helper), or else whatever OPEN gives, which
+/// for an image file is served on the classic path (iomap needs a block device).
+private func openSource(_ endpoint: ServiceEndpoint, _ source: String, _ options: ServerOptions,
+                        logger: Logger) throws(ServerFailure) -> Int32 {
+    let flags = (options.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
+    var why = sourceOpenFallback(version: endpoint.version, blockDeviceRefusal: nil)
+    if why == nil {
+        do {
+            return try endpoint.requestBlockDevice(path: source, flags: flags, loop: true,
+                                                   readOnly: options.readOnly, blockSize: 0)
+        } catch {
+            why = sourceOpenFallback(version: endpoint.version, blockDeviceRefusal: error)
+            if why == nil { throw ServerFailure(2, "opening \(source): \(error)") }
+        }
+    }
+    let fd: Int32
+    do { fd = try endpoint.requestFile(path: source, flags: flags) } catch {
+        throw ServerFailure(2, "opening \(source): \(error)")
+    }
+    var st = stat()
+    let isBlock = fstat(fd, &st) == 0 && st.st_mode & S_IFMT == S_IFBLK
+    logger.info("\(source): \(why ?? "no block device"): opened with OPEN instead, serving \(isBlock ? "the block device" : "the image file on the classic FUSE path (no iomap)")")
+    return fd
 }
