@@ -22,15 +22,12 @@
 
 import CSeccomp
 import FuseKernel
+import Ext4Fuse
 import Glibc
 import Logging
 
 /// `-o seccomp=`: 1 (default) enforce, 0 off (debugging only), log = allow
 /// everything but have the kernel audit-log what would have been denied.
-public enum SeccompSetting: Sendable, Equatable {
-    case enforce, off, log
-}
-
 public enum LockdownStage: Sendable {
     /// Service mode, before the file system is opened: the handshake continues.
     case setup

@@ -4,6 +4,7 @@
 
 import Ext4Engine
 import FuseKernel
+import Ext4Fuse
 import Glibc
 import Logging
 import LoopDevices

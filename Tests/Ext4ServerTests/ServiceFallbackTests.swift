@@ -10,6 +10,7 @@ import Logging
 import ServiceBroker
 import TestSupport
 import Testing
+import Ext4Fuse
 @testable import Ext4Server
 
 /// Runs a closure on its own pthread; `join()` waits for it.

@@ -11,6 +11,7 @@
 // engine's map (a stale cached mapping fails the test too).
 
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel

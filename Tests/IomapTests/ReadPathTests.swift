@@ -3,6 +3,7 @@
 // iomap is compared with the source tree and with the classic READ path.
 
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel

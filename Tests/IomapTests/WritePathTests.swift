@@ -4,6 +4,7 @@
 // find the image clean, and e2fsprogs must read back what was written.
 
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel

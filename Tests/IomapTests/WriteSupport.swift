@@ -3,6 +3,7 @@
 // debugfs, and kernel loop mounts that are always undone.
 
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel
