@@ -64,10 +64,18 @@ func subtype(argv0: String, type: String?) -> String? {
     return t
 }
 
+/// The command line's path with its own symbolic links resolved; a path that
+/// does not resolve is made absolute against the working directory, so that
+/// pinning it reports the real reason (no such file, say).
 func absolute(_ path: String) -> String {
-    guard let r = realpath(path, nil) else { return path }
-    defer { free(r) }
-    return String(cString: r)
+    if let r = realpath(path, nil) {
+        defer { free(r) }
+        return String(cString: r)
+    }
+    if path.hasPrefix("/") { return path }
+    guard let cwd = getcwd(nil, 0) else { return path }
+    defer { free(cwd) }
+    return String(cString: cwd) + "/" + path
 }
 
 func enterNamespace(_ ns: String) {
