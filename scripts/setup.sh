@@ -10,6 +10,8 @@ PACKAGES=(
   e2fsprogs util-linux mount kmod attr acl fuse3 fuse2fs
   # system tests of the units, benchmarks
   systemd systemd-container fio python3 gzip bzip2
+  # libfuse-interop.sh builds libfuse master's helper and service_ll example
+  meson ninja-build gcc
 )
 
 SUDO=""

@@ -1,6 +1,7 @@
 // ext4iomapd: thin entry point over the Ext4Server library.
 
 import ArgumentParser
+import Ext4Fuse
 import Ext4Server
 import Glibc
 import Logging

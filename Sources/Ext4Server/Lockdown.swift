@@ -22,15 +22,12 @@
 
 import CSeccomp
 import FuseKernel
+import Ext4Fuse
 import Glibc
 import Logging
 
 /// `-o seccomp=`: 1 (default) enforce, 0 off (debugging only), log = allow
 /// everything but have the kernel audit-log what would have been denied.
-public enum SeccompSetting: Sendable, Equatable {
-    case enforce, off, log
-}
-
 public enum LockdownStage: Sendable {
     /// Service mode, before the file system is opened: the handshake continues.
     case setup
@@ -335,6 +332,10 @@ extension Lockdown {
         r.append(Rule("prctl", [eq(0, K.prSetName)]))
         r.append(Rule("prctl", [eq(0, K.prGetName)]))
         r.append(Rule("getrandom"))
+        // A test helper may hand a socket in place of /dev/fuse: its peer plays
+        // the kernel, and the transport reads with recv(MSG_TRUNC) so that an
+        // oversized message is seen. Nothing else in the server calls recvfrom.
+        r.append(Rule("recvfrom", [eq(3, UInt64(MSG_TRUNC))]))
         for req in ioctls { r.append(Rule("ioctl", [masked(1, 0xFFFF_FFFF, req)])) }
         switch stage {
         case .setup:
@@ -350,6 +351,8 @@ extension Lockdown {
             r.append(Rule("umount2"))
             r.append(Rule("rt_sigtimedwait"))
         case .serving:
+            // The socket transport wakes its workers with shutdown(SHUT_RD) after DESTROY.
+            r.append(Rule("shutdown", [eq(1, UInt64(SHUT_RD))]))
             // libsystemd's journal socket was opened before the lockdown.
             if journalLogging { r.append(Rule("sendmsg")) }
             // Spawn mode: stderr becomes /dev/null right after this filter is loaded.

@@ -5,6 +5,7 @@
 
 import Ext4Engine
 import FuseKernel
+import Ext4Fuse
 import Glibc
 import Logging
 import ServiceBroker
@@ -55,7 +56,11 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, detachStderr: Bo
     _ = try broker("service hello") { () throws(BrokerError) in try endpoint.hello() }
     let args = try ForwardedArgs(try broker("receiving arguments") { () throws(BrokerError) in try endpoint.receiveArgs() })
     let fuseFD = try broker("receiving /dev/fuse") { () throws(BrokerError) in try endpoint.receiveFuseDevice() }
-    let transport = DevFuseTransport(fd: fuseFD, ownsFD: true)
+    // The helper is trusted to pass the kernel's channel; a test helper may pass
+    // a socket whose peer plays the kernel (same dispatch, same sandbox).
+    let fuseIsSocket = ServiceEndpoint.isSeqpacketUnix(fuseFD)
+    let transport: any FuseFDTransport & FuseTransport = fuseIsSocket
+        ? SocketTransport(fd: fuseFD, ownsFD: true) : DevFuseTransport(fd: fuseFD, ownsFD: true)
     let options: ServerOptions
     do { options = try ServerOptions.parse(args.options) } catch {
         _ = try? endpoint.goodbye(status: 1)
@@ -75,18 +80,20 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, detachStderr: Bo
     }
 }
 
-private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTransport, _ args: ForwardedArgs,
+private func serveMount(_ endpoint: ServiceEndpoint, _ transport: any FuseFDTransport & FuseTransport, _ args: ForwardedArgs,
                         devNull: Int32, _ options: ServerOptions, _ sandbox: ServerSandbox, workers: Int, logger: Logger) throws(ServerFailure) {
     func broker<T>(_ what: String, _ body: () throws(BrokerError) -> T) throws(ServerFailure) -> T {
         do { return try body() } catch { throw ServerFailure(2, "\(what): \(error)") }
     }
-    let flags = options.readOnly ? O_RDONLY : O_RDWR
-    let devFD = try broker("opening \(args.source)") { () throws(BrokerError) in
-        try endpoint.requestBlockDevice(path: args.source, flags: flags | O_CLOEXEC, loop: true,
-                                        readOnly: options.readOnly, blockSize: 0)
+    let devFD = try openSource(endpoint, args.source, options, logger: logger)
+    // A socket peer playing the kernel answers iomap at INIT; /dev/fuse is asked now.
+    if !(transport is SocketTransport) {
+        try iomapPreflight(fuseFD: transport.fd, deviceFD: devFD, name: args.source, options: options)
     }
-    try iomapPreflight(fuseFD: transport.fd, deviceFD: devFD, name: args.source, options: options)
-    let rings = makeUringRings(options, workers: workers, logger: logger)
+    let rings = transport is SocketTransport ? nil : makeUringRings(options, workers: workers, logger: logger)
+    // Facts about the environment reach the adapter as values: the device's
+    // name is read now, while /proc may still be looked at.
+    let sourceName = deviceName(devFD)
     // Lock down before the engine parses anything from the device.
     do { try sandbox.apply(.setup) } catch { throw ServerFailure(2, "sandbox: \(error)") }
     let fs = try openFileSystem(deviceFD: devFD, name: args.source, options: options, logger: logger)
@@ -106,10 +113,49 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: DevFuseTranspo
         _ = dup2(devNull, 2)
         _ = Glibc.close(devNull)
     }
-    let adapter = Ext4FuseFS(fs: fs, options: options, logger: logger)
+    let adapter = Ext4FuseFS(fs: fs, options: options, sourceName: sourceName, logger: logger)
     defer { adapter.destroy() }  // flush and mark clean however the session ended
     let session = FuseSession(transport: transport, fileSystem: adapter,
                               options: FuseSessionOptions(workers: workers, uring: rings), logger: logger)
     do { try session.run() } catch { throw ServerFailure(2, "\(error)") }
     transport.close()
+}
+
+/// Why the server asks the helper to OPEN the source rather than for a block
+/// device, or nil to keep to BDEV (and fail on its error). A version-1 helper
+/// (libfuse's fuservicemount3) makes no loop devices: BDEV on an image file
+/// only gets ENOTBLK there, so it is asked to OPEN the source from the start. A
+/// version-2 helper answers ENOTBLK when it could make no loop device.
+func sourceOpenFallback(version: UInt16, blockDeviceRefusal: BrokerError?) -> String? {
+    if version < 2 { return "the helper speaks service protocol version \(version) (no loop devices)" }
+    if case .refused(_, let e)? = blockDeviceRefusal, e == ENOTBLK {
+        return "the helper could not give it as a block device (ENOTBLK)"
+    }
+    return nil
+}
+
+/// The source's fd, with the mount's access mode: a block device (a loop over
+/// an image file from a version-2 helper), or else whatever OPEN gives, which
+/// for an image file is served on the classic path (iomap needs a block device).
+private func openSource(_ endpoint: ServiceEndpoint, _ source: String, _ options: ServerOptions,
+                        logger: Logger) throws(ServerFailure) -> Int32 {
+    let flags = (options.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
+    var why = sourceOpenFallback(version: endpoint.version, blockDeviceRefusal: nil)
+    if why == nil {
+        do {
+            return try endpoint.requestBlockDevice(path: source, flags: flags, loop: true,
+                                                   readOnly: options.readOnly, blockSize: 0)
+        } catch {
+            why = sourceOpenFallback(version: endpoint.version, blockDeviceRefusal: error)
+            if why == nil { throw ServerFailure(2, "opening \(source): \(error)") }
+        }
+    }
+    let fd: Int32
+    do { fd = try endpoint.requestFile(path: source, flags: flags) } catch {
+        throw ServerFailure(2, "opening \(source): \(error)")
+    }
+    var st = stat()
+    let isBlock = fstat(fd, &st) == 0 && st.st_mode & S_IFMT == S_IFBLK
+    logger.info("\(source): \(why ?? "no block device"): opened with OPEN instead, serving \(isBlock ? "the block device" : "the image file on the classic FUSE path (no iomap)")")
+    return fd
 }

@@ -4,6 +4,7 @@
 
 import Ext4Engine
 import FuseKernel
+import Ext4Fuse
 import Glibc
 import Logging
 import LoopDevices
@@ -119,7 +120,7 @@ public func runStandalone(device: String, mountpoint: String, options: ServerOpt
     logger.info("serving \(device) at \(mountpoint) (\(options.readOnly ? "read-only" : "read-write"), \(workers) workers)")
     let unmountOnSignal = SignalUnmounter(mountpoint: mountpoint)
     unmountOnSignal.start()
-    let adapter = Ext4FuseFS(fs: fs, options: options, logger: logger)
+    let adapter = Ext4FuseFS(fs: fs, options: options, sourceName: deviceName(devFD), logger: logger)
     defer { adapter.destroy() }  // flush and mark clean however the session ended
     let session = FuseSession(transport: transport, fileSystem: adapter,
                               options: FuseSessionOptions(workers: workers, uring: rings), logger: logger)

@@ -2,6 +2,7 @@
 // readiness (sd_notify) and the journal (sd_journal_sendv).
 
 import CSystemd
+import Ext4Fuse
 import Glibc
 import Logging
 import ServiceBroker

@@ -127,7 +127,7 @@ public final class DevFuseTransport: FuseFDTransport, FuseTransport, @unchecked 
 /// A SOCK_SEQPACKET socket whose peer plays the kernel. The /dev/fuse-only
 /// ioctls are answered here the way the kernel would.
 public final class SocketTransport: FuseFDTransport, FuseTransport, @unchecked Sendable {
-    /// Registered backing devices: id -> dup'ed fd. Ids are 1, 2, ... in order.
+    /// Registered backing devices: id -> the server's (borrowed) fd. Ids are 1, 2, ... in order.
     private let backings = Mutex<(next: UInt32, fds: [UInt32: Int32])>((1, [:]))
 
     public func receive(into buf: UnsafeMutableRawBufferPointer) throws(FuseTransportError) -> Int? {
@@ -170,12 +170,15 @@ public final class SocketTransport: FuseFDTransport, FuseTransport, @unchecked S
         let type = flags & FuseIomap.backingTypeMask
         guard type == FuseIomap.backingTypeIomap || type == FuseIomap.backingTypePassthrough else { return -EOPNOTSUPP }
         guard flags & ~FuseIomap.backingTypeMask == 0 else { return -EINVAL }
-        let d = fcntl(bfd, F_DUPFD_CLOEXEC, 0)
-        guard d >= 0 else { return -EBADF }
+        // The fd is borrowed, not dup'ed: the server keeps its device open for
+        // the whole session, and dup is not in the serving filter (the real
+        // kernel takes its own reference inside the ioctl).
+        var st = stat()
+        guard fstat(bfd, &st) == 0 else { return -EBADF }
         return backings.withLock { st -> Int32 in
             let id = st.next
             st.next += 1
-            st.fds[id] = d
+            st.fds[id] = bfd
             return Int32(id)
         }
     }
@@ -183,9 +186,7 @@ public final class SocketTransport: FuseFDTransport, FuseTransport, @unchecked S
     public func backingClose(id: UInt32) -> Int32 {
         guard id > 0 else { return -EINVAL }
         let fd = backings.withLock { $0.fds.removeValue(forKey: id) }
-        guard let fd else { return -ENOENT }
-        _ = Glibc.close(fd)
-        return 0
+        return fd == nil ? -ENOENT : 0
     }
 
     public func iomapSetBlocksize(id: UInt32, blocksize: UInt32) -> Int32 {
@@ -199,8 +200,7 @@ public final class SocketTransport: FuseFDTransport, FuseTransport, @unchecked S
     public func backingFD(_ id: UInt32) -> Int32? { backings.withLock { $0.fds[id] } }
 
     public override func close() {
-        let fds = backings.withLock { st -> [Int32] in let v = Array(st.fds.values); st.fds = [:]; return v }
-        for fd in fds { _ = Glibc.close(fd) }
+        backings.withLock { $0.fds = [:] }
         super.close()
     }
 }

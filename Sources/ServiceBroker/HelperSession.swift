@@ -21,14 +21,19 @@ public struct HelperConfiguration: Sendable {
     /// -f: do everything except the mount system call.
     public var fake: Bool
     public var fuseDevicePath: String
-    /// Per-message timeout while waiting for the server.
+    /// Per-message timeout while waiting for the server; also the send timeout.
     public var receiveTimeoutMs: Int
+    /// Bound on the whole conversation, however chatty the server is.
+    public var sessionTimeoutMs: Int
+    /// Bound on the number of messages the server may send in one session.
+    public var maxMessages: Int
     /// Block size given to loop devices when the server does not name one.
     public var defaultLoopBlockSize: UInt32
 
     public init(subtype: String, source: String, mountpoint: String, options: String = "",
                 forwardedArgs: [String]? = nil, readOnly: Bool = false, noMtab: Bool = false, fake: Bool = false,
                 fuseDevicePath: String = "/dev/fuse", receiveTimeoutMs: Int = 60_000,
+                sessionTimeoutMs: Int = 300_000, maxMessages: Int = 256,
                 defaultLoopBlockSize: UInt32 = 0) {
         self.subtype = subtype
         self.source = source
@@ -40,20 +45,38 @@ public struct HelperConfiguration: Sendable {
         self.fake = fake
         self.fuseDevicePath = fuseDevicePath
         self.receiveTimeoutMs = receiveTimeoutMs
+        self.sessionTimeoutMs = sessionTimeoutMs
+        self.maxMessages = maxMessages
         self.defaultLoopBlockSize = defaultLoopBlockSize
     }
 
-    /// Paths the server may ask the helper to open: the source and every
-    /// option value named on the command line.
-    public var allowedOpenPaths: Set<String> {
-        var s: Set<String> = [source]
-        for t in MountOptions.tokens(options) {
-            if let eq = t.firstIndex(of: "=") {
-                let v = String(t[t.index(after: eq)...])
-                if !v.isEmpty { s.insert(v) }
-            }
+    /// Option keys whose value names a file the server may ask the helper to
+    /// open (an external journal). No other option value is ever opened.
+    public static let fileOptionKeys: Set<String> = ["journal_path"]
+
+    /// The `-o key=value` pairs whose key names a file, in command-line order.
+    public var fileOptions: [(key: String, value: String)] {
+        MountOptions.tokens(options).compactMap { t in
+            guard let eq = t.firstIndex(of: "=") else { return nil }
+            let k = String(t[..<eq]), v = String(t[t.index(after: eq)...])
+            return Self.fileOptionKeys.contains(k) ? (k, v) : nil
         }
-        return s
+    }
+
+    /// Mount flags the helper imposes from its own command line, whatever the
+    /// server asks: nosuid and nodev unless the admin said `suid` / `dev`,
+    /// and the admin's restrictions (ro, noexec, noatime, ...).
+    public var imposedMountFlags: UInt32 {
+        let t = Set(MountOptions.tokens(options))
+        var f: UInt32 = 0
+        if !t.contains("suid") { f |= MS.nosuid }
+        if !t.contains("dev") { f |= MS.nodev }
+        if readOnly { f |= MS.rdonly }
+        let named: [String: UInt32] = ["nosuid": MS.nosuid, "nodev": MS.nodev, "noexec": MS.noexec,
+                                       "noatime": MS.noatime, "nodiratime": MS.nodiratime,
+                                       "sync": MS.synchronous, "dirsync": MS.dirsync]
+        for (k, v) in named where t.contains(k) { f |= v }
+        return f
     }
 }
 
@@ -90,6 +113,13 @@ enum MS {
 }
 
 /// The helper side of one connection. Single-threaded, blocking, bounded.
+///
+/// The helper is the security boundary: nothing the server says widens what
+/// it gets. The source, the files named by file options and the mountpoint are
+/// pinned by inode before the server is involved (`PinnedResources`); every
+/// open is served from those pins, each at most once; the mount's source,
+/// type, mandatory flags and access options come from the helper's own
+/// configuration; the mount made here is undone through its own fd.
 public final class HelperSession {
     public let config: HelperConfiguration
     let sock: Int32
@@ -98,30 +128,45 @@ public final class HelperSession {
     /// Human-readable reason for the last refusal, for the helper's one error line.
     public private(set) var lastFailure: String?
 
+    var pinned: PinnedResources?
     var fuseFD: Int32 = -1
-    var mountpointFD: Int32 = -1
-    var mountpointStat = stat()
-    var fsopenFlags: FsopenFlags?
-    var sourceName: String?
+    /// The mount this session made (fsmount fd, or an O_PATH fd on its root).
+    var mountFD: Int32 = -1
+    var mountpointGiven = false
+    var fsopenSeen = false
+    var sourceSeen = false
     var serverOptions: String?
     var mtabOptions: String?
+    /// Paths already handed to the server: each pinned file goes out once.
+    var handedOut: Set<String> = []
     var iomapMandatoryFailure: String?
     var iomapTried = false
+    var messages = 0
+    var deadline: Int64 = 0
     let log: (String) -> Void
     /// Run once the server has answered HELLO, before the helper hands it any
     /// file (spawn mode empties the server's root here).
     public var afterHello: (() throws(BrokerError) -> Void)?
 
-    /// `socket` stays owned by the caller.
-    public init(socket: Int32, config: HelperConfiguration, log: @escaping (String) -> Void = { _ in }) {
+    /// A connected SOCK_SEQPACKET socket handed over as "fusedev" instead of a
+    /// fresh /dev/fuse fd, for test programs that play the kernel against the
+    /// real server (with `fake`, no mount is made). fuservicemount never sets it.
+    let fuseChannel: Int32
+
+    /// `socket` stays owned by the caller. `pinned`: the resources pinned at
+    /// start-up, before any server was started or contacted (pinned here when nil).
+    public init(socket: Int32, config: HelperConfiguration, pinned: PinnedResources? = nil,
+                fuseChannel: Int32 = -1, log: @escaping (String) -> Void = { _ in }) {
         self.sock = socket
         self.config = config
+        self.pinned = pinned
+        self.fuseChannel = fuseChannel
         self.log = log
     }
 
     deinit {
         FD.close(fuseFD)
-        FD.close(mountpointFD)
+        FD.close(mountFD)
     }
 
     /// Run the whole conversation. On any error before a goodbye, a mount made
@@ -140,20 +185,38 @@ public final class HelperSession {
 
     func close() {
         FD.close(fuseFD); fuseFD = -1
-        FD.close(mountpointFD); mountpointFD = -1
+        FD.close(mountFD); mountFD = -1
+        pinned = nil
     }
 
+    /// Detach the mount this session made, through its own fd: a path swapped
+    /// since cannot make the helper detach anything else.
     func undoMount() {
         guard mounted else { return }
-        _ = umount2(config.mountpoint, Int32(MNT_DETACH))
+        if mountFD >= 0 {
+            let r = cshim_pin_umount_fd(mountFD, Int32(MNT_DETACH))
+            if r < 0 { log("could not detach the half-made mount: \(strerrorString(-r))") }
+        }
         if !config.noMtab { Utab.remove(target: config.mountpoint) }
         mounted = false
     }
 
+    static func monotonicMs() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+
     func converse() throws(BrokerError) -> HelperOutcome {
+        deadline = Self.monotonicMs() + Int64(max(1, config.sessionTimeoutMs))
+        if pinned == nil { pinned = try PinnedResources(config) }
         Transport.dropPassRights(sock)
+        // A server that stops reading cannot park the helper in sendmsg.
+        _ = cshim_pin_send_timeout(sock, Int32(clamping: max(1, config.receiveTimeoutMs)))
+        // FUSEBLK is never offered: the kernel would open a block device by a
+        // name, and the server's device fds are exclusive anyway.
         try Transport.send(sock, .hello(minVersion: ServiceProtocol.minVersion, maxVersion: ServiceProtocol.maxVersion,
-                                        flags: getuid() == 0 ? [.allowOther, .fuseblk] : []))
+                                        flags: getuid() == 0 ? [.allowOther] : []))
         let reply = try receive()
         guard case .helloReply(let v) = reply else { throw .sequence("expected hello reply, got \(reply.magic)") }
         guard v >= ServiceProtocol.minVersion && v <= ServiceProtocol.maxVersion else {
@@ -181,12 +244,33 @@ public final class HelperSession {
 
     /// Receive and decode one message; fds from the server are never accepted.
     /// Malformed known commands are refused (EINVAL) and the loop carries on,
-    /// up to a bound; unknown magics end the session.
+    /// up to a bound; unknown magics end the session. Every message counts
+    /// against the session's message cap and deadline.
     func receive() throws(BrokerError) -> ServiceMessage {
         var strikes = 0
         while true {
-            let d = try Transport.receive(sock, timeoutMs: config.receiveTimeoutMs, maxFDs: 0)
+            let left = deadline - Self.monotonicMs()
+            if left <= 0 {
+                lastFailure = "the server did not finish within \(config.sessionTimeoutMs / 1000) s"
+                throw .timedOut(milliseconds: config.sessionTimeoutMs)
+            }
+            let wait = Int(min(Int64(config.receiveTimeoutMs), left))
+            let d: Datagram
+            do throws(BrokerError) {
+                d = try Transport.receive(sock, timeoutMs: wait, maxFDs: 0)
+            } catch {
+                if case .timedOut = error, wait < config.receiveTimeoutMs {
+                    lastFailure = "the server did not finish within \(config.sessionTimeoutMs / 1000) s"
+                    throw .timedOut(milliseconds: config.sessionTimeoutMs)
+                }
+                throw error
+            }
             d.closeFDs()
+            messages += 1
+            if messages > config.maxMessages {
+                lastFailure = "the server sent more than \(config.maxMessages) messages"
+                throw .sequence(lastFailure ?? "too many messages")
+            }
             let carriedFDs = d.extraFDs > 0 || d.controlTruncated || !d.fds.isEmpty
             let decoded: Result<ServiceMessage, WireError>
             do throws(WireError) {
@@ -246,24 +330,32 @@ public final class HelperSession {
         case .iomap(let mode):
             try handleIomap(mode)
         case .fsopen(let f):
-            if fsopenFlags != nil { return try fail("TYPE respecified", EINVAL) }
-            if f.contains(.fuseblk) && getuid() != 0 { return try fail("fuseblk needs root", EPERM) }
-            fsopenFlags = f
+            if fsopenSeen { return try fail("TYPE respecified", EINVAL) }
+            // The kernel would open a block device by name for a fuseblk mount;
+            // the helper never lets a server choose one.
+            if f.contains(.fuseblk) { return try fail("fuseblk mounts are not supported; use fuse", EOPNOTSUPP) }
+            fsopenSeen = true
             try reply(0)
         case .source(let s):
-            if sourceName != nil { return try fail("NAME respecified", EINVAL) }
+            if sourceSeen { return try fail("NAME respecified", EINVAL) }
+            // The kernel's source is always the helper's own (config.source); the
+            // server's name is accepted for the protocol's sake and never used.
             if s.isEmpty || s.utf8.count > 4096 { return try fail("bad source name", EINVAL) }
-            sourceName = s
+            if s != config.source { log("server named the source \(s); the mount's source stays \(config.source)") }
+            sourceSeen = true
             try reply(0)
         case .options(let s):
             if serverOptions != nil { return try fail("OPTS respecified", EINVAL) }
-            if let bad = MountOptions.tokens(s).first(where: { Self.reservedOption($0) }) {
+            if let bad = MountOptions.tokens(s).first(where: { !Self.serverMayAsk($0) }) {
                 return try fail("server may not set mount option \(bad)", EPERM)
             }
             serverOptions = s
             try reply(0)
         case .mtab(let s):
             if mtabOptions != nil { return try fail("MTAB respecified", EINVAL) }
+            if let bad = MountOptions.tokens(s).first(where: { $0 != "ro" && $0 != "rw" }) {
+                return try fail("utab option \(bad) is not allowed (only ro or rw)", EINVAL)
+            }
             mtabOptions = s
             try reply(0)
         case .mountpoint(let fmt, let path):
@@ -275,10 +367,18 @@ public final class HelperSession {
         }
     }
 
-    static func reservedOption(_ t: String) -> Bool {
-        let key = t.split(separator: "=", maxSplits: 1).first.map(String.init) ?? t
-        return ["fd", "rootmode", "user_id", "group_id", "subtype", "source"].contains(key)
+    /// The FUSE mount options a server may ask for: tuning only. The helper
+    /// decides access (allow_other, default_permissions) itself; a server
+    /// naming those is tolerated and changes nothing.
+    static func serverMayAsk(_ t: String) -> Bool {
+        if t == "allow_other" || t == "default_permissions" { return true }
+        let kv = t.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+        guard kv.count == 2, kv[0] == "max_read" else { return false }
+        return !kv[1].isEmpty && kv[1].count <= 10 && kv[1].allSatisfy { $0 >= "0" && $0 <= "9" }
     }
+
+    /// What the helper hands the kernel as FUSE options of its own.
+    static let helperAccessOptions = ["allow_other", "default_permissions"]
 
     func sendFile(error e: Int32, path: String, fd: Int32 = -1) throws(BrokerError) {
         try Transport.send(sock, .file(error: UInt32(e), path: path), fd: fd)
@@ -290,36 +390,34 @@ public final class HelperSession {
             if !r.requestFlags.contains(.quiet) { log("refused open of \(r.path): \(why)") }
             try sendFile(error: e, path: r.path)
         }
-        if mountpointFD >= 0 { return try refuse("open after the mountpoint was sent", EPERM) }
-        if !config.allowedOpenPaths.contains(r.path) { return try refuse("path not named on the command line", EPERM) }
+        if mountpointGiven { return try refuse("open after the mountpoint was sent", EPERM) }
+        guard let file = pinned?.file(named: r.path) else {
+            return try refuse("path not named on the command line as the source or a file option", EPERM)
+        }
+        if handedOut.contains(r.path) { return try refuse("already handed out once", EPERM) }
         // Only access mode and a few harmless flags; never O_CREAT/O_TRUNC/etc.
         let allowedFlags = UInt32(O_ACCMODE | O_EXCL | O_NONBLOCK | O_CLOEXEC | O_NOFOLLOW) | UInt32(cshim_broker_O_DIRECT())
             | UInt32(O_SYNC) | UInt32(O_DSYNC) | 0o100000 /* O_LARGEFILE */
         if r.openFlags & ~allowedFlags != 0 { return try refuse("unsupported open flags", EINVAL) }
         let acc = Int32(r.openFlags) & O_ACCMODE
         if acc == O_ACCMODE { return try refuse("bad access mode", EINVAL) }
-        if config.readOnly && acc != O_RDONLY { return try refuse("read-only mount", EROFS) }
+        if (config.readOnly || !file.writable) && acc != O_RDONLY { return try refuse("read-only source", EROFS) }
         if r.blockSize != 0 && !BlockDevice.isValidBlockSize(r.blockSize) { return try refuse("bad block size", EINVAL) }
 
-        var fd: Int32 = -1
-        while true {
-            fd = Glibc.open(r.path, Int32(bitPattern: r.openFlags) | O_CLOEXEC | O_NOCTTY)
-            if fd >= 0 { break }
-            let e = errno
-            if e == EINTR { continue }
-            return try refuse("open failed", e)
+        // O_NOFOLLOW and O_EXCL mean nothing for a pinned inode; the rest is the request's.
+        let passFlags = Int32(bitPattern: r.openFlags) & ~(O_NOFOLLOW | O_EXCL | O_CLOEXEC)
+        let fd = file.open(flags: passFlags)
+        if fd < 0 {
+            if -fd == EBUSY { return try refuse("device is busy (mounted or in exclusive use)", EBUSY) }
+            if -fd == ESTALE { return try refuse("the pinned file changed", ESTALE) }
+            return try refuse("open failed", -fd)
         }
         defer { FD.close(fd) }
-        var st = stat()
-        if fstat(fd, &st) != 0 { return try refuse("fstat failed", errno) }
-        let isReg = (st.st_mode & S_IFMT) == S_IFREG
-        let isBlk = (st.st_mode & S_IFMT) == S_IFBLK
-        if !isReg && !isBlk { return try refuse("not a regular file or block device", EINVAL) }
 
         var sendFD = fd
         var loopFD: Int32 = -1
         defer { FD.close(loopFD) }
-        if r.requestFlags.contains(.loopDevice) && isReg {
+        if r.requestFlags.contains(.loopDevice) && file.isRegular {
             do {
                 let loop = try LoopDevice.attach(backingFD: fd, options: LoopAttachOptions(
                     readOnly: acc == O_RDONLY,
@@ -334,7 +432,7 @@ public final class HelperSession {
             }
         }
         if r.kind == .blockDevice {
-            if sendFD == fd && !isBlk { return try refuse("not a block device", ENOTBLK) }
+            if sendFD == fd && !file.isBlockDevice { return try refuse("not a block device", ENOTBLK) }
             if r.blockSize != 0 && sendFD == fd {
                 do { try BlockDevice.setBlockSize(fd: fd, r.blockSize) } catch {
                     return try refuse("BLKBSZSET failed", error.errno)
@@ -343,6 +441,7 @@ public final class HelperSession {
         }
         do {
             try sendFile(error: 0, path: r.path, fd: sendFD)
+            handedOut.insert(r.path)
         } catch {
             if loopFD >= 0 { LoopDevice.detach(fd: loopFD) }
             throw error
@@ -369,24 +468,19 @@ public final class HelperSession {
     }
 
     func handleMountpoint(_ fmt: UInt16, _ path: String) throws(BrokerError) {
-        if mountpointFD >= 0 { return try fail("MNTP respecified", EINVAL) }
+        if mountpointGiven { return try fail("MNTP respecified", EINVAL) }
+        guard let mp = pinned?.mountpoint else { return try fail("no pinned mountpoint", EINVAL) }
         if path != config.mountpoint { return try fail("mountpoint \(path) is not the one on the command line", EINVAL) }
-        let fd = Glibc.open(path, cshim_broker_O_PATH() | O_CLOEXEC)
-        if fd < 0 { return try fail("cannot open mountpoint \(path)", errno) }
-        var st = stat()
-        if fstat(fd, &st) != 0 { let e = errno; FD.close(fd); return try fail("fstat mountpoint", e) }
-        let kind = st.st_mode & S_IFMT
-        if kind != S_IFDIR && kind != S_IFREG { FD.close(fd); return try fail("mountpoint is not a directory or file", ENOTDIR) }
-        if fmt == UInt16(S_IFDIR) && kind != S_IFDIR { FD.close(fd); return try fail("mountpoint \(path) is not a directory", ENOTDIR) }
-        if fmt == UInt16(S_IFREG) && kind != S_IFREG { FD.close(fd); return try fail("mountpoint \(path) is a directory", EISDIR) }
-        mountpointFD = fd
-        mountpointStat = st
+        if fmt == UInt16(S_IFDIR) && !mp.isDirectory { return try fail("mountpoint \(path) is not a directory", ENOTDIR) }
+        if fmt == UInt16(S_IFREG) && mp.isDirectory { return try fail("mountpoint \(path) is a directory", EISDIR) }
+        if !mp.stillInPlace() { return try fail("mountpoint \(path) was moved or replaced since start-up", EBUSY) }
+        mountpointGiven = true
         try reply(0)
     }
 
     func handleMount(_ requested: UInt32) throws(BrokerError) {
         if mounted { return try fail("DOIT repeated", EINVAL) }
-        guard let source = sourceName, mountpointFD >= 0 else { return try fail("DOIT without NAME or MNTP", EINVAL) }
+        guard let mp = pinned?.mountpoint, mountpointGiven, sourceSeen else { return try fail("DOIT without NAME or MNTP", EINVAL) }
         if requested & ~MS.allowed != 0 { return try fail("unsupported mount flags 0x\(String(requested, radix: 16))", EINVAL) }
         if let why = iomapMandatoryFailure { return try fail(why, EOPNOTSUPP) }
         if !iomapTried && version >= 2 {
@@ -394,17 +488,18 @@ public final class HelperSession {
             iomapTried = true
             _ = Iomap.preapprove(fuseFD: fuseFD)
         }
-        var flags = requested
-        if config.readOnly { flags |= MS.rdonly }
-        // The mountpoint must not have moved since it was pinned.
-        var now = stat()
-        if stat(config.mountpoint, &now) != 0 || now.st_dev != mountpointStat.st_dev || now.st_ino != mountpointStat.st_ino {
-            return try fail("mountpoint \(config.mountpoint) moved during startup", EBUSY)
+        // The server may only add restrictions to the helper's own.
+        let flags = requested | config.imposedMountFlags
+        // The mountpoint must still be where it was pinned.
+        if !mp.stillInPlace() {
+            return try fail("mountpoint \(config.mountpoint) was moved or replaced since start-up", EBUSY)
         }
+        let tuning = MountOptions.tokens(serverOptions ?? "").filter { !Self.helperAccessOptions.contains($0) }
         let request = KernelMount.Request(
-            fuseblk: fsopenFlags?.contains(.fuseblk) ?? false, subtype: config.subtype, source: source,
-            serverOptions: serverOptions ?? "", fuseFD: fuseFD, rootMode: UInt32(mountpointStat.st_mode & S_IFMT),
-            uid: getuid(), gid: getgid(), msFlags: flags, targetFD: mountpointFD, targetPath: config.mountpoint)
+            subtype: config.subtype, source: config.source,
+            options: tuning + Self.helperAccessOptions, fuseFD: fuseFD,
+            rootMode: UInt32(mp.stat.st_mode & S_IFMT),
+            uid: getuid(), gid: getgid(), msFlags: flags, targetFD: mp.fd, targetPath: config.mountpoint)
         if config.fake {
             try reply(0)
             return
@@ -412,12 +507,13 @@ public final class HelperSession {
         switch KernelMount.mount(request) {
         case .failure(let err):
             return try fail(err.description, err.errno)
-        case .success:
+        case .success(let fd):
             mounted = true
+            mountFD = fd
         }
-        if !config.noMtab && !(mtabOptions.map { MountOptions.tokens($0).contains("-n") } ?? false) {
-            Utab.add(source: source, target: config.mountpoint, fstype: request.fstype,
-                     options: mtabOptions ?? "", log: log)
+        if !config.noMtab {
+            Utab.add(source: config.source, target: config.mountpoint, fstype: request.fstype,
+                     options: mtabOptions ?? (flags & MS.rdonly != 0 ? "ro" : "rw"), log: log)
         }
         try reply(0)
     }
@@ -446,6 +542,11 @@ public final class HelperSession {
     }
 
     func openFuseDevice() throws(BrokerError) -> Int32 {
+        if fuseChannel >= 0 {
+            let fd = fcntl(fuseChannel, F_DUPFD_CLOEXEC, 3)
+            if fd < 0 { throw .system(operation: "dup of the FUSE channel", errno: errno) }
+            return fd
+        }
         while true {
             let fd = Glibc.open(config.fuseDevicePath, O_RDWR | O_CLOEXEC)
             if fd >= 0 {

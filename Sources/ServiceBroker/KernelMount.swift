@@ -6,11 +6,13 @@ import CMount
 
 /// The mount system calls: new mount API first, mount(2) as the fallback.
 enum KernelMount {
+    /// Everything here comes from the helper's own configuration and pins,
+    /// except `options`, which holds the server's tuning options after the
+    /// helper's allow-list and the helper's own access options.
     struct Request {
-        var fuseblk: Bool
         var subtype: String
         var source: String
-        var serverOptions: String
+        var options: [String]
         var fuseFD: Int32
         var rootMode: UInt32
         var uid: uid_t
@@ -19,7 +21,7 @@ enum KernelMount {
         var targetFD: Int32
         var targetPath: String
 
-        var baseType: String { fuseblk ? "fuseblk" : "fuse" }
+        var baseType: String { "fuse" }
         var fstype: String { "\(baseType).\(subtype)" }
         var helperOptions: [String] {
             ["fd=\(fuseFD)", "rootmode=\(String(rootMode, radix: 8))", "user_id=\(uid)", "group_id=\(gid)"]
@@ -31,11 +33,15 @@ enum KernelMount {
         var errno: Int32
     }
 
-    enum Outcome { case success, failure(Failure) }
+    /// `success` carries an fd on the new mount's root (the fsmount fd, or an
+    /// O_PATH fd after mount(2)): the only handle the helper unmounts by.
+    enum Outcome { case success(Int32), failure(Failure) }
+
+    static let fuseSuperMagic: Int64 = 0x6573_5546
 
     static func mount(_ r: Request) -> Outcome {
         switch newAPI(r) {
-        case .success: return .success
+        case .success(let fd): return .success(fd)
         case .failure(let f) where f.errno == ENOSYS || f.errno == ENOPARAM_:
             return legacy(r)
         case .failure(let f): return .failure(f)
@@ -75,7 +81,7 @@ enum KernelMount {
         }
 
         if let e = cfgString("source", r.source) { return .failure(e) }
-        for t in MountOptions.tokens(r.serverOptions) {
+        for t in r.options {
             if let eq = t.firstIndex(of: "=") {
                 if let e = cfgString(String(t[..<eq]), String(t[t.index(after: eq)...])) { return .failure(e) }
             } else if let e = cfgFlag(t) { return .failure(e) }
@@ -91,10 +97,12 @@ enum KernelMount {
         if c < 0 { return .failure(Failure(description: contextError(fsfd) ?? "creating the fuse superblock", errno: -c)) }
         let mfd = cshim_fsmount(fsfd, 1, attrs) // FSMOUNT_CLOEXEC
         if mfd < 0 { return .failure(Failure(description: contextError(fsfd) ?? "fsmount", errno: -mfd)) }
-        defer { FD.close(mfd) }
         let mv = cshim_move_mount(mfd, "", r.targetFD, "", 0x4 | 0x40) // F_EMPTY_PATH | T_EMPTY_PATH
-        if mv < 0 { return .failure(Failure(description: "move_mount onto \(r.targetPath)", errno: -mv)) }
-        return .success
+        if mv < 0 {
+            FD.close(mfd)
+            return .failure(Failure(description: "move_mount onto \(r.targetPath)", errno: -mv))
+        }
+        return .success(mfd)
     }
 
     /// The fs context's own error log ("e message"), if any.
@@ -113,11 +121,19 @@ enum KernelMount {
     // MARK: mount(2)
 
     static func legacy(_ r: Request) -> Outcome {
-        let data = (MountOptions.tokens(r.serverOptions) + r.helperOptions).joined(separator: ",")
+        let data = (r.options + r.helperOptions).joined(separator: ",")
         let target = "/proc/self/fd/\(r.targetFD)"
+        let before = cshim_pin_mount_id(r.targetFD)
         let rc = Glibc.mount(r.source, target, r.fstype, UInt(r.msFlags), data)
         if rc != 0 { return .failure(Failure(description: "mount(2) \(r.fstype) on \(r.targetPath)", errno: errno)) }
-        return .success
+        // Find our mount's root again without following symlinks; it must be a
+        // FUSE mount stacked on the pinned mountpoint, else detach nothing.
+        let root = cshim_pin_open_nosymlinks(AT_FDCWD, r.targetPath, cshim_broker_O_PATH())
+        if root >= 0 && cshim_pin_fs_type(root) == fuseSuperMagic && cshim_pin_mount_id(root) != before {
+            return .success(root)
+        }
+        if root >= 0 { FD.close(root) }
+        return .success(-1)
     }
 }
 

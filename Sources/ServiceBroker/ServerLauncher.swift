@@ -58,7 +58,8 @@ public enum ServerLauncher {
     public static func connectService(subtype: String, directory: String = defaultSocketDirectory) throws(BrokerError) -> Int32? {
         let path = try socketPath(subtype: subtype, directory: directory)
         var st = stat()
-        if stat(path, &st) != 0 || (st.st_mode & S_IFMT) != S_IFSOCK { return nil }
+        if lstat(path, &st) != 0 || (st.st_mode & S_IFMT) != S_IFSOCK { return nil }
+        try checkTrusted(socketPath: path, directory: directory)
         let fd = Glibc.socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { throw .system(operation: "socket", errno: errno) }
         var addr = sockaddr_un()
@@ -80,6 +81,28 @@ public enum ServerLauncher {
         }
         Transport.dropPassRights(fd)
         return fd
+    }
+
+    /// The service socket is trusted only when nobody but root could have put
+    /// it there: the directory and the socket are root-owned, the directory is
+    /// not a symlink and not writable by group or others, and the socket is
+    /// not writable by others than its owner and group.
+    public static func checkTrusted(socketPath path: String, directory: String) throws(BrokerError) {
+        var d = stat()
+        if lstat(directory, &d) != 0 { throw .system(operation: "service socket directory \(directory)", errno: errno) }
+        if (d.st_mode & S_IFMT) != S_IFDIR || d.st_uid != 0 || (d.st_mode & 0o022) != 0 {
+            throw .denied("service socket directory \(directory) is not a root-owned directory writable only by root",
+                          errno: EPERM)
+        }
+        var s = stat()
+        if lstat(path, &s) != 0 { throw .system(operation: "service socket \(path)", errno: errno) }
+        if (s.st_mode & S_IFMT) != S_IFSOCK || s.st_uid != 0 {
+            throw .denied("service socket \(path) is not a root-owned socket", errno: EPERM)
+        }
+        if (s.st_mode & 0o022) != 0 {
+            throw .denied("service socket \(path) is writable by group or others (mode \(String(s.st_mode & 0o777, radix: 8))); only root may connect to a file system server",
+                          errno: EPERM)
+        }
     }
 
     /// Sandbox settings for a spawned server.

@@ -114,15 +114,31 @@ public final class ServiceEndpoint {
         do { return try ArgvCodec.decode(Array(buf.prefix(off))) } catch { throw .malformed(error) }
     }
 
-    /// Receive FILE "fusedev": the /dev/fuse fd (caller owns it).
+    /// Receive FILE "fusedev": the /dev/fuse fd (caller owns it). The helper is
+    /// trusted to hand over the kernel's channel; a test helper may hand over a
+    /// connected AF_UNIX SOCK_SEQPACKET socket whose peer plays the kernel.
     public func receiveFuseDevice() throws(BrokerError) -> Int32 {
         let fd = try receiveFile(expecting: ServiceProtocol.fuseDevName)
         var st = stat()
-        if fstat(fd, &st) != 0 || (st.st_mode & S_IFMT) != S_IFCHR {
-            FD.close(fd)
-            throw .malformed(.badValue("fusedev is not a character device"))
+        if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFCHR { return fd }
+        if fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK && Self.isSeqpacketUnix(fd) { return fd }
+        FD.close(fd)
+        throw .malformed(.badValue("fusedev is not a character device"))
+    }
+
+    /// Is `fd` a connected AF_UNIX SOCK_SEQPACKET socket?
+    public static func isSeqpacketUnix(_ fd: Int32) -> Bool {
+        var type: Int32 = 0
+        var len = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == 0, type == Int32(SOCK_SEQPACKET.rawValue) else {
+            return false
         }
-        return fd
+        var sa = sockaddr_storage()
+        var salen = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let ok = withUnsafeMutablePointer(to: &sa) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &salen) }
+        }
+        return ok == 0 && sa.ss_family == sa_family_t(AF_UNIX)
     }
 
     // MARK: resources

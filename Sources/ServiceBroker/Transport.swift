@@ -38,6 +38,8 @@ public enum Transport {
         if r < 0 {
             let e = Int32(clamping: -r)
             if e == EPIPE || e == ECONNRESET { throw .peerClosed }
+            // SO_SNDTIMEO ran out: the peer stopped reading.
+            if e == EAGAIN || e == EWOULDBLOCK { throw .system(operation: "sendmsg (peer is not reading)", errno: ETIMEDOUT) }
             throw .system(operation: "sendmsg", errno: e)
         }
         if r != bytes.count { throw .system(operation: "sendmsg (short)", errno: EMSGSIZE) }

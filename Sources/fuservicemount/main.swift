@@ -37,7 +37,10 @@ struct FuServiceMount: ParsableCommand {
     @Flag(name: .customShort("r"), help: "Mount read-only.") var readOnly = false
     @Flag(help: "Exit 0 if a service socket for the type exists.") var check = false
     @Option(help: "Server executable for spawn mode.") var server: String?
-    @Option(help: "Seconds to wait for each server message.") var timeout: Int = 60
+    @Option(help: "Seconds to wait for each server message (and for the server to read each reply).")
+    var timeout: Int = 60
+    @Option(help: "Seconds the whole conversation with the server may take.")
+    var sessionTimeout: Int = 300
 }
 
 func eprint(_ s: String) {
@@ -61,10 +64,18 @@ func subtype(argv0: String, type: String?) -> String? {
     return t
 }
 
+/// The command line's path with its own symbolic links resolved; a path that
+/// does not resolve is made absolute against the working directory, so that
+/// pinning it reports the real reason (no such file, say).
 func absolute(_ path: String) -> String {
-    guard let r = realpath(path, nil) else { return path }
-    defer { free(r) }
-    return String(cString: r)
+    if let r = realpath(path, nil) {
+        defer { free(r) }
+        return String(cString: r)
+    }
+    if path.hasPrefix("/") { return path }
+    guard let cwd = getcwd(nil, 0) else { return path }
+    defer { free(cwd) }
+    return String(cString: cwd) + "/" + path
 }
 
 func enterNamespace(_ ns: String) {
@@ -113,25 +124,23 @@ if let ns = cmd.namespace { enterNamespace(ns) }
 
 let source = absolute(src)
 let mountpoint = absolute(dir)
-var sourceStat = stat()
-if stat(source, &sourceStat) != 0 {
-    // mount(8) reports a missing or unreachable source as a mount failure (32).
-    fail(Exit.mountFailure, "cannot mount \(src): \(String(cString: strerror(errno)))")
-}
-var mpStat = stat()
-// Like the source, a missing or unusable mountpoint is a mount failure for mount(8).
-if stat(mountpoint, &mpStat) != 0 {
-    fail(Exit.mountFailure, "mountpoint \(dir): \(String(cString: strerror(errno)))")
-}
-if (mpStat.st_mode & S_IFMT) != S_IFDIR && (mpStat.st_mode & S_IFMT) != S_IFREG {
-    fail(Exit.mountFailure, "mountpoint \(dir) is not a directory")
-}
-
 var opts = cmd.options ?? ""
 if cmd.readOnly && !MountOptions.tokens(opts).contains("ro") { opts = opts.isEmpty ? "ro" : opts + ",ro" }
 let config = HelperConfiguration(subtype: sub, source: source, mountpoint: mountpoint, options: opts,
                                  readOnly: cmd.readOnly, noMtab: cmd.noMtab, fake: cmd.fake,
-                                 receiveTimeoutMs: max(1, min(cmd.timeout, 3600)) * 1000)
+                                 receiveTimeoutMs: max(1, min(cmd.timeout, 3600)) * 1000,
+                                 sessionTimeoutMs: max(1, min(cmd.sessionTimeout, 86_400)) * 1000)
+// Pin the source, the files named by file options and the mountpoint by inode
+// before any server is started or contacted: a FIFO, a character device or a
+// busy block device is refused here, before anything blocks or reads, and a
+// path swapped later cannot redirect the helper. mount(8) reports these as
+// mount failures (32).
+let pinned: PinnedResources
+do {
+    pinned = try PinnedResources(config)
+} catch {
+    fail(Exit.mountFailure, "cannot mount \(src) on \(dir): \(error)")
+}
 let verbose = cmd.verbose
 let log: (String) -> Void = { msg in if verbose { eprint("fuservicemount: \(msg)\n") } }
 
@@ -155,7 +164,7 @@ do {
     fail(Exit.system, "cannot reach a server: \(error)")
 }
 
-let session = HelperSession(socket: socketFD, config: config, log: log)
+let session = HelperSession(socket: socketFD, config: config, pinned: pinned, log: log)
 do {
     let outcome = try session.run()
     close(socketFD)

@@ -4,6 +4,7 @@
 
 import CShim
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel

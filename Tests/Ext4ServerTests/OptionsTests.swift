@@ -1,5 +1,6 @@
 // Mount option parsing: defaults, every option the server knows, and clear refusals.
 
+import Ext4Fuse
 import Ext4Server
 import Testing
 

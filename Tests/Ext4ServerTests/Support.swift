@@ -1,6 +1,7 @@
 // Images built at test time with mkfs.ext4/debugfs, and a served Ext4FuseFS on them.
 
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel

@@ -7,6 +7,7 @@
 // from read-only loop mounts. On a failure the seed and the op list are printed.
 
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel

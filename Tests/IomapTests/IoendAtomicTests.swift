@@ -12,6 +12,7 @@
 // - REPORT (FIEMAP, SEEK_DATA/HOLE) never allocates, even on a writable mount.
 
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel

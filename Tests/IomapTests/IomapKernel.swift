@@ -11,6 +11,7 @@
 // engine's map (a stale cached mapping fails the test too).
 
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel
@@ -33,10 +34,30 @@ final class IomapKernel: @unchecked Sendable {
     static let pageSize: UInt64 = 4096
 
     let kernelFD: Int32
-    let transport: SocketTransport
-    let session: FuseSession
-    let fuse: Ext4FuseFS
+    /// Who serves: an Ext4FuseFS in this process, or the real sandboxed ext4iomapd.
+    enum Backend {
+        case inProcess(fuse: Ext4FuseFS, session: FuseSession, transport: SocketTransport)
+        case real(RealServer)
+    }
+    let backend: Backend
+    /// The engine: the server's own in process; for the real server, a second,
+    /// read-only engine on the same image (exact for read-only scenarios).
     let fs: Ext4FileSystem
+    var transport: SocketTransport {
+        guard case .inProcess(_, _, let t) = backend else { fatalError("the real server's transport is in its process") }
+        return t
+    }
+    var fuse: Ext4FuseFS {
+        guard case .inProcess(let f, _, _) = backend else { fatalError("the real server's adapter is in its process") }
+        return f
+    }
+    /// The fd a kernel would do IO on for a backing id.
+    func backingFD(_ id: UInt32) -> Int32? {
+        switch backend {
+        case .inProcess(_, _, let t): return t.backingFD(id)
+        case .real(let r): return id == 1 && r.registeredDevice ? r.deviceFD : nil
+        }
+    }
     private let done = DispatchSemaphore(value: 0)
     private var unique: UInt64 = 0
 
@@ -90,18 +111,38 @@ final class IomapKernel: @unchecked Sendable {
         fs = try Ext4FileSystem.open(device: dev, options: MountOptions(readOnly: options.readOnly))
         var logger = Logger(label: "iomap-test")
         logger.logLevel = .warning
-        fuse = Ext4FuseFS(fs: fs, options: options, logger: logger)
+        let fuse = Ext4FuseFS(fs: fs, options: options, logger: logger)
         if allowRegularFile { fuse.iomapState.allowRegularFileDevice() }
         var sv: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &sv) == 0 else {
             throw FuseFailure(errno: errno)
         }
         kernelFD = sv[0]
-        transport = SocketTransport(fd: sv[1], ownsFD: true)
-        session = FuseSession(transport: transport, fileSystem: fuse, options: FuseSessionOptions(workers: workers),
-                              logger: logger)
+        let transport = SocketTransport(fd: sv[1], ownsFD: true)
+        let session = FuseSession(transport: transport, fileSystem: fuse, options: FuseSessionOptions(workers: workers),
+                                  logger: logger)
+        backend = .inProcess(fuse: fuse, session: session, transport: transport)
         let t = Thread { [self] in
             _ = try? session.run()
+            done.signal()
+        }
+        t.start()
+    }
+
+    /// The production ext4iomapd, spawned and sandboxed exactly as in spawn
+    /// mode, given its device by the real helper session (a loop device over
+    /// `image`; no mount is made) and a socket in place of /dev/fuse, whose
+    /// other end this test kernel holds.
+    init(realServer image: String, mountOptions: String, workers: Int = 2) throws {
+        let real = try RealServer(image: image, mountOptions: mountOptions)
+        kernelFD = real.kernelFD
+        backend = .real(real)
+        let fd = open(image, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw FuseFailure(errno: errno) }
+        let dev = try FileBlockDevice(fd: fd, closeOnDeinit: true)
+        fs = try Ext4FileSystem.open(device: dev, options: MountOptions(readOnly: true))
+        let t = Thread { [real, done] in
+            real.waitExit()
             done.signal()
         }
         t.start()
@@ -118,7 +159,10 @@ final class IomapKernel: @unchecked Sendable {
         _ = Glibc.shutdown(kernelFD, Int32(SHUT_RDWR))
         let ok = done.wait(timeout: .now() + 10) == .success
         _ = Glibc.close(kernelFD)
-        transport.close()
+        switch backend {
+        case .inProcess(_, _, let t): t.close()
+        case .real(let r): r.close()
+        }
         return ok
     }
 
@@ -186,7 +230,7 @@ final class IomapKernel: @unchecked Sendable {
         case .iomapDevInval?:
             guard p.count == 24 else { throw MappingRejected(description: "DEV_INVAL payload \(p.count) bytes") }
             let d = try FuseIomapDevInvalOut.decode(p)
-            guard d.dev != 0, d.reserved == 0, transport.backingFD(d.dev) != nil else {
+            guard d.dev != 0, d.reserved == 0, backingFD(d.dev) != nil else {
                 throw MappingRejected(description: "bad DEV_INVAL \(d)")
             }
             let devSize = UInt64(max(0, lseek(deviceFD, 0, SEEK_END)))
@@ -241,11 +285,11 @@ final class IomapKernel: @unchecked Sendable {
         if f.contains(.maxbytes) { guard c.sMaxbytes > 0 else { throw bad("maxbytes \(c.sMaxbytes)") } }
         if f.contains(.sid) { guard c.sId.contains(0) else { throw bad("s_id not NUL-terminated") } }
         config = c
-        guard transport.backingFD(1) != nil else { throw bad("no backing device registered") }
+        guard backingFD(1) != nil else { throw bad("no backing device registered") }
     }
 
     /// The device fd the server registered (backing id 1).
-    var deviceFD: Int32 { transport.backingFD(1) ?? -1 }
+    var deviceFD: Int32 { backingFD(1) ?? -1 }
 
     // MARK: namespace
 
@@ -436,11 +480,11 @@ final class IomapKernel: @unchecked Sendable {
         switch type {
         case .mapped, .unwritten:
             guard m.dev != FuseIomap.devNull, m.addr != FuseIomap.nullAddr else { throw bad("mapped without dev/addr") }
-            guard transport.backingFD(m.dev) != nil else { throw bad("dev \(m.dev) not a registered backing") }
+            guard backingFD(m.dev) != nil else { throw bad("dev \(m.dev) not a registered backing") }
             let (dend, o2) = m.addr.addingReportingOverflow(m.length)
             guard !o2 else { throw bad("addr+length overflows") }
             guard m.addr % bs == 0 else { throw bad("addr not block aligned") }
-            let devSize = lseek(transport.backingFD(m.dev) ?? -1, 0, SEEK_END)
+            let devSize = lseek(backingFD(m.dev) ?? -1, 0, SEEK_END)
             guard devSize > 0, dend <= UInt64(devSize) else { throw bad("beyond the device") }
         case .hole, .delalloc, .inline:
             guard m.dev == FuseIomap.devNull, m.addr == FuseIomap.nullAddr else { throw bad("hole/delalloc/inline with dev or addr") }

@@ -20,6 +20,7 @@
 // and FUSE_READ, as the kernel would until it evicts them.
 
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel

@@ -1,6 +1,7 @@
 // Negotiation, refusals and hostile requests on the iomap opcodes.
 
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel

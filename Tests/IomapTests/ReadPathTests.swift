@@ -3,6 +3,7 @@
 // iomap is compared with the source tree and with the classic READ path.
 
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel
@@ -216,5 +217,23 @@ func checkAllFiles(_ k: IomapKernel, tree: String, files: [String] = treeFiles, 
             let used = (k.upcalls["begin.report"] ?? 0) - before
             #expect(used <= 40, "\(p): FIEMAP took \(used) BEGIN upcalls")
         }
+    }
+}
+
+/// The same scenarios against the production binary under its real sandbox:
+/// the iomap opcodes (CONFIG, BEGIN, END, IOEND, REPORT) run under the serving
+/// seccomp filter, as in service mode.
+@Suite(.serialized, .enabled(if: RealServer.available, "needs root and a built ext4iomapd"))
+struct IomapRealServer {
+    @Test func readSideOnTheSandboxedBinary() throws {
+        let f = try Fixture(args: ["-b", "4096"])
+        let k = try IomapKernel(realServer: f.image, mountOptions: "ro")
+        defer { #expect(k.finish()) }
+        try k.initialize()
+        #expect(k.iomap, "the real server negotiated iomap over the socket")
+        #expect(k.blockSize == 4096)
+        #expect(String(decoding: k.config.sId.prefix { $0 != 0 }, as: UTF8.self).hasPrefix("loop"),
+                "s_id is the loop device's name, given at construction")
+        try checkAllFiles(k, tree: f.tree)
     }
 }

@@ -2,6 +2,7 @@
 // how many FUSE_IOMAP_BEGIN round trips the kernel makes per GiB of data.
 
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel

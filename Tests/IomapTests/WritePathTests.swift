@@ -4,6 +4,7 @@
 // find the image clean, and e2fsprogs must read back what was written.
 
 import Ext4Engine
+import Ext4Fuse
 import Ext4Server
 import Foundation
 import FuseKernel
@@ -29,6 +30,17 @@ struct FsConfig: CustomStringConvertible, Sendable {
 @Suite(.serialized) struct IomapWritePath {
     @Test(arguments: FsConfig.all)
     func scenario(_ cfg: FsConfig) throws {
+        try writeScenario(cfg, real: false)
+    }
+
+    /// The same scenario against the production binary in its real sandbox:
+    /// IOMAP_BEGIN/END/IOEND and the notifications under the serving filter.
+    @Test(.enabled(if: RealServer.available, "needs root and a built ext4iomapd"))
+    func scenarioOnTheSandboxedBinary() throws {
+        try writeScenario(FsConfig.all[0], real: true)
+    }
+
+    func writeScenario(_ cfg: FsConfig, real: Bool) throws {
         let dir = try TempDir()
         let tree = dir.sub("tree"), image = dir.sub("image")
         try buildTree(tree, bigMB: 4)
@@ -36,7 +48,7 @@ struct FsConfig: CustomStringConvertible, Sendable {
         var model = Model()
         for f in treeFiles { model.files[f] = try readWhole(tree + "/" + f) }
 
-        let k = try rwKernel(image)
+        let k = try rwKernel(image, real: real)
         var finished = false
         defer { if !finished { _ = k.finish() } }
         let bs = k.blockSize
@@ -126,8 +138,12 @@ struct FsConfig: CustomStringConvertible, Sendable {
             let got = try k.bufferedRead(e, offset: 0, length: want.count)
             #expect(got == want, "\(path): iomap read after writeback differs")
         }
-        let u = k.fuse.iomapState.upcalls
-        #expect(u.ioend > 0 && u.allocations > 0 && u.end > 0, "\(u)")
+        if real {
+            #expect((k.upcalls["iomapIoend"] ?? 0) > 0 && (k.upcalls["iomapEnd"] ?? 0) > 0, "\(k.upcalls)")
+        } else {
+            let u = k.fuse.iomapState.upcalls
+            #expect(u.ioend > 0 && u.allocations > 0 && u.end > 0, "\(u)")
+        }
 
         try k.unmount()
         finished = true

@@ -78,8 +78,8 @@ struct MaliciousServerTests {
     @Test func duplicateCommands() {
         let r = withHelper { sv, s in
             #expect(handshake(sv))
-            for (m, dup) in [(ServiceMessage.fsopen(flags: []), true), (.source("a"), true), (.options("ro"), true),
-                             (.mtab("x"), true)] {
+            for (m, dup) in [(ServiceMessage.fsopen(flags: []), true), (.source(s.image), true),
+                             (.options("max_read=131072"), true), (.mtab("rw"), true)] {
                 _ = rawSend(sv, ServiceCodec.encode(m))
                 #expect(rawReceive(sv) == .simpleReply(error: 0))
                 if dup {
@@ -133,7 +133,7 @@ struct MaliciousServerTests {
     @Test func hungServerTimesOutAndTheMountIsUndone() {
         let r = withHelper(timeoutMs: 300) { sv, s in
             #expect(handshake(sv))
-            for m in [ServiceMessage.fsopen(flags: []), .source("hung"),
+            for m in [ServiceMessage.fsopen(flags: []), .source(s.image),
                       .mountpoint(expectedFormat: UInt16(S_IFDIR), path: s.mnt), .mount(msFlags: 0)] {
                 _ = rawSend(sv, ServiceCodec.encode(m))
                 #expect(rawReceive(sv) == .simpleReply(error: 0))
@@ -153,7 +153,7 @@ struct MaliciousServerTests {
                 #expect(d.fds.count == 1)
                 d.closeFDs()
             }
-            for m in [ServiceMessage.fsopen(flags: []), .source("early"),
+            for m in [ServiceMessage.fsopen(flags: []), .source(s.image),
                       .mountpoint(expectedFormat: UInt16(S_IFDIR), path: s.mnt), .mount(msFlags: 0)] {
                 _ = rawSend(sv, ServiceCodec.encode(m))
                 #expect(rawReceive(sv) == .simpleReply(error: 0))
@@ -161,6 +161,138 @@ struct MaliciousServerTests {
             // exit without BYEE (the caller closes the socket)
         }
         #expect(r == .failure(.peerClosed))
+    }
+
+    /// The whole mount sequence as a raw server; every step must be accepted.
+    func mountAs(_ sv: Int32, _ s: Scratch, options: String? = nil, flags: UInt32 = 0) {
+        var steps = [ServiceMessage.fsopen(flags: []), .source("/dev/loop0"),
+                     .mountpoint(expectedFormat: UInt16(S_IFDIR), path: s.mnt)]
+        if let o = options { steps.append(.options(o)) }
+        steps.append(.mount(msFlags: flags))
+        for m in steps {
+            _ = rawSend(sv, ServiceCodec.encode(m))
+            #expect(rawReceive(sv) == .simpleReply(error: 0), "\(m.magic)")
+        }
+    }
+
+    /// DOIT with flags 0 still gives nosuid,nodev, and the helper's own access
+    /// options, whatever the server asked (read back from mountinfo).
+    @Test func doitCannotDropNosuidNodevOrAccessOptions() {
+        let r = withHelper { sv, s in
+            #expect(handshake(sv))
+            mountAs(sv, s, options: "max_read=131072")
+            let per = mountOptions(s.mnt)?.split(separator: ",").map(String.init) ?? []
+            #expect(per.contains("nosuid") && per.contains("nodev"), "per-mount options \(per)")
+            let sup = superOptions(s.mnt)
+            #expect(sup.contains("allow_other") && sup.contains("default_permissions"), "super options \(sup)")
+            #expect(mountSource(s.mnt)?.0 == s.image, "the kernel's source is the helper's, not the server's NAME")
+            _ = rawSend(sv, ServiceCodec.encode(.goodbye(exitCode: 0)))
+            #expect(umount2(s.mnt, Int32(MNT_DETACH)) == 0)
+        }
+        #expect(r == .success(.goodbye(exitCode: 0, mounted: true)))
+    }
+
+    /// The admin's `suid,dev` lifts the helper's defaults; the server cannot.
+    @Test func adminMayAllowSuidAndDev() {
+        let s = Scratch()
+        defer { s.cleanup() }
+        guard let (h, sv) = try? Transport.socketPair() else { return }
+        let (thread, result) = runHelper(h, s.config(options: "suid,dev"))
+        #expect(handshake(sv))
+        mountAs(sv, s)
+        let per = mountOptions(s.mnt)?.split(separator: ",").map(String.init) ?? []
+        #expect(!per.contains("nosuid") && !per.contains("nodev"), "per-mount options \(per)")
+        _ = rawSend(sv, ServiceCodec.encode(.goodbye(exitCode: 0)))
+        thread.join()
+        close(sv); close(h)
+        #expect(result.value == .success(.goodbye(exitCode: 0, mounted: true)))
+        _ = umount2(s.mnt, Int32(MNT_DETACH))
+    }
+
+    /// After a swap of the mountpoint's parent for a symlink to another mount's
+    /// parent, the undo path detaches only the helper's own mount.
+    @Test func undoDetachesOnlyItsOwnMount() {
+        let s = Scratch()
+        defer { s.cleanup() }
+        let parent = s.dir + "/p", mnt = parent + "/mnt", moved = s.dir + "/p.moved"
+        let otherParent = s.dir + "/o", other = otherParent + "/mnt"
+        mkdir(parent, 0o755); mkdir(mnt, 0o755); mkdir(otherParent, 0o755); mkdir(other, 0o755)
+        #expect(mount("tmpfs", other, "tmpfs", 0, "size=1m") == 0)
+        defer {
+            _ = umount2(other, Int32(MNT_DETACH)); _ = umount2(moved + "/mnt", Int32(MNT_DETACH))
+            unlink(parent); rmdir(moved + "/mnt"); rmdir(moved); rmdir(mnt); rmdir(parent); rmdir(other); rmdir(otherParent)
+        }
+        guard let (h, sv) = try? Transport.socketPair() else { return }
+        let cfg = HelperConfiguration(subtype: "ext4test", source: s.image, mountpoint: mnt, noMtab: true,
+                                      receiveTimeoutMs: 5000)
+        let (thread, result) = runHelper(h, cfg)
+        #expect(handshake(sv))
+        for m in [ServiceMessage.fsopen(flags: []), .source(s.image),
+                  .mountpoint(expectedFormat: UInt16(S_IFDIR), path: mnt), .mount(msFlags: 0)] {
+            _ = rawSend(sv, ServiceCodec.encode(m))
+            #expect(rawReceive(sv) == .simpleReply(error: 0))
+        }
+        #expect(isMounted(mnt))
+        #expect(rename(parent, moved) == 0)
+        #expect(symlink(otherParent, parent) == 0)
+        close(sv)  // the connection drops without BYEE: the helper undoes its mount
+        thread.join()
+        close(h)
+        #expect(result.value == .failure(.peerClosed))
+        #expect(isMounted(other), "the other mount survived")
+        #expect(!isMounted(moved + "/mnt"), "our mount was detached where it really was")
+    }
+
+    /// A path swapped after start-up does not redirect OPEN: the fd is the pinned image.
+    @Test func swappedSourceIsServedFromThePin() {
+        let r = withHelper { sv, s in
+            var orig = stat()
+            #expect(stat(s.image, &orig) == 0)
+            let secret = s.dir + "/secret"
+            let fd = open(secret, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+            close(fd)
+            defer { unlink(secret); unlink(s.image + ".orig") }
+            #expect(handshake(sv))  // the helper pinned the source before HELLO
+            #expect(rename(s.image, s.image + ".orig") == 0)
+            #expect(symlink(secret, s.image) == 0)
+            _ = rawSend(sv, ServiceCodec.encode(.open(OpenRequest(kind: .file, openFlags: UInt32(O_RDONLY), path: s.image))))
+            if let d = try? Transport.receive(sv, timeoutMs: 5000, maxFDs: 1) {
+                var st = stat()
+                #expect(d.fds.count == 1 && fstat(d.fds[0], &st) == 0 && st.st_ino == orig.st_ino && st.st_dev == orig.st_dev,
+                        "the fd is the original image")
+                d.closeFDs()
+            }
+            unlink(s.image)
+            _ = rename(s.image + ".orig", s.image)
+            _ = rawSend(sv, ServiceCodec.encode(.goodbye(exitCode: 0)))
+        }
+        #expect(r == .success(.goodbye(exitCode: 0, mounted: false)))
+    }
+
+    /// A chatty server ends at the message cap; a slow one at the session deadline.
+    @Test func messageCapAndSessionDeadline() {
+        let s = Scratch()
+        defer { s.cleanup() }
+        for capped in [true, false] {
+            guard let (h, sv) = try? Transport.socketPair() else { return }
+            let cfg = capped ? s.config(maxMessages: 20) : s.config(timeoutMs: 2000, sessionTimeoutMs: 700)
+            let (thread, result) = runHelper(h, cfg)
+            #expect(handshake(sv))
+            _ = rawSend(sv, ServiceCodec.encode(.fsopen(flags: [])))
+            _ = rawReceive(sv)
+            for _ in 0..<40 {
+                _ = rawSend(sv, ServiceCodec.encode(.fsopen(flags: [])))
+                if rawReceive(sv, timeoutMs: 3000) == nil { break }
+                if !capped { usleep(100_000) }
+            }
+            thread.join()
+            close(sv); close(h)
+            if capped {
+                #expect(result.value == .failure(.sequence("the server sent more than 20 messages")))
+            } else {
+                #expect(result.value == .failure(.timedOut(milliseconds: 700)))
+            }
+        }
     }
 
     @Test func earlyExitBeforeHello() {

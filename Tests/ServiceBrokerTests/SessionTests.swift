@@ -18,7 +18,7 @@ struct SessionTests {
         do {
             let ep = try ServiceEndpoint(inheritedFD: sv, timeoutMs: 5000)
             #expect(try ep.hello() == 2)
-            #expect(ep.helperFlags == [.allowOther, .fuseblk])
+            #expect(ep.helperFlags == [.allowOther])
             #expect(try ep.receiveArgs() == ["ext4test", s.image, s.mnt, "-o", "noatime"])
             let fuse = try ep.receiveFuseDevice()
             let dev = try ep.requestBlockDevice(path: s.image, flags: O_RDWR | O_EXCL, loop: true,
@@ -78,7 +78,7 @@ struct SessionTests {
         defer { s.cleanup() }
         let fdsBefore = FD.openCount()
         let (h, sv) = try Transport.socketPair()
-        let (thread, result) = runHelper(h, s.config(options: "journal=/etc/hostname"))
+        let (thread, result) = runHelper(h, s.config(options: "journal=/etc/hostname,journal_path=/etc/hostname"))
         do {
             let ep = try ServiceEndpoint(inheritedFD: sv, timeoutMs: 5000)
             try ep.hello()
@@ -97,11 +97,17 @@ struct SessionTests {
             #expect(throws: BrokerError.refused(operation: "open \(s.image)", errno: EINVAL)) {
                 _ = try ep.requestFile(path: s.image, flags: O_RDWR | O_CREAT | O_TRUNC)
             }
-            // An option value named on the command line may be opened.
+            // The value of a file-naming option may be opened, once.
             let j = try ep.requestFile(path: "/etc/hostname", flags: O_RDONLY)
             close(j)
+            #expect(throws: BrokerError.refused(operation: "open /etc/hostname", errno: EPERM)) {
+                _ = try ep.requestFile(path: "/etc/hostname", flags: O_RDONLY)
+            }
             let f = try ep.requestFile(path: s.image, flags: O_RDWR)
             close(f)
+            #expect(throws: BrokerError.refused(operation: "open \(s.image)", errno: EPERM)) {
+                _ = try ep.requestFile(path: s.image, flags: O_RDWR)
+            }
             // Mountpoint checks.
             #expect(throws: BrokerError.refused(operation: "MNTP", errno: EINVAL)) {
                 try ep.command(.mountpoint(expectedFormat: UInt16(S_IFDIR), path: "/tmp"), "MNTP")
@@ -125,7 +131,18 @@ struct SessionTests {
             #expect(throws: BrokerError.refused(operation: "OPTS", errno: EPERM)) {
                 try ep.command(.options("fd=0"), "OPTS")
             }
-            try ep.command(.source("x"), "NAME")
+            // The server's source name is accepted and ignored (the mount's
+            // source is the helper's own: doitCannotDropNosuidNodevOrAccessOptions).
+            try ep.command(.source("/dev/loop0"), "NAME")
+            #expect(throws: BrokerError.refused(operation: "TYPE", errno: EOPNOTSUPP)) {
+                try ep.command(.fsopen(flags: [.fuseblk]), "TYPE")
+            }
+            #expect(throws: BrokerError.refused(operation: "MTAB", errno: EINVAL)) {
+                try ep.command(.mtab("rw,user=evil"), "MTAB")
+            }
+            #expect(throws: BrokerError.refused(operation: "OPTS", errno: EPERM)) {
+                try ep.command(.options("max_read=4096,blksize=512"), "OPTS")
+            }
             #expect(throws: BrokerError.refused(operation: "DOIT", errno: EINVAL)) {
                 try ep.command(.mount(msFlags: 0x1000 /* MS_BIND */), "DOIT")
             }

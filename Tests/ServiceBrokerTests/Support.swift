@@ -53,9 +53,10 @@ struct Scratch {
         close(fd)
     }
     func config(_ subtype: String = "ext4test", options: String = "", timeoutMs: Int = 5000,
-                readOnly: Bool = false) -> HelperConfiguration {
+                readOnly: Bool = false, sessionTimeoutMs: Int = 300_000, maxMessages: Int = 256) -> HelperConfiguration {
         HelperConfiguration(subtype: subtype, source: image, mountpoint: mnt, options: options,
-                            readOnly: readOnly, noMtab: true, receiveTimeoutMs: timeoutMs)
+                            readOnly: readOnly, noMtab: true, receiveTimeoutMs: timeoutMs,
+                            sessionTimeoutMs: sessionTimeoutMs, maxMessages: maxMessages)
     }
     func cleanup() {
         _ = umount2(mnt, Int32(MNT_DETACH))
@@ -85,6 +86,20 @@ func isMounted(_ path: String) -> Bool {
 
 func mountOptions(_ path: String) -> String? {
     mountinfoLines().first { $0.count > 5 && $0[4] == path }.map { String($0[5]) }
+}
+
+/// The super options (after the " - fstype source" separator) of the mount at `path`.
+func superOptions(_ path: String) -> [String] {
+    guard let l = mountinfoLines().first(where: { $0.count > 5 && $0[4] == path }),
+          let sep = l.firstIndex(of: "-"), sep + 3 < l.count else { return [] }
+    return l[sep + 3].split(separator: ",").map(String.init)
+}
+
+/// (source, fstype) of the mount at `path`.
+func mountSource(_ path: String) -> (String, String)? {
+    guard let l = mountinfoLines().first(where: { $0.count > 5 && $0[4] == path }),
+          let sep = l.firstIndex(of: "-"), sep + 2 < l.count else { return nil }
+    return (String(l[sep + 2]), String(l[sep + 1]))
 }
 
 

@@ -5,7 +5,6 @@
 // kernel's validation of every mapping). docs/ARCHITECTURE.md explains how a
 // request chooses between this path and the classic one.
 
-import CShim
 import Ext4Engine
 import FuseKernel
 import Glibc
@@ -59,21 +58,6 @@ public struct IomapUpcalls: Sendable, Equatable {
 /// Refuse `iomap=1` before mounting when it cannot be honoured: the source must
 /// be a block device (loop devices included) and the kernel must offer iomap
 /// on this /dev/fuse fd (FUSE_DEV_IOC_IOMAP_SUPPORT).
-public func iomapPreflight(fuseFD: Int32, deviceFD: Int32, name: String, options: ServerOptions) throws(ServerFailure) {
-    guard options.iomap == true else { return }
-    var st = stat()
-    guard fstat(deviceFD, &st) == 0, st.st_mode & S_IFMT == S_IFBLK else {
-        throw ServerFailure(2, "\(name): iomap=1 requested, but the source is not a block device (attach it to a loop device, or use iomap=0)")
-    }
-    var support = [UInt8](repeating: 0, count: 16)
-    let r = support.withUnsafeMutableBytes { cshim_ioctl_ptr(fuseFD, FuseDevIoctl.iomapSupport, $0.baseAddress) }
-    let flags = support.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
-    guard r >= 0, flags & FuseIomap.supportFileIO != 0 else {
-        let why = r < 0 ? String(cString: strerror(-r)) : "iomap not allowed for this connection"
-        throw ServerFailure(2, "\(name): iomap=1 requested, but this kernel does not offer FUSE iomap (\(why)); use iomap=0 or leave it unset")
-    }
-}
-
 extension Ext4FuseFS {
     // MARK: negotiation hooks (called from Ext4FuseFS)
 
@@ -246,16 +230,11 @@ extension Ext4FuseFS {
         return out
     }
 
-    /// A short name for the superblock's s_id: the device's name, else the volume label.
+    /// A short name for the superblock's s_id: the device's name given at
+    /// construction, else the volume label. (No /proc lookup here: this runs
+    /// under the serving filter.)
     func iomapSourceName() -> String {
-        if let dev = fs.blockDevice as? FileBlockDevice {
-            var buf = [CChar](repeating: 0, count: 4096)
-            let n = Glibc.readlink("/proc/self/fd/\(dev.fd)", &buf, buf.count - 1)
-            if n > 0 {
-                let path = String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                if let last = path.split(separator: "/").last, !last.isEmpty { return String(last) }
-            }
-        }
+        if let n = sourceName, !n.isEmpty { return n }
         return fs.volumeName.isEmpty ? "ext4" : fs.volumeName
     }
 

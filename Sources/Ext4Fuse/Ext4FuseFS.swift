@@ -12,6 +12,7 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
     let fs: Ext4FileSystem
     let logger: Logger
     let options: ServerOptions
+    let sourceName: String?
     /// The server owns the device exclusively, so cached entries and attributes
     /// stay valid until we change them ourselves.
     let timeout: UInt64 = 86_400
@@ -19,9 +20,13 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
     /// The iomap data path's connection state (Iomap.swift).
     public let iomapState = IomapState()
 
-    public init(fs: Ext4FileSystem, options: ServerOptions, logger: Logger) {
+    /// `sourceName`: the short name of the device (the superblock's s_id for
+    /// iomap), given by the caller, which can still look at /proc; nil: the
+    /// volume label.
+    public init(fs: Ext4FileSystem, options: ServerOptions, sourceName: String? = nil, logger: Logger) {
         self.fs = fs
         self.options = options
+        self.sourceName = sourceName
         self.logger = logger
     }
 

@@ -1,31 +1,11 @@
-// Mount options understood by the server. The option string is split by
-// libmount (quoting and escaping as mount(8) does), then validated here.
+// The option string is split by libmount (quoting and escaping as mount(8)
+// does), then validated here into the adapter's ServerOptions value.
 
 import CMount
+import Ext4Fuse
 import Glibc
 
-public struct ServerOptions: Sendable, Equatable {
-    public var readOnly = false
-    public var noRecovery = false
-    public var cacheBlocks = 8192
-    /// nil: use iomap when the kernel offers it; true: require it; false: forbid it.
-    public var iomap: Bool? = nil
-    /// Push iomap mappings into the kernel's mapping cache (UPSERT + RETRY_CACHE); `iomap_cache=0` turns it off.
-    public var iomapCache = true
-    /// Classic path: let the kernel cache writes (FUSE writeback cache), `writeback_cache=1`.
-    /// Off by default: measured, it costs ~20% on small-file creates for ~10% on random buffered writes.
-    public var writebackCache = false
-    /// Serve through FUSE over io_uring when the kernel offers it (`fuse.enable_uring=1`); `uring=0` keeps /dev/fuse.
-    public var uring = true
-    public var allowSuid = false
-    public var allowDev = false
-    /// The server's own seccomp filter (see Lockdown.swift); `seccomp=0` is for debugging only.
-    public var seccomp: SeccompSetting = .enforce
-    /// Options passed through to the kernel's fuse mount unchanged.
-    public var kernelOptions: [String] = []
-
-    public init() {}
-
+extension ServerOptions {
     public enum ParseError: Error, Equatable, CustomStringConvertible {
         case bad(String)
         public var description: String { switch self { case .bad(let s): return s } }
