@@ -189,7 +189,7 @@ run_helper() {
   timeout -k 2 "$to" "$HELPER" "$@" -t fuse.hostile "${HELPER_EXTRA[@]}" > "$C/helper.out" 2> "$C/helper.err"
   RC=$?
   MS=$(( ($(date +%s%N) - t0) / 1000000 ))
-  note "helper exit $RC after ${MS} ms$( [ -s "$C/helper.err" ] && printf ': %s' "$(tail -1 "$C/helper.err")")"
+  note "helper exit $RC after ${MS} ms$( [ -s "$C/helper.err" ] && printf ': %s' "$(tail -1 "$C/helper.err" | cut -c1-400)")"
 }
 # bg_helper TIMEOUT ARGS... ; later wait_helper
 bg_helper() {
@@ -203,7 +203,7 @@ wait_helper() {
   RC=$?
   HPID=
   MS=$(( ($(date +%s%N) - T0) / 1000000 ))
-  note "helper exit $RC after ${MS} ms$( [ -s "$C/helper.err" ] && printf ': %s' "$(tail -1 "$C/helper.err")")"
+  note "helper exit $RC after ${MS} ms$( [ -s "$C/helper.err" ] && printf ': %s' "$(tail -1 "$C/helper.err" | cut -c1-400)")"
 }
 go() { echo g 1<>"$C/go"; }
 
@@ -236,8 +236,8 @@ end_case() {
     unmount_under "$work/$CASE"
   fi
   if [ $fails -gt ${FAILS_BEFORE:-0} ]; then
-    [ -s "$C/helper.err" ] && sed 's/^/     helper: /' "$C/helper.err" | tail -8
-    [ -s "$C/proxy.err" ] && sed 's/^/     proxy: /' "$C/proxy.err" | tail -8
+    [ -s "$C/helper.err" ] && sed 's/^/     helper: /' "$C/helper.err" | tail -8 | cut -c1-400
+    [ -s "$C/proxy.err" ] && sed 's/^/     proxy: /' "$C/proxy.err" | tail -8 | cut -c1-400
   fi
 }
 begin() { FAILS_BEFORE=$fails; new_case "$@"; echo "-- $CASE"; }
@@ -334,7 +334,7 @@ fuseblk_case() {
   start_proxy fuseblk --rewrite "NAME=$DECOY" || return
   run_helper 20 "$C/img" "$C/mnt"
   show_replies
-  check "NAME $DECOY refused with EINVAL (reply: $(rerr rewrite:NAME))" [ "$(rerr rewrite:NAME)" = EINVAL ]
+  note "replies: TYPE fuseblk $(rerr rewrite:TYPE), NAME $DECOY $(rerr rewrite:NAME)"
   local ex; ex=$(P excl "$DECOY" 2>&1)
   check "the kernel does not hold $DECOY: O_EXCL open works ($ex)" [ "$ex" = free ]
   local h; h=$(ls "/sys/block/${DECOY#/dev/}/holders" 2>/dev/null)
@@ -355,7 +355,7 @@ name_case() {
   start_proxy mtab-name || return
   run_helper 20 "$C/img" "$C/mnt"
   show_replies
-  check "NAME hostile-name refused with EINVAL (reply: $(rerr rewrite:NAME))" [ "$(rerr rewrite:NAME)" = EINVAL ]
+  note "reply to NAME hostile-name: $(rerr rewrite:NAME) (the helper may refuse it or ignore it; what counts is below)"
   check "MTAB with user=/uhelper= refused with EINVAL (reply: $(rerr rewrite:MTAB))" [ "$(rerr rewrite:MTAB)" = EINVAL ]
   check "mounted" mounted "$C/mnt"
   if mounted "$C/mnt"; then
@@ -551,10 +551,16 @@ flood_case() {
   img_and_mnt
   start_proxy flood || return
   run_helper 15 "$C/img" "$C/mnt" --timeout 3
-  local n; n=$(rget flood_sent)
-  note "the proxy sent ${n:-no} requests without reading a reply"
+  local n r; n=$(rget flood_sent) r=$(rget flood_replies)
+  note "the proxy sent ${n:-no} requests without reading a reply; ${r:-?} replies were queued for it"
   if [ "${n:-0}" -gt 0 ]; then
     check "helper ends by its per-message timeout, not stuck in sendmsg (${MS} ms < 8000, exit $RC)" gave_up 8000
+    # It must be the send timeout that ended it: blocked for about --timeout,
+    # with far fewer replies than the 256-message cap.
+    if [ "$MODE" = socket ]; then
+      check "it was blocked in sendmsg until its timeout (${MS} ms >= 2500, ${r:-?} replies < 256)" \
+        eval '[ "$MS" -ge 2500 ] && [ "${r:-999}" -lt 256 ]'
+    fi
   else
     fail "the helper never got into the conversation (exit $RC)"
   fi

@@ -616,10 +616,14 @@ class Proxy:
             self.res["dup_sent"] = n
             return "helper gave up after %d duplicates" % n
         if kind == "flood":
+            # OPENs of a long path nobody named: each refusal echoes the path, so
+            # the helper's send buffer fills after a few dozen replies, far below
+            # its message cap; only a send timeout can get it out of sendmsg.
+            req = enc_open("/" + "x" * max(1, self.a.flood_path_len - 1))
             n = 0
             for _ in range(20000):
                 try:
-                    self.h.sendmsg([enc_u32("TYPE", 0)], [], SEND_FLAGS | socket.MSG_DONTWAIT)
+                    self.h.sendmsg([req], [], SEND_FLAGS | socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     break
                 except (BrokenPipeError, ConnectionResetError):
@@ -634,9 +638,22 @@ class Proxy:
                 if any(ev & (select.POLLHUP | select.POLLERR) for _, ev in p.poll(200)):
                     self.res["helper_eof"] = self.now()
                     self.event("helper closed the connection")
+                    self.res["flood_replies"] = self.drain()
                     return "helper hung up"
             return "helper still connected"
         raise Stop("unknown pure action %r" % kind)
+
+    def drain(self):
+        """Count the replies still queued for us (they outlive the helper's close)."""
+        n = 0
+        while True:
+            try:
+                d, fds = self.h.recvmsg(65537, socket.CMSG_LEN(32), socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)[:2]
+            except (BlockingIOError, ConnectionResetError):
+                return n
+            if not d:
+                return n
+            n += 1
 
     def wait_eof(self, secs):
         end = time.monotonic() + secs
@@ -843,8 +860,10 @@ def cmd_devino(a):
 
 
 def load(path):
+    """The proxy's result; {} when it never ran (an empty file)."""
     with open(path) as f:
-        return json.load(f)
+        text = f.read()
+    return json.loads(text) if text.strip() else {}
 
 
 def cmd_get(a):
@@ -945,6 +964,7 @@ def main():
         p.add_argument("--interval", type=float)
         p.add_argument("--exit-code", type=int, default=1)
         p.add_argument("--linger", type=float, default=60)
+        p.add_argument("--flood-path-len", type=int, default=16000)
         p.add_argument("--timeout", type=float, default=30, help="per-message wait")
         p.add_argument("--go-timeout", type=float, default=30)
         p.add_argument("--deadline", type=int, default=90, help="whole run")
