@@ -435,8 +435,14 @@ class Proxy:
         NAME:s, OPTS:s, MTAB:s, MNTP:path."""
         kind, _, rest = spec.partition(":")
         if kind in ("OPEN", "BDEV"):
-            path, _, fl = rest.partition(":")
-            return enc_open(self.param_path(path), int(fl, 0) if fl else os.O_RDONLY, kind)
+            path, flags = rest, os.O_RDONLY
+            head, sep, tail = rest.rpartition(":")
+            if sep:
+                try:
+                    path, flags = head, int(tail, 0)
+                except ValueError:
+                    pass
+            return enc_open(self.param_path(path), flags, kind)
         if kind in ("TYPE", "DOIT", "BYEE"):
             return enc_u32(kind, int(rest, 0))
         if kind in ("NAME", "OPTS", "MTAB"):
@@ -874,6 +880,11 @@ def cmd_get(a):
     return 0
 
 
+def printable(v):
+    """Control characters from the server as \\xNN, so a log shows them and a terminal ignores them."""
+    return "".join(c if c.isprintable() else "\\x%02x" % ord(c) for c in str(v))
+
+
 def cmd_replies(a):
     r = load(a.result)
     for x in r.get("replies", []):
@@ -887,7 +898,7 @@ def cmd_replies(a):
         label = x.get("label", "")
         if a.label and label != a.label:
             continue
-        print("%-16s %s %s -> %s %s%s" % (label, req.get("tag"), what, x.get("tag"), ename,
+        print("%-16s %s %s -> %s %s%s" % (label, req.get("tag"), printable(what), x.get("tag"), ename,
                                           " fds: " + fds if fds else ""))
     return 0
 
