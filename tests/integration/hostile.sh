@@ -37,6 +37,10 @@ HELPER=$BUILD/fuservicemount
 SERVER=$BUILD/ext4iomapd
 PROXY=$repo/tests/tools/hostile_proxy.py
 U=65534  # the ordinary user, and the uid the proxy runs as in socket mode
+# The proxy runs as other uids (65534, the spawn sandbox's own): a system
+# python3 they can all read, not one under root's home.
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=$(command -v python3)
 ONLY=${HOSTILE_ONLY:-}  # run only cases whose name matches this regex
 
 [ "$(id -u)" -eq 0 ] || { echo "skip: needs root (real FUSE mounts, loop devices, a private mount namespace)"; exit 77; }
@@ -99,7 +103,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 as_user() { setpriv --reuid $U --regid $U --clear-groups -- "$@"; }
-P() { python3 -I "$PROXY" "$@"; }
+P() { "$PY" -I "$PROXY" "$@"; }
 
 CASE=
 pass() { echo "ok   $CASE: $*"; passes=$((passes + 1)); }
@@ -162,7 +166,7 @@ start_proxy() {  # start_proxy SCENARIO [proxy args...]; socket: listens now; sp
   local sc=$1; shift
   if [ "$MODE" = socket ]; then
     rm -f /run/filesystems/hostile
-    HOSTILE_TAG=$C python3 -I "$PROXY" serve --listen /run/filesystems/hostile --uid $U --gid $U \
+    HOSTILE_TAG=$C "$PY" -I "$PROXY" serve --listen /run/filesystems/hostile --uid $U --gid $U \
       --result "$C/result.json" --status "$C/status" --go "$C/go" --server "$SERVER" \
       --scenario "$sc" "$@" >> "$C/proxy.err" 2>&1 &
     PPID_=$!
@@ -176,7 +180,7 @@ start_proxy() {  # start_proxy SCENARIO [proxy args...]; socket: listens now; sp
 # are opened here, before HELLO; afterwards the proxy uses only these fds.
 exec 7<>'$C/result.json' 8>>'$C/status' 9<>'$C/go'
 HOSTILE_TAG='$C'; export HOSTILE_TAG
-exec /usr/bin/python3 -I '$PROXY' spawned --result-fd 7 --status-fd 8 --go-fd 9 --server '$SERVER' --scenario '$sc'$q
+exec '$PY' -I '$PROXY' spawned --result-fd 7 --status-fd 8 --go-fd 9 --server '$SERVER' --scenario '$sc'$q
 EOF
     chmod 755 "$C/wrapper"
     HELPER_EXTRA=(--server "$C/wrapper")
@@ -258,7 +262,7 @@ printf 'SECRET root only\n' > "$work/secret"
 chmod 600 "$work/secret"
 
 # An inotify watcher on the root-only file, checked by a test open first.
-HOSTILE_TAG=$work python3 -I "$PROXY" watch --out "$work/inotify.log" "$work/secret" >/dev/null 2>&1 &
+HOSTILE_TAG=$work "$PY" -I "$PROXY" watch --out "$work/inotify.log" "$work/secret" >/dev/null 2>&1 &
 WATCH_PID=$!
 wait_for 5 "$work/inotify.log" '^watching' || { echo "FAIL: inotify watcher did not start"; exit 1; }
 cat "$work/secret" > /dev/null
@@ -378,7 +382,7 @@ kind_case() {  # MODE fifo|zero|dir
   case $2 in
     fifo) src=$C/src.fifo; mkfifo -m 0666 "$src"
           # A writer waiting on the FIFO: it gets through only if someone opens the FIFO for reading.
-          HOSTILE_TAG=$C python3 -I "$PROXY" fifo-writer "$src" "$C/fifo.seen" >/dev/null 2>&1 & writer=$! ;;
+          HOSTILE_TAG=$C "$PY" -I "$PROXY" fifo-writer "$src" "$C/fifo.seen" >/dev/null 2>&1 & writer=$! ;;
     zero) src=/dev/zero ;;
     dir)  src=$C/srcdir; mkdir -p "$src" ;;
   esac
