@@ -341,20 +341,20 @@ public final class HelperSession {
             // The kernel's source is always the helper's own (config.source); the
             // server's name is accepted for the protocol's sake and never used.
             if s.isEmpty || s.utf8.count > 4096 { return try fail("bad source name", EINVAL) }
-            if s != config.source { log("server named the source \(s); the mount's source stays \(config.source)") }
+            if s != config.source { log("server named the source \(Self.shown(s)); the mount's source stays \(config.source)") }
             sourceSeen = true
             try reply(0)
         case .options(let s):
             if serverOptions != nil { return try fail("OPTS respecified", EINVAL) }
             if let bad = MountOptions.tokens(s).first(where: { !Self.serverMayAsk($0) }) {
-                return try fail("server may not set mount option \(bad)", EPERM)
+                return try fail("server may not set mount option \(Self.shown(bad))", EPERM)
             }
             serverOptions = s
             try reply(0)
         case .mtab(let s):
             if mtabOptions != nil { return try fail("MTAB respecified", EINVAL) }
             if let bad = MountOptions.tokens(s).first(where: { $0 != "ro" && $0 != "rw" }) {
-                return try fail("utab option \(bad) is not allowed (only ro or rw)", EINVAL)
+                return try fail("utab option \(Self.shown(bad)) is not allowed (only ro or rw)", EINVAL)
             }
             mtabOptions = s
             try reply(0)
@@ -365,6 +365,22 @@ public final class HelperSession {
         case .hello, .helloReply, .simpleReply, .file, .goodbye:
             throw .sequence("unexpected \(m.magic) from server")
         }
+    }
+
+    /// A string the server chose, made safe for the admin's terminal and log:
+    /// controls and escape sequences become \u{..} escapes, and it is cut at
+    /// 256 characters.
+    static func shown(_ s: String) -> String {
+        var out = ""
+        for (i, u) in s.unicodeScalars.enumerated() {
+            if i == 256 { out += "..."; break }
+            if u.value < 0x20 || u.value == 0x7f || (0x80..<0xa0).contains(u.value) || u == "\u{2028}" || u == "\u{2029}" {
+                out += "\\u{" + String(u.value, radix: 16) + "}"
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+        return out
     }
 
     /// The FUSE mount options a server may ask for: tuning only. The helper
@@ -386,8 +402,8 @@ public final class HelperSession {
 
     func handleOpen(_ r: OpenRequest) throws(BrokerError) {
         func refuse(_ why: String, _ e: Int32) throws(BrokerError) {
-            lastFailure = "\(why): \(r.path)"
-            if !r.requestFlags.contains(.quiet) { log("refused open of \(r.path): \(why)") }
+            lastFailure = "\(why): \(Self.shown(r.path))"
+            if !r.requestFlags.contains(.quiet) { log("refused open of \(Self.shown(r.path)): \(why)") }
             try sendFile(error: e, path: r.path)
         }
         if mountpointGiven { return try refuse("open after the mountpoint was sent", EPERM) }
@@ -470,7 +486,7 @@ public final class HelperSession {
     func handleMountpoint(_ fmt: UInt16, _ path: String) throws(BrokerError) {
         if mountpointGiven { return try fail("MNTP respecified", EINVAL) }
         guard let mp = pinned?.mountpoint else { return try fail("no pinned mountpoint", EINVAL) }
-        if path != config.mountpoint { return try fail("mountpoint \(path) is not the one on the command line", EINVAL) }
+        if path != config.mountpoint { return try fail("mountpoint \(Self.shown(path)) is not the one on the command line", EINVAL) }
         if fmt == UInt16(S_IFDIR) && !mp.isDirectory { return try fail("mountpoint \(path) is not a directory", ENOTDIR) }
         if fmt == UInt16(S_IFREG) && mp.isDirectory { return try fail("mountpoint \(path) is a directory", EISDIR) }
         if !mp.stillInPlace() { return try fail("mountpoint \(path) was moved or replaced since start-up", EBUSY) }

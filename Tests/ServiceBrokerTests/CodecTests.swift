@@ -126,3 +126,13 @@ import Testing
         #expect(throws: WireError.self) { _ = try ArgvCodec.decode([UInt8](repeating: 0, count: ServiceProtocol.maxArgvSize + 1)) }
     }
 }
+
+@Suite struct ShownStringTests {
+    /// A server-chosen string cannot carry escape sequences or newlines to the admin's terminal.
+    @Test func controlsAreEscapedAndLengthIsBounded() {
+        #expect(HelperSession.shown("/a\u{1b}]0;pwned\u{07}\nb") == "/a\\u{1b}]0;pwned\\u{7}\\u{a}b")
+        #expect(HelperSession.shown("\u{9b}31m") == "\\u{9b}31m")
+        #expect(HelperSession.shown(String(repeating: "x", count: 1000)).count == 259)
+        #expect(HelperSession.shown("/plain/path") == "/plain/path")
+    }
+}
