@@ -21,6 +21,7 @@
 // reads, xattrs, statfs and umount (tests/tools/syscall-profile.sh).
 
 import CSeccomp
+import CShim
 import FuseKernel
 import Glibc
 import Logging
@@ -126,6 +127,19 @@ public enum Lockdown {
                     + "CapEff=\(hex(s.capEff)) CapPrm=\(hex(s.capPrm)); start it through fuservicemount "
                     + "(mount -t fuse.ext4) or the ext4iomap@.service unit")
         }
+    }
+
+    /// The first thing the server does, in every mode, before it reads a byte
+    /// from a peer or an image. Not dumpable: no core dumps, /proc/PID owned by
+    /// root, and no ptrace, pidfd_getfd or /proc/PID/mem for other processes,
+    /// even those of its own uid. SIGPIPE ignored: a write to a pipe whose
+    /// reader is gone (fuservicemount relays the spawned server's stderr
+    /// through one) fails with EPIPE instead of killing the server.
+    public static func hardenProcess() throws(LockdownError) {
+        let r = cshim_set_dumpable(0)
+        if r < 0 { throw LockdownError("cannot make the process non-dumpable: \(String(cString: strerror(-r)))") }
+        guard cshim_get_dumpable() == 0 else { throw LockdownError("the process is still dumpable after PR_SET_DUMPABLE 0") }
+        _ = signal(SIGPIPE, SIG_IGN)
     }
 
     static func hex(_ v: UInt64) -> String {
@@ -519,6 +533,7 @@ extension Lockdown {
     /// Runs in the calling process; call it last (the process stays locked down).
     public static func selftest(logger: Logger) throws(LockdownError) -> [SelftestResult] {
         guard rawSyscall != nil else { throw LockdownError("selftest: cannot resolve syscall()") }
+        let dumpable = cshim_get_dumpable()  // before the filter, which refuses PR_GET_DUMPABLE
         let sandbox = try ServerSandbox(setting: .enforce, logger: logger)
         try sandbox.apply(.setup)
         try sandbox.apply(.serving)
@@ -571,6 +586,7 @@ extension Lockdown {
         out.insert(SelftestResult(action: "seccomp", denied: status.seccomp == 2, detail: "Seccomp: \(status.seccomp), filters \(status.seccompFilters)"), at: 1)
         out.insert(SelftestResult(action: "landlock", denied: true,
                                   detail: landlock.map { "ABI \($0): no file system access" } ?? "not offered by this kernel (seccomp still denies open)"), at: 2)
+        out.insert(SelftestResult(action: "not dumpable", denied: dumpable == 0, detail: "PR_GET_DUMPABLE: \(dumpable)"), at: 3)
         return out
     }
 }
