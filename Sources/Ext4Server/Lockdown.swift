@@ -109,6 +109,10 @@ public enum Lockdown {
         }
     }
 
+    /// /proc/self/status, opened for a `ServerSandbox` made later (service
+    /// mode opens it before HELLO: a spawned server's root is emptied then).
+    public static func openStatusEarly() throws(LockdownError) -> Int32 { try openStatus() }
+
     /// The process's current status (opens /proc/self/status).
     public static func currentStatus() throws(LockdownError) -> Status {
         let fd = try openStatus()
@@ -161,6 +165,15 @@ public final class ServerSandbox {
         self.setting = setting
         self.logger = logger
         if setting != .off { statusFD = try Lockdown.openStatus() }
+    }
+
+    /// With /proc/self/status opened earlier (`Lockdown.openStatusEarly()`):
+    /// a spawned server can no longer open paths once the helper has emptied
+    /// its root. Takes the fd over; closes it at once when `setting` is `.off`.
+    public init(setting: SeccompSetting, logger: Logger, statusFD fd: Int32) {
+        self.setting = setting
+        self.logger = logger
+        if setting != .off { statusFD = fd } else if fd >= 0 { _ = Glibc.close(fd) }
     }
 
     deinit { if statusFD >= 0 { _ = Glibc.close(statusFD) } }
