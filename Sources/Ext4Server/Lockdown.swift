@@ -15,7 +15,7 @@
 // set the return register (an unknown architecture) the default is plain EPERM.
 // A few expected denials are quiet: open*() gives EPERM (the FUSE layer then
 // shares one /dev/fuse fd across workers) and clone3() gives ENOSYS (glibc then
-// uses clone(), which we can inspect for CLONE_THREAD).
+// uses clone(), whose flags must be exactly pthread_create's).
 //
 // The allow-list was measured with `strace -f` over mount, full tree walk,
 // reads, xattrs, statfs and umount (tests/tools/syscall-profile.sh).
@@ -317,6 +317,13 @@ extension Lockdown {
     /// Linux ABI constants Swift's Glibc does not surface (not exported without _GNU_SOURCE).
     enum K {
         static let cloneThread: UInt64 = 0x0001_0000     // CLONE_THREAD
+        /// The exact flags glibc's pthread_create passes to clone() (and
+        /// clone3(), which the filter answers ENOSYS): CLONE_VM | CLONE_FS |
+        /// CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM |
+        /// CLONE_SETTLS | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID, exit
+        /// signal 0 (strace -f -e clone,clone3 of a serving ext4iomapd).
+        static let pthreadCloneFlags: UInt64 = 0x0000_0100 | 0x0000_0200 | 0x0000_0400 | 0x0000_0800
+            | 0x0001_0000 | 0x0004_0000 | 0x0008_0000 | 0x0010_0000 | 0x0020_0000
         static let atEmptyPath: UInt64 = 0x1000          // AT_EMPTY_PATH
         static let prSetName: UInt64 = 15                // PR_SET_NAME
         static let prGetName: UInt64 = 16                // PR_GET_NAME
@@ -344,7 +351,9 @@ extension Lockdown {
         r.append(Rule("io_uring_enter"))
         r.append(Rule("io_uring_register", [eq(1, K.ioringRegisterEnableRings)]))
         r.append(Rule("sched_setaffinity", [eq(0, 0)]))
-        r.append(Rule("clone", [masked(0, K.cloneThread, K.cloneThread)]))
+        // Threads only, made exactly as pthread_create makes them. The kernel
+        // reads the low 32 bits of the flags, so the high ones are ignored here too.
+        r.append(Rule("clone", [masked(0, 0xFFFF_FFFF, K.pthreadCloneFlags)]))
         r.append(Rule("tgkill", [eq(0, UInt64(UInt32(bitPattern: getpid())))]))
         // signals (abort, the Swift runtime's crash handlers, the SIGSYS trap)
         for n in ["rt_sigreturn", "rt_sigprocmask", "rt_sigaction", "sigaltstack", "restart_syscall"] {
@@ -588,6 +597,12 @@ extension Lockdown {
         rr = sys("clone", Int(SIGCHLD), 0, 0, 0, 0)  // fork
         if rr.0 == 0 { _exit(0) }                     // a child that escaped: leave at once
         record("fork (clone without CLONE_THREAD)", rr.0, rr.1)
+        // pthread_create's flags plus CLONE_NEWNS: the kernel itself refuses
+        // CLONE_NEWNS with CLONE_FS (EINVAL), so only EPERM proves the filter did.
+        rr = sys("clone", Int(K.pthreadCloneFlags) | 0x0002_0000 /* CLONE_NEWNS */, 0, 0, 0, 0)
+        if rr.0 == 0 { _exit(0) }
+        out.append(SelftestResult(action: "clone(thread flags | CLONE_NEWNS)", denied: rr.0 < 0 && rr.1 == EPERM,
+                                  detail: rr.0 < 0 ? "denied: \(String(cString: strerror(rr.1)))" : "ALLOWED (returned \(rr.0))"))
         let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
         rr = (Int(execve("/bin/true", argv, argv)), errno)
         record("execve /bin/true", rr.0, rr.1)
