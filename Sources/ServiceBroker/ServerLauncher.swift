@@ -84,48 +84,67 @@ public enum ServerLauncher {
 
     /// Sandbox settings for a spawned server.
     public struct Sandbox: Sendable {
-        public var uid: uid_t
-        public var gid: gid_t
+        /// nil: a uid and gid of its own from `ServerIDs` (the default).
+        public var uid: uid_t?
+        public var gid: gid_t?
         /// New mount, network, IPC and PID namespaces.
         public var namespaces: Bool
-        public init(uid: uid_t = 65534, gid: gid_t = 65534, namespaces: Bool = true) {
+        public init(uid: uid_t? = nil, gid: gid_t? = nil, namespaces: Bool = true) {
             self.uid = uid
             self.gid = gid
             self.namespaces = namespaces
         }
     }
 
-    /// A spawned server: our end of the socketpair and the child pid.
+    /// A spawned server: our end of the socketpair, the child pid and the
+    /// uid/gid it runs as.
     public struct Spawned: Sendable {
         public let socket: Int32
         public let pid: pid_t
+        public let uid: uid_t
+        public let gid: gid_t
     }
 
-    /// Spawn `path --service-fd 3 [extraArgs]` with the socket as fd 3, sandboxed.
+    /// Spawn `path --service-fd 3 [extraArgs]` with the socket as fd 3, sandboxed,
+    /// as a uid and gid of its own unless `sandbox` names them.
     public static func spawn(serverPath path: String, extraArgs: [String] = [],
                              sandbox: Sandbox = Sandbox()) throws(BrokerError) -> Spawned {
         if sandbox.uid == 0 || sandbox.gid == 0 {
             throw .denied("refusing to run the server as root", errno: EPERM)
         }
+        if let uid = sandbox.uid {
+            return try spawn(serverPath: path, extraArgs: extraArgs, uid: uid, gid: sandbox.gid ?? uid,
+                             namespaces: sandbox.namespaces)
+        }
+        // The lock is held until the child runs as the id (spawn returns once it has exec'ed).
+        return try ServerIDs.withFreeID { id throws(BrokerError) in
+            try spawn(serverPath: path, extraArgs: extraArgs, uid: uid_t(id), gid: sandbox.gid ?? gid_t(id),
+                      namespaces: sandbox.namespaces)
+        }
+    }
+
+    static func spawn(serverPath path: String, extraArgs: [String], uid: uid_t, gid: gid_t,
+                      namespaces: Bool) throws(BrokerError) -> Spawned {
+        if uid == 0 || gid == 0 { throw .denied("refusing to run the server as root", errno: EPERM) }
         let (mine, theirs) = try Transport.socketPair()
         defer { FD.close(theirs) }
         let argv = [path, "--service-fd", "3"] + extraArgs
         let env = ["EXT4IOMAP_SERVICE_FD=3", "PATH=/usr/bin:/bin", "LANG=C.UTF-8"]
         var ns: Int32 = 0
-        if sandbox.namespaces {
+        if namespaces {
             ns = cshim_broker_CLONE_NEWNS() | cshim_broker_CLONE_NEWNET() | cshim_broker_CLONE_NEWIPC()
                 | cshim_broker_CLONE_NEWPID()
         }
         let pid = withCStrings(argv) { a in
             withCStrings(env) { e in
-                cshim_broker_spawn_sandboxed(path, a, e, theirs, sandbox.uid, sandbox.gid, ns)
+                cshim_broker_spawn_sandboxed(path, a, e, theirs, uid, gid, ns)
             }
         }
         if pid < 0 {
             FD.close(mine)
             throw .system(operation: "starting \(path)", errno: -pid)
         }
-        return Spawned(socket: mine, pid: pid)
+        return Spawned(socket: mine, pid: pid, uid: uid, gid: gid)
     }
 
     /// Reap a spawned server; with `kill`, SIGKILL it first.

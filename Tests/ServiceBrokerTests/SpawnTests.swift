@@ -33,8 +33,11 @@ struct SpawnTests {
         let s = try ServerLauncher.spawn(serverPath: script)
         let d = try Transport.receive(s.socket, timeoutMs: 10_000, maxFDs: 0)
         let text = String(decoding: d.bytes, as: UTF8.self)
-        #expect(text.contains("Uid: 65534 65534 65534 65534"), "\(text)")
-        #expect(text.contains("Gid: 65534 65534 65534 65534"), "\(text)")
+        #expect(ServerIDs.contains(s.uid) && s.gid == s.uid, "uid \(s.uid) gid \(s.gid)")
+        #expect(text.contains("Uid: \(s.uid) \(s.uid) \(s.uid) \(s.uid)"), "\(text)")
+        #expect(text.contains("Gid: \(s.gid) \(s.gid) \(s.gid) \(s.gid)"), "\(text)")
+        #expect(text.contains("Groups: "), "\(text)")
+        #expect(!text.contains("Groups: 0"), "no supplementary groups: \(text)")
         #expect(text.contains("CapEff: 0000000000000000"), "\(text)")
         #expect(text.contains("CapPrm: 0000000000000000"), "\(text)")
         #expect(text.contains("CapBnd: 0000000000000000"), "\(text)")
@@ -45,6 +48,39 @@ struct SpawnTests {
         #expect(ServerLauncher.reap(s.pid, kill: false) == 0)
         close(s.socket)
         #expect(FD.openCount() == before)
+    }
+
+    /// Two servers alive at once never share a uid; a server's uid is free
+    /// again once it has exited.
+    @Test func concurrentServersGetTheirOwnIDs() throws {
+        var t = Array("/tmp/spawntest-XXXXXX".utf8CString)
+        let dir = t.withUnsafeMutableBufferPointer { p in mkdtemp(p.baseAddress!) }.map { String(cString: $0) } ?? "/tmp"
+        chmod(dir, 0o755)
+        let script = dir + "/fake-ext4iomapd"
+        // Says hello, then stays until the helper closes its end.
+        let body = "#!/bin/sh\nprintf up >&3\nread -r _ <&3 || true\n"
+        let fd = open(script, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
+        _ = body.utf8.withContiguousStorageIfAvailable { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        defer { unlink(script); rmdir(dir) }
+
+        let a = try ServerLauncher.spawn(serverPath: script)
+        _ = try Transport.receive(a.socket, timeoutMs: 10_000, maxFDs: 0)
+        let b = try ServerLauncher.spawn(serverPath: script)
+        _ = try Transport.receive(b.socket, timeoutMs: 10_000, maxFDs: 0)
+        #expect(ServerIDs.contains(a.uid) && ServerIDs.contains(b.uid))
+        #expect(a.uid != b.uid, "two running servers share uid \(a.uid)")
+        close(a.socket)
+        close(b.socket)
+        #expect(ServerLauncher.reap(a.pid, kill: false) == 0)
+        #expect(ServerLauncher.reap(b.pid, kill: false) == 0)
+        // Both exited: the lowest free id is handed out again (unless another
+        // test process took it meanwhile, which the range allows).
+        let c = try ServerLauncher.spawn(serverPath: script)
+        _ = try Transport.receive(c.socket, timeoutMs: 10_000, maxFDs: 0)
+        #expect(c.uid <= max(a.uid, b.uid))
+        close(c.socket)
+        #expect(ServerLauncher.reap(c.pid, kill: false) == 0)
     }
 
     @Test func spawnFailureIsReported() {
@@ -88,5 +124,31 @@ struct SpawnTests {
         let c = try ServerLauncher.connectService(subtype: "ext4", directory: dir)
         #expect(c != nil)
         if let c { close(c) }
+    }
+}
+
+@Suite struct ServerIDsTests {
+    @Test func rangeIsOutsideSystemdsRanges() {
+        #expect(ServerIDs.first == 0x7E00_0000)
+        #expect(ServerIDs.last < 0x7FFE_0000)          // systemd's foreign range and above
+        #expect(ServerIDs.first > 1_879_048_191)       // systemd's container ranges end here
+        #expect(ServerIDs.last < 0x8000_0000)          // never negative as a signed 32-bit id
+    }
+
+    @Test func statusLinesGiveTheIDsInUse() {
+        let text = "Name:\tUid:\t2113929216\nUmask:\t0022\nState:\tS (sleeping)\n"
+            + "Uid:\t2113929217\t2113929217\t2113929218\t0\nGid:\t65534\t2113929219\t2113929219\t2113933312\n"
+            + "Groups:\t2113929220\n"
+        #expect(ServerIDs.idsInRange(status: text).sorted() == [2113929217, 2113929217, 2113929218, 2113929219, 2113929219])
+        #expect(ServerIDs.idsInRange(status: "").isEmpty)
+        #expect(ServerIDs.idsInRange(status: "Uid:\t-1\t99999999999\tx\n").isEmpty)
+    }
+
+    @Test func firstFreeID() {
+        #expect(ServerIDs.firstFree([]) == ServerIDs.first)
+        #expect(ServerIDs.firstFree([ServerIDs.first, ServerIDs.first + 2]) == ServerIDs.first + 1)
+        let all = Set((0..<ServerIDs.count).map { ServerIDs.first + $0 })
+        #expect(ServerIDs.firstFree(all) == nil)
+        #expect(ServerIDs.firstFree(all.subtracting([ServerIDs.last])) == ServerIDs.last)
     }
 }
