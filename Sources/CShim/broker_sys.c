@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -126,7 +127,7 @@ static void child_fail(int pipefd, int err) {
 }
 
 pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *const envp[],
-                                   int sockfd, uid_t uid, gid_t gid, int ns_flags) {
+                                   int sockfd, int errfd, uid_t uid, gid_t gid, int ns_flags) {
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC) < 0) return -errno;
     // Raw clone with SIGCHLD behaves like fork; new namespaces apply to the child.
@@ -149,30 +150,32 @@ pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *c
             if (s == SIGKILL || s == SIGSTOP) continue;
             signal(s, SIG_DFL);
         }
-        // Park both fds high, then place the socket at 3 (inheritable) and the
-        // error pipe at 4 (close-on-exec), and close everything else.
-        // The helper's stderr stays the server's stderr, so the server's one-line
-        // reason for a refused mount reaches the admin.
-        int e = fcntl(2, F_DUPFD_CLOEXEC, 10);
+        // A session of its own: no controlling terminal, outside the helper's
+        // foreground process group (no keystrokes, no terminal signals).
+        if (setsid() < 0) child_fail(wr, errno);
+        // Park every fd we keep at 10 or above, then lay out 0-1 = /dev/null,
+        // 2 = errfd (the helper's relay pipe; /dev/null without one),
+        // 3 = the socket (inheritable), 4 = the error pipe (close-on-exec),
+        // and close everything else.
         int s = fcntl(sockfd, F_DUPFD_CLOEXEC, 10);
         if (s < 0) child_fail(wr, errno);
         int w = fcntl(wr, F_DUPFD_CLOEXEC, 10);
         if (w < 0) child_fail(wr, errno);
+        int e = -1;
+        if (errfd >= 0 && (e = fcntl(errfd, F_DUPFD_CLOEXEC, 10)) < 0) child_fail(w, errno);
+        int n = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (n < 0) child_fail(w, errno);
+        int nullfd = fcntl(n, F_DUPFD_CLOEXEC, 10);
+        if (nullfd < 0) child_fail(w, errno);
+        close(n);
+        if (dup2(nullfd, 0) < 0 || dup2(nullfd, 1) < 0) child_fail(w, errno);
+        if (dup2(e >= 0 ? e : nullfd, 2) < 0) child_fail(w, errno);
         if (dup2(s, 3) < 0) child_fail(w, errno);
         if (dup3(w, 4, O_CLOEXEC) < 0) child_fail(w, errno);
         wr = 4;
-        if (e >= 0 && dup3(e, 5, O_CLOEXEC) < 0) child_fail(wr, errno);
-        if (syscall(SYS_close_range, e >= 0 ? 6 : 5, ~0U, 0) < 0) {
-            for (int fd = e >= 0 ? 6 : 5; fd < 4096; fd++) close(fd);
+        if (syscall(SYS_close_range, 5, ~0U, 0) < 0) {
+            for (int fd = 5; fd < 4096; fd++) close(fd);
         }
-        int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
-        if (nullfd < 0) child_fail(wr, errno);
-        for (int fd = 0; fd < 3; fd++) {
-            int from = (fd == 2 && e >= 0) ? 5 : nullfd;
-            if (dup2(from, fd) < 0) child_fail(wr, errno);
-        }
-        if (e >= 0) close(5);
-        if (nullfd > 5) close(nullfd);
         if (ns_flags & CLONE_NEWNS) {
             if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
                 child_fail(wr, errno);
@@ -184,9 +187,12 @@ pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *c
                 child_fail(wr, errno);
             }
         }
-        if (setgroups(0, NULL) < 0) { child_fail(wr, errno); }
-        if (setresgid(gid, gid, gid) < 0) { child_fail(wr, errno); }
-        if (setresuid(uid, uid, uid) < 0) { child_fail(wr, errno); }
+        // Raw syscalls: glibc's wrappers would signal every thread the parent
+        // had and wait for them (under a lock another thread may have held at
+        // clone time); this child has one thread.
+        if (syscall(SYS_setgroups, 0, NULL) < 0) { child_fail(wr, errno); }
+        if (syscall(SYS_setresgid, gid, gid, gid) < 0) { child_fail(wr, errno); }
+        if (syscall(SYS_setresuid, uid, uid, uid) < 0) { child_fail(wr, errno); }
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) { child_fail(wr, errno); }
         execve(path, argv, envp);
         child_fail(wr, errno);
@@ -203,6 +209,19 @@ pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *c
         return -(err ? err : ECHILD);
     }
     return (pid_t)pid;
+}
+
+int cshim_broker_pipe2(int fds[2], int flags) { return pipe2(fds, flags) < 0 ? -errno : 0; }
+
+int cshim_broker_timedjoin(pthread_t thread, int timeout_ms) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) < 0) return errno;
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec += 1; ts.tv_nsec -= 1000000000L; }
+    int r;
+    do { r = pthread_timedjoin_np(thread, NULL, &ts); } while (r == EINTR);
+    return r;
 }
 
 pid_t cshim_broker_waitpid(pid_t pid, int *status, int options) {

@@ -128,6 +128,20 @@ public enum ServerLauncher {
         if uid == 0 || gid == 0 { throw .denied("refusing to run the server as root", errno: EPERM) }
         let (mine, theirs) = try Transport.socketPair()
         defer { FD.close(theirs) }
+        // The server's stderr: a pipe whose lines the relay copies, sanitised, to ours.
+        var errPipe: [Int32] = [-1, -1]
+        let pr = cshim_broker_pipe2(&errPipe, O_CLOEXEC)
+        if pr != 0 {
+            let e = -pr
+            FD.close(mine)
+            throw .system(operation: "pipe2", errno: e)
+        }
+        let relay: StderrRelay
+        do { relay = try StderrRelay.start(reading: errPipe[0]) } catch {
+            FD.close(errPipe[1])
+            FD.close(mine)
+            throw error
+        }
         let argv = [path, "--service-fd", "3"] + extraArgs
         let env = ["EXT4IOMAP_SERVICE_FD=3", "PATH=/usr/bin:/bin", "LANG=C.UTF-8"]
         var ns: Int32 = 0
@@ -137,32 +151,39 @@ public enum ServerLauncher {
         }
         let pid = withCStrings(argv) { a in
             withCStrings(env) { e in
-                cshim_broker_spawn_sandboxed(path, a, e, theirs, uid, gid, ns)
+                cshim_broker_spawn_sandboxed(path, a, e, theirs, errPipe[1], uid, gid, ns)
             }
         }
+        FD.close(errPipe[1])  // the server holds the only write end now
         if pid < 0 {
+            relay.finish(timeoutMs: 0)
             FD.close(mine)
             throw .system(operation: "starting \(path)", errno: -pid)
         }
+        StderrRelays.shared.add(relay, pid: pid)
         return Spawned(socket: mine, pid: pid, uid: uid, gid: gid)
     }
 
-    /// Reap a spawned server; with `kill`, SIGKILL it first.
+    /// Reap a spawned server; with `kill`, SIGKILL it first. Everything it
+    /// wrote to stderr has been relayed when this returns.
     @discardableResult
     public static func reap(_ pid: pid_t, kill doKill: Bool) -> Int32? {
         if doKill { _ = kill(pid, SIGKILL) }
         var st: Int32 = 0
         let r = cshim_broker_waitpid(pid, &st, 0)
+        StderrRelays.shared.finish(pid: pid, timeoutMs: 1000)
         if r < 0 { return nil }
         if cshim_broker_wifexited(st) != 0 { return cshim_broker_wexitstatus(st) }
         return 128 + cshim_broker_wtermsig(st)
     }
 
-    /// Non-blocking: has the child exited? Returns its status if so.
+    /// Non-blocking: has the child exited? Returns its status if so (and then
+    /// everything it wrote to stderr has been relayed).
     public static func exited(_ pid: pid_t) -> Int32? {
         var st: Int32 = 0
         let r = cshim_broker_waitpid(pid, &st, WNOHANG)
         if r <= 0 { return nil }
+        StderrRelays.shared.finish(pid: pid, timeoutMs: 1000)
         if cshim_broker_wifexited(st) != 0 { return cshim_broker_wexitstatus(st) }
         return 128 + cshim_broker_wtermsig(st)
     }

@@ -22,7 +22,10 @@ struct SpawnTests {
         let body = """
         #!/bin/sh
         s=$(grep -E '^(Uid|Gid|Groups|CapEff|CapPrm|CapBnd|NoNewPrivs):' /proc/self/status | tr '\\t\\n' '  ')
-        printf '%s pid=%s net=%s args=%s' "$s" "$$" "$(readlink /proc/self/ns/net)" "$*" >&3
+        read -r me _ _ _ pgrp sid tty _ </proc/self/stat
+        st="stat=$me pgrp=$pgrp sid=$sid tty=$tty"
+        fds="fd0=$(readlink /proc/$me/fd/0) fd1=$(readlink /proc/$me/fd/1) fd2=$(readlink /proc/$me/fd/2)"
+        printf '%s pid=%s net=%s %s %s args=%s' "$s" "$$" "$(readlink /proc/self/ns/net)" "$st" "$fds" "$*" >&3
         """
         let fd = open(script, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
         _ = body.utf8.withContiguousStorageIfAvailable { write(fd, $0.baseAddress, $0.count) }
@@ -45,6 +48,16 @@ struct SpawnTests {
         #expect(text.contains("pid=1 "), "own PID namespace: \(text)")
         #expect(!text.contains("net=\(readLink("/proc/self/ns/net")) "), "own network namespace: \(text)")
         #expect(text.contains("args=--service-fd 3"), "\(text)")
+        // Its own session without a terminal; stdin/stdout /dev/null, stderr the relay pipe.
+        let fields = Dictionary(text.split(separator: " ").compactMap { w -> (String, String)? in
+            guard let eq = w.firstIndex(of: "=") else { return nil }
+            return (String(w[..<eq]), String(w[w.index(after: eq)...]))
+        }, uniquingKeysWith: { a, _ in a })
+        #expect(fields["sid"] != nil && fields["sid"] == fields["stat"], "own session: \(text)")
+        #expect(fields["pgrp"] == fields["stat"], "own process group: \(text)")
+        #expect(fields["tty"] == "0", "no controlling terminal: \(text)")
+        #expect(fields["fd0"] == "/dev/null" && fields["fd1"] == "/dev/null", "\(text)")
+        #expect(fields["fd2"]?.hasPrefix("pipe:") == true, "stderr is the relay pipe: \(text)")
         #expect(ServerLauncher.reap(s.pid, kill: false) == 0)
         close(s.socket)
         #expect(FD.openCount() == before)
