@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
+#include <stdio.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
@@ -13,9 +14,12 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <linux/loop.h>
+#include <linux/magic.h>
 
 #ifndef LOOP_CONFIGURE
 #define LOOP_CONFIGURE 0x4C0A
@@ -209,6 +213,117 @@ pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *c
         return -(err ? err : ECHILD);
     }
     return (pid_t)pid;
+}
+
+// ---- an empty root for a spawned server ---------------------------------
+
+// Runs in a short-lived child of the helper, inside the server's mount
+// namespace. Returns 0 or -errno; async-signal-safe calls only.
+static int empty_root_child(int nsfd) {
+    if (setns(nsfd, CLONE_NEWNS) < 0) return -errno;
+    // setns made the namespace's root our root and cwd. Nothing done below may
+    // propagate to another namespace: make every mount private first (spawn
+    // did so already; this costs nothing and does not rely on it).
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) return -errno;
+    // Any existing directory serves as the place to mount the new root on:
+    // it is only ever seen in this namespace, and only until the pivot.
+    static const char *const places[] = { "/tmp", "/dev", "/proc", "/mnt", "/run" };
+    const char *place = NULL;
+    for (size_t i = 0; i < sizeof(places) / sizeof(places[0]); i++) {
+        struct stat st;
+        if (lstat(places[i], &st) == 0 && S_ISDIR(st.st_mode)) { place = places[i]; break; }
+    }
+    if (place == NULL) return -ENOENT;
+    // Read-only from the start: the new root never needs a single entry.
+    if (mount("ext4iomap-empty", place, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "mode=0755,uid=0,gid=0,size=4k,nr_inodes=2") < 0) return -errno;
+    if (chdir(place) < 0) return -errno;
+    // pivot_root(".", "."): the tmpfs becomes the root of the namespace and
+    // the old root is stacked on top of it; every process of the namespace
+    // whose root or cwd was the old root (the server) now has the tmpfs.
+    if (syscall(SYS_pivot_root, ".", ".") < 0) return -errno;
+    // Detach the old root and every mount under it (lazily: the server's
+    // open fds keep what they point at, nothing else stays reachable).
+    if (umount2(".", MNT_DETACH) < 0) return -errno;
+    if (chdir("/") < 0) return -errno;
+    struct statfs sf;
+    if (statfs("/", &sf) < 0) return -errno;
+    if (sf.f_type != TMPFS_MAGIC) return -EXDEV;
+    return 0;
+}
+
+int cshim_broker_empty_root(pid_t pid, int timeout_ms) {
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/ns/mnt", (int)pid);
+    int nsfd;
+    do { nsfd = open(path, O_RDONLY | O_CLOEXEC); } while (nsfd < 0 && errno == EINTR);
+    if (nsfd < 0) return -errno;
+    // Never pivot our own namespace: that would empty the helper's (and the
+    // host's) root. The server must be in a mount namespace of its own.
+    struct stat theirs, mine;
+    if (fstat(nsfd, &theirs) < 0 || stat("/proc/self/ns/mnt", &mine) < 0) {
+        int e = errno;
+        close(nsfd);
+        return -e;
+    }
+    if (theirs.st_dev == mine.st_dev && theirs.st_ino == mine.st_ino) {
+        close(nsfd);
+        return -EINVAL;
+    }
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        int e = errno;
+        close(nsfd);
+        return -e;
+    }
+    // Raw clone, like the spawn: no atfork handlers in a threaded helper.
+    long c = syscall(SYS_clone, (unsigned long)SIGCHLD, NULL, NULL, NULL, NULL);
+    if (c < 0) {
+        int e = errno;
+        close(nsfd);
+        close(p[0]);
+        close(p[1]);
+        return -e;
+    }
+    if (c == 0) {
+        close(p[0]);
+        int r = empty_root_child(nsfd);
+        ssize_t w;
+        do { w = write(p[1], &r, sizeof(r)); } while (w < 0 && errno == EINTR);
+        _exit(r == 0 ? 0 : 1);
+    }
+    close(p[1]);
+    close(nsfd);
+    int result = -EPROTO;  // the child died without a report
+    struct pollfd pf = { .fd = p[0], .events = POLLIN, .revents = 0 };
+    int pr;
+    do { pr = poll(&pf, 1, timeout_ms); } while (pr < 0 && errno == EINTR);
+    if (pr == 0) {
+        result = -ETIMEDOUT;
+        kill((pid_t)c, SIGKILL);
+    } else if (pr < 0) {
+        result = -errno;
+        kill((pid_t)c, SIGKILL);
+    } else {
+        int r = 0;
+        ssize_t n;
+        do { n = read(p[0], &r, sizeof(r)); } while (n < 0 && errno == EINTR);
+        if (n == (ssize_t)sizeof(r)) result = r;
+    }
+    close(p[0]);
+    int st;
+    while (waitpid((pid_t)c, &st, 0) < 0 && errno == EINTR) {}
+    if (result != 0) return result;
+    // Check from outside that the server itself moved: its root and its cwd
+    // are the empty tmpfs now.
+    const char *const which[] = { "root", "cwd" };
+    for (int i = 0; i < 2; i++) {
+        struct statfs sf;
+        snprintf(path, sizeof(path), "/proc/%d/%s/", (int)pid, which[i]);
+        if (statfs(path, &sf) < 0) return -errno;
+        if (sf.f_type != TMPFS_MAGIC) return -EXDEV;
+    }
+    return 0;
 }
 
 int cshim_broker_pipe2(int fds[2], int flags) { return pipe2(fds, flags) < 0 ? -errno : 0; }

@@ -190,6 +190,26 @@ public enum ServerLauncher {
 }
 
 extension ServerLauncher {
+    /// Replace the root of a spawned server's mount namespace by an empty,
+    /// read-only tmpfs, so the server neither sees nor pins any mount of the
+    /// host (a copy of another mount in its namespace would keep that file
+    /// system, its server and its loop device alive after umount). Call it
+    /// once the server has answered HELLO (it has opened what it needs) and
+    /// before it is handed any file: `HelperSession.afterHello`. Fails closed.
+    public static func emptyRoot(of pid: pid_t, timeoutMs: Int = 5000) throws(BrokerError) {
+        let r = cshim_broker_empty_root(pid, Int32(clamping: timeoutMs))
+        if r < 0 {
+            let why: String
+            switch -r {
+            case EINVAL: why = "emptying the server's root: it shares our mount namespace"
+            case EXDEV: why = "emptying the server's root: its root or working directory did not move"
+            case ETIMEDOUT: why = "emptying the server's root: no answer within \(timeoutMs) ms"
+            default: why = "emptying the server's root (pivot_root in its mount namespace)"
+            }
+            throw .system(operation: why, errno: -r)
+        }
+    }
+
     /// Enter a mount namespace given as a pid or a path (mount -N).
     public static func enterMountNamespace(_ ns: String) throws(BrokerError) {
         let path = !ns.isEmpty && ns.allSatisfy({ $0.isNumber }) ? "/proc/\(ns)/ns/mnt" : ns

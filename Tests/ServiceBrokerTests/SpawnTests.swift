@@ -96,6 +96,44 @@ struct SpawnTests {
         #expect(ServerLauncher.reap(c.pid, kill: false) == 0)
     }
 
+    /// emptyRoot leaves the server's namespace with one read-only tmpfs as
+    /// its root and cwd, and nothing else; it refuses a shared namespace.
+    @Test func emptyRootLeavesOneEmptyMount() throws {
+        var t = Array("/tmp/spawntest-XXXXXX".utf8CString)
+        let dir = t.withUnsafeMutableBufferPointer { p in mkdtemp(p.baseAddress!) }.map { String(cString: $0) } ?? "/tmp"
+        chmod(dir, 0o755)
+        let script = dir + "/fake-ext4iomapd"
+        // Only shell builtins after the first message: nothing can be exec'ed any more.
+        let body = "#!/bin/sh\nprintf up >&3\nread -r _ <&3\nprintf '%s %s' \"$(pwd)\" /* >&3\nread -r _ <&3 || true\n"
+        let fd = open(script, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
+        _ = body.utf8.withContiguousStorageIfAvailable { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        defer { unlink(script); rmdir(dir) }
+
+        let s = try ServerLauncher.spawn(serverPath: script)
+        _ = try Transport.receive(s.socket, timeoutMs: 10_000, maxFDs: 0)
+        try ServerLauncher.emptyRoot(of: s.pid)
+        let mountinfo = (try? String(contentsOfProcFile: "/proc/\(s.pid)/mountinfo")) ?? ""
+        let lines = mountinfo.split(separator: "\n")
+        #expect(lines.count == 1, "\(mountinfo)")
+        #expect(lines.first?.contains(" / / ro,nosuid,nodev,noexec") == true, "\(mountinfo)")
+        #expect(lines.first?.contains(" - tmpfs ") == true, "\(mountinfo)")
+        #expect(readLink("/proc/\(s.pid)/root") == "/")
+        try Transport.send(s.socket, [0x0A])  // dash reads one byte per read(): one datagram
+        let d = try Transport.receive(s.socket, timeoutMs: 10_000, maxFDs: 0)
+        #expect(String(decoding: d.bytes, as: UTF8.self) == "/ /*", "cwd / and nothing in the root")
+        close(s.socket)
+        #expect(ServerLauncher.reap(s.pid, kill: false) == 0)
+        // Our own namespace is never pivoted.
+        let shared = try ServerLauncher.spawn(serverPath: script, sandbox: .init(namespaces: false))
+        _ = try Transport.receive(shared.socket, timeoutMs: 10_000, maxFDs: 0)
+        #expect(throws: BrokerError.self) { try ServerLauncher.emptyRoot(of: shared.pid) }
+        close(shared.socket)
+        ServerLauncher.reap(shared.pid, kill: true)
+        var st = stat()
+        #expect(stat("/proc/self/exe", &st) == 0, "the host root is intact")
+    }
+
     @Test func spawnFailureIsReported() {
         #expect(throws: BrokerError.system(operation: "starting /nonexistent/ext4iomapd", errno: ENOENT)) {
             _ = try ServerLauncher.spawn(serverPath: "/nonexistent/ext4iomapd")
@@ -137,6 +175,24 @@ struct SpawnTests {
         let c = try ServerLauncher.connectService(subtype: "ext4", directory: dir)
         #expect(c != nil)
         if let c { close(c) }
+    }
+}
+
+extension String {
+    /// A /proc file's text (size 0 in stat, so read until end of file).
+    init(contentsOfProcFile path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw BrokerError.system(operation: "open \(path)", errno: errno) }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        self = String(decoding: out, as: UTF8.self)
     }
 }
 

@@ -42,6 +42,18 @@ ssize_t cshim_broker_recv(int sock, void *buf, size_t len, int timeout_ms,
 pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *const envp[],
                                    int sockfd, int errfd, uid_t uid, gid_t gid, int ns_flags);
 
+/// Give process `pid`, which must be in a mount namespace other than ours,
+/// an empty root: a short-lived child setns()es into its namespace, makes
+/// every mount private, mounts a read-only tmpfs (nosuid, nodev, noexec, mode
+/// 0755, root-owned) on an existing directory, chdir()s into it,
+/// pivot_root(".", ".") and umount2(".", MNT_DETACH). The namespace then holds
+/// that one mount, and every process of it whose root or cwd was the old root
+/// has the tmpfs instead. Waits at most timeout_ms for the child (then kills
+/// it), then checks /proc/PID/root and /proc/PID/cwd are on tmpfs.
+/// Returns 0 or -errno: -EINVAL when pid shares our namespace, -ETIMEDOUT,
+/// -EXDEV when the root did not move, -EPROTO when the child gave no report.
+int cshim_broker_empty_root(pid_t pid, int timeout_ms);
+
 /// pipe2(fds, flags). Returns 0 or -errno.
 int cshim_broker_pipe2(int fds[2], int flags);
 
