@@ -177,6 +177,30 @@ public enum ServerLauncher {
         return 128 + cshim_broker_wtermsig(st)
     }
 
+    /// Wait at most `timeoutMs` for a spawned server to exit, then SIGKILL it;
+    /// reap it either way. Returns its exit status (128 + signal when killed
+    /// by one), nil when `pid` is not our child. Everything it wrote to stderr
+    /// has been relayed when this returns.
+    @discardableResult
+    public static func reap(_ pid: pid_t, timeoutMs: Int) -> Int32? {
+        let deadline = StderrRelay.now() + UInt64(max(0, timeoutMs)) * 1_000_000
+        while true {
+            var st: Int32 = 0
+            let r = cshim_broker_waitpid(pid, &st, WNOHANG)
+            if r < 0 {
+                StderrRelays.shared.finish(pid: pid, timeoutMs: 1000)
+                return nil
+            }
+            if r == pid {
+                StderrRelays.shared.finish(pid: pid, timeoutMs: 1000)
+                if cshim_broker_wifexited(st) != 0 { return cshim_broker_wexitstatus(st) }
+                return 128 + cshim_broker_wtermsig(st)
+            }
+            if StderrRelay.now() >= deadline { return reap(pid, kill: true) }
+            usleep(10_000)
+        }
+    }
+
     /// Non-blocking: has the child exited? Returns its status if so (and then
     /// everything it wrote to stderr has been relayed).
     public static func exited(_ pid: pid_t) -> Int32? {

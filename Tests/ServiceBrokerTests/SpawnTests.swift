@@ -134,6 +134,30 @@ struct SpawnTests {
         #expect(stat("/proc/self/exe", &st) == 0, "the host root is intact")
     }
 
+    /// reap(timeoutMs:) returns an exiting server's status, and kills one that
+    /// does not exit in time.
+    @Test func boundedReap() throws {
+        let quick = try ServerLauncher.spawn(serverPath: "/bin/false")
+        close(quick.socket)
+        #expect(ServerLauncher.reap(quick.pid, timeoutMs: 5000) == 1)
+        var t = Array("/tmp/spawntest-XXXXXX".utf8CString)
+        let dir = t.withUnsafeMutableBufferPointer { p in mkdtemp(p.baseAddress!) }.map { String(cString: $0) } ?? "/tmp"
+        chmod(dir, 0o755)
+        let script = dir + "/stuck-ext4iomapd"
+        let body = "#!/bin/sh\nexec sleep 60\n"
+        let fd = open(script, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
+        _ = body.utf8.withContiguousStorageIfAvailable { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        defer { unlink(script); rmdir(dir) }
+        let stuck = try ServerLauncher.spawn(serverPath: script)
+        close(stuck.socket)
+        let t0 = StderrRelay.now()
+        #expect(ServerLauncher.reap(stuck.pid, timeoutMs: 300) == 128 + SIGKILL)
+        let ms = (StderrRelay.now() - t0) / 1_000_000
+        #expect(ms >= 300 && ms < 3000, "\(ms) ms")
+        #expect(kill(stuck.pid, 0) != 0, "reaped")
+    }
+
     @Test func spawnFailureIsReported() {
         #expect(throws: BrokerError.system(operation: "starting /nonexistent/ext4iomapd", errno: ENOENT)) {
             _ = try ServerLauncher.spawn(serverPath: "/nonexistent/ext4iomapd")
