@@ -150,6 +150,9 @@ done
 # running as the server's uid can neither take its fds nor open its memory.
 # The control (a dumpable process of that uid, where both succeed) shows the
 # check is not vacuous (no Yama or LSM that refuses it anyway).
+sigign=$(field SigIgn)
+check "SIGPIPE ignored (SigIgn $sigign): a write after the helper's relay is gone cannot kill it" \
+  [ $(( 0x$sigign >> 12 & 1 )) = 1 ]
 check "not dumpable: /proc/$SPID/fd owned by root ($(stat -c %U /proc/$SPID/fd))" [ "$(stat -c %u /proc/$SPID/fd)" = 0 ]
 if [ -n "$PY" ] && command -v setpriv >/dev/null; then
   LOOPFD=$(fd_of "$SPID" "$LOOP")
