@@ -4,7 +4,11 @@ import Glibc
 import Testing
 @testable import ServiceBroker
 
-@Suite struct StderrRelayTests {
+// Serialised with the other suites that open fds: several of them compare
+// the process's fd count before and after.
+@Suite(.serialized) struct StderrRelayTests {
+    let lock = RootTestLock()
+
     func clean(_ s: String, max: Int = 1024) -> String {
         String(decoding: StderrRelay.sanitize(Array(s.utf8), maxBytes: max), as: UTF8.self)
     }
