@@ -53,6 +53,11 @@ final class StderrRelay: Sendable {
             guard let arg else { return nil }
             let r = Unmanaged<StderrRelay>.fromOpaque(arg).takeRetainedValue()
             cshim_set_thread_name("stderr-relay")
+            // Signals are the main thread's business; a SIGPIPE from writing to
+            // a stderr whose reader left stays pending here, and write() gives EPIPE.
+            var all = sigset_t()
+            sigfillset(&all)
+            pthread_sigmask(SIG_BLOCK, &all, nil)
             r.run()
             return nil
         }, box.toOpaque())
