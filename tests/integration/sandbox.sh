@@ -249,10 +249,11 @@ if "$HELPER" "$IMG" "$MNT" -t fuse.ext4 -o ro 2>>"$work/helper.err" \
   check "A readable" [ "$(cat "$MNT/hello.txt")" = "sandboxed hello" ]
   check "B readable" [ "$(cat "$MNT2/hello.txt")" = "sandboxed hello" ]
   umount "$MNT" || fail "umount A"
-  check "A's server exited within 3 s of umount" gone_within "$APID" 30
+  t0=$(date +%s%N)
+  check "A's server exited within 5 s of umount" gone_within "$APID" 50
   cleared=
-  for _ in $(seq 30); do [ -z "$(losetup -j "$IMG" -O NAME -n)" ] && { cleared=1; break; }; sleep 0.1; done
-  check "A's loop device detached within 3 s" [ -n "$cleared" ]
+  for _ in $(seq 50); do [ -z "$(losetup -j "$IMG" -O NAME -n)" ] && { cleared=1; break; }; sleep 0.1; done
+  check "A's loop device detached within 5 s ($(( ($(date +%s%N) - t0) / 1000000 )) ms)" [ -n "$cleared" ]
   check "B's server still serves" [ -d /proc/$BPID -a "$(cat "$MNT2/hello.txt")" = "sandboxed hello" ]
   if "$HELPER" "$IMG" "$MNT" -t fuse.ext4 -o ro 2>>"$work/helper.err"; then
     pass "A mounts again at once"
