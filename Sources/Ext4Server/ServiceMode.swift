@@ -62,7 +62,7 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, detachStderr: Bo
     }
     let uring = UringProbe.current()
     // /proc/self/fd, to name the device once it arrives (the adapter's s_id).
-    let procFDs = Glibc.open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    var procFDs = Glibc.open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
     defer { if procFDs >= 0 { _ = Glibc.close(procFDs) } }
     // Before any lockdown: libsystemd opens its sockets now (the journal's stays
     // open; sd_notify needs a fresh one, so readiness is announced here, when the
@@ -89,7 +89,7 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, detachStderr: Bo
         let sandbox = ServerSandbox(setting: options.seccomp, logger: logger, statusFD: statusFD)
         statusFD = -1
         try serveMount(endpoint, transport, args, devNull: &devNull, options, sandbox, uring: uring,
-                       procFDs: procFDs, workers: workers, logger: logger)
+                       procFDs: &procFDs, workers: workers, logger: logger)
     } catch {
         // Tell the helper how it ended so mount(8) exits with the right status.
         _ = try? endpoint.goodbye(status: UInt32(error.status == 1 ? 1 : 32))
@@ -101,7 +101,7 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, detachStderr: Bo
 /// `devNull`: closed (and set to -1) once it has replaced stderr.
 private func serveMount(_ endpoint: ServiceEndpoint, _ transport: any FuseFDTransport & FuseTransport, _ args: ForwardedArgs,
                         devNull: inout Int32, _ options: ServerOptions, _ sandbox: ServerSandbox, uring: UringProbe,
-                        procFDs: Int32, workers: Int, logger: Logger) throws(ServerFailure) {
+                        procFDs: inout Int32, workers: Int, logger: Logger) throws(ServerFailure) {
     func broker<T>(_ what: String, _ body: () throws(BrokerError) -> T) throws(ServerFailure) -> T {
         do { return try body() } catch { throw ServerFailure(2, "\(what): \(error)") }
     }
@@ -114,6 +114,7 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: any FuseFDTran
     // Facts about the environment reach the adapter as values: the device's
     // name is read now, through /proc/self/fd opened before HELLO.
     let sourceName = deviceName(devFD, procFDs: procFDs)
+    if procFDs >= 0 { _ = Glibc.close(procFDs); procFDs = -1 }
     // Lock down before the engine parses anything from the device.
     do { try sandbox.apply(.setup) } catch { throw ServerFailure(2, "sandbox: \(error)") }
     let fs = try openFileSystem(deviceFD: devFD, name: args.source, options: options, logger: logger)
