@@ -4,17 +4,22 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <poll.h>
+#include <stdio.h>
 #include <sched.h>
 #include <signal.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <linux/loop.h>
+#include <linux/magic.h>
 
 #ifndef LOOP_CONFIGURE
 #define LOOP_CONFIGURE 0x4C0A
@@ -126,7 +131,7 @@ static void child_fail(int pipefd, int err) {
 }
 
 pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *const envp[],
-                                   int sockfd, uid_t uid, gid_t gid, int ns_flags) {
+                                   int sockfd, int errfd, uid_t uid, gid_t gid, int ns_flags) {
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC) < 0) return -errno;
     // Raw clone with SIGCHLD behaves like fork; new namespaces apply to the child.
@@ -149,30 +154,32 @@ pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *c
             if (s == SIGKILL || s == SIGSTOP) continue;
             signal(s, SIG_DFL);
         }
-        // Park both fds high, then place the socket at 3 (inheritable) and the
-        // error pipe at 4 (close-on-exec), and close everything else.
-        // The helper's stderr stays the server's stderr, so the server's one-line
-        // reason for a refused mount reaches the admin.
-        int e = fcntl(2, F_DUPFD_CLOEXEC, 10);
+        // A session of its own: no controlling terminal, outside the helper's
+        // foreground process group (no keystrokes, no terminal signals).
+        if (setsid() < 0) child_fail(wr, errno);
+        // Park every fd we keep at 10 or above, then lay out 0-1 = /dev/null,
+        // 2 = errfd (the helper's relay pipe; /dev/null without one),
+        // 3 = the socket (inheritable), 4 = the error pipe (close-on-exec),
+        // and close everything else.
         int s = fcntl(sockfd, F_DUPFD_CLOEXEC, 10);
         if (s < 0) child_fail(wr, errno);
         int w = fcntl(wr, F_DUPFD_CLOEXEC, 10);
         if (w < 0) child_fail(wr, errno);
+        int e = -1;
+        if (errfd >= 0 && (e = fcntl(errfd, F_DUPFD_CLOEXEC, 10)) < 0) child_fail(w, errno);
+        int n = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (n < 0) child_fail(w, errno);
+        int nullfd = fcntl(n, F_DUPFD_CLOEXEC, 10);
+        if (nullfd < 0) child_fail(w, errno);
+        close(n);
+        if (dup2(nullfd, 0) < 0 || dup2(nullfd, 1) < 0) child_fail(w, errno);
+        if (dup2(e >= 0 ? e : nullfd, 2) < 0) child_fail(w, errno);
         if (dup2(s, 3) < 0) child_fail(w, errno);
         if (dup3(w, 4, O_CLOEXEC) < 0) child_fail(w, errno);
         wr = 4;
-        if (e >= 0 && dup3(e, 5, O_CLOEXEC) < 0) child_fail(wr, errno);
-        if (syscall(SYS_close_range, e >= 0 ? 6 : 5, ~0U, 0) < 0) {
-            for (int fd = e >= 0 ? 6 : 5; fd < 4096; fd++) close(fd);
+        if (syscall(SYS_close_range, 5, ~0U, 0) < 0) {
+            for (int fd = 5; fd < 4096; fd++) close(fd);
         }
-        int nullfd = open("/dev/null", O_RDWR | O_CLOEXEC);
-        if (nullfd < 0) child_fail(wr, errno);
-        for (int fd = 0; fd < 3; fd++) {
-            int from = (fd == 2 && e >= 0) ? 5 : nullfd;
-            if (dup2(from, fd) < 0) child_fail(wr, errno);
-        }
-        if (e >= 0) close(5);
-        if (nullfd > 5) close(nullfd);
         if (ns_flags & CLONE_NEWNS) {
             if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) {
                 child_fail(wr, errno);
@@ -184,9 +191,12 @@ pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *c
                 child_fail(wr, errno);
             }
         }
-        if (setgroups(0, NULL) < 0) { child_fail(wr, errno); }
-        if (setresgid(gid, gid, gid) < 0) { child_fail(wr, errno); }
-        if (setresuid(uid, uid, uid) < 0) { child_fail(wr, errno); }
+        // Raw syscalls: glibc's wrappers would signal every thread the parent
+        // had and wait for them (under a lock another thread may have held at
+        // clone time); this child has one thread.
+        if (syscall(SYS_setgroups, 0, NULL) < 0) { child_fail(wr, errno); }
+        if (syscall(SYS_setresgid, gid, gid, gid) < 0) { child_fail(wr, errno); }
+        if (syscall(SYS_setresuid, uid, uid, uid) < 0) { child_fail(wr, errno); }
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) { child_fail(wr, errno); }
         execve(path, argv, envp);
         child_fail(wr, errno);
@@ -203,6 +213,130 @@ pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *c
         return -(err ? err : ECHILD);
     }
     return (pid_t)pid;
+}
+
+// ---- an empty root for a spawned server ---------------------------------
+
+// Runs in a short-lived child of the helper, inside the server's mount
+// namespace. Returns 0 or -errno; async-signal-safe calls only.
+static int empty_root_child(int nsfd) {
+    if (setns(nsfd, CLONE_NEWNS) < 0) return -errno;
+    // setns made the namespace's root our root and cwd. Nothing done below may
+    // propagate to another namespace: make every mount private first (spawn
+    // did so already; this costs nothing and does not rely on it).
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0) return -errno;
+    // Any existing directory serves as the place to mount the new root on:
+    // it is only ever seen in this namespace, and only until the pivot.
+    static const char *const places[] = { "/tmp", "/dev", "/proc", "/mnt", "/run" };
+    const char *place = NULL;
+    for (size_t i = 0; i < sizeof(places) / sizeof(places[0]); i++) {
+        struct stat st;
+        if (lstat(places[i], &st) == 0 && S_ISDIR(st.st_mode)) { place = places[i]; break; }
+    }
+    if (place == NULL) return -ENOENT;
+    // Read-only from the start: the new root never needs a single entry.
+    if (mount("ext4iomap-empty", place, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "mode=0755,uid=0,gid=0,size=4k,nr_inodes=2") < 0) return -errno;
+    if (chdir(place) < 0) return -errno;
+    // pivot_root(".", "."): the tmpfs becomes the root of the namespace and
+    // the old root is stacked on top of it; every process of the namespace
+    // whose root or cwd was the old root (the server) now has the tmpfs.
+    if (syscall(SYS_pivot_root, ".", ".") < 0) return -errno;
+    // Detach the old root and every mount under it (lazily: the server's
+    // open fds keep what they point at, nothing else stays reachable).
+    if (umount2(".", MNT_DETACH) < 0) return -errno;
+    if (chdir("/") < 0) return -errno;
+    struct statfs sf;
+    if (statfs("/", &sf) < 0) return -errno;
+    if (sf.f_type != TMPFS_MAGIC) return -EXDEV;
+    return 0;
+}
+
+int cshim_broker_empty_root(pid_t pid, int timeout_ms) {
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/ns/mnt", (int)pid);
+    int nsfd;
+    do { nsfd = open(path, O_RDONLY | O_CLOEXEC); } while (nsfd < 0 && errno == EINTR);
+    if (nsfd < 0) return -errno;
+    // Never pivot our own namespace: that would empty the helper's (and the
+    // host's) root. The server must be in a mount namespace of its own.
+    struct stat theirs, mine;
+    if (fstat(nsfd, &theirs) < 0 || stat("/proc/self/ns/mnt", &mine) < 0) {
+        int e = errno;
+        close(nsfd);
+        return -e;
+    }
+    if (theirs.st_dev == mine.st_dev && theirs.st_ino == mine.st_ino) {
+        close(nsfd);
+        return -EINVAL;
+    }
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        int e = errno;
+        close(nsfd);
+        return -e;
+    }
+    // Raw clone, like the spawn: no atfork handlers in a threaded helper.
+    long c = syscall(SYS_clone, (unsigned long)SIGCHLD, NULL, NULL, NULL, NULL);
+    if (c < 0) {
+        int e = errno;
+        close(nsfd);
+        close(p[0]);
+        close(p[1]);
+        return -e;
+    }
+    if (c == 0) {
+        close(p[0]);
+        int r = empty_root_child(nsfd);
+        ssize_t w;
+        do { w = write(p[1], &r, sizeof(r)); } while (w < 0 && errno == EINTR);
+        _exit(r == 0 ? 0 : 1);
+    }
+    close(p[1]);
+    close(nsfd);
+    int result = -EPROTO;  // the child died without a report
+    struct pollfd pf = { .fd = p[0], .events = POLLIN, .revents = 0 };
+    int pr;
+    do { pr = poll(&pf, 1, timeout_ms); } while (pr < 0 && errno == EINTR);
+    if (pr == 0) {
+        result = -ETIMEDOUT;
+        kill((pid_t)c, SIGKILL);
+    } else if (pr < 0) {
+        result = -errno;
+        kill((pid_t)c, SIGKILL);
+    } else {
+        int r = 0;
+        ssize_t n;
+        do { n = read(p[0], &r, sizeof(r)); } while (n < 0 && errno == EINTR);
+        if (n == (ssize_t)sizeof(r)) result = r;
+    }
+    close(p[0]);
+    int st;
+    while (waitpid((pid_t)c, &st, 0) < 0 && errno == EINTR) {}
+    if (result != 0) return result;
+    // Check from outside that the server itself moved: its root and its cwd
+    // are the empty tmpfs now.
+    const char *const which[] = { "root", "cwd" };
+    for (int i = 0; i < 2; i++) {
+        struct statfs sf;
+        snprintf(path, sizeof(path), "/proc/%d/%s/", (int)pid, which[i]);
+        if (statfs(path, &sf) < 0) return -errno;
+        if (sf.f_type != TMPFS_MAGIC) return -EXDEV;
+    }
+    return 0;
+}
+
+int cshim_broker_pipe2(int fds[2], int flags) { return pipe2(fds, flags) < 0 ? -errno : 0; }
+
+int cshim_broker_timedjoin(pthread_t thread, int timeout_ms) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) < 0) return errno;
+    ts.tv_sec += timeout_ms / 1000;
+    ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) { ts.tv_sec += 1; ts.tv_nsec -= 1000000000L; }
+    int r;
+    do { r = pthread_timedjoin_np(thread, NULL, &ts); } while (r == EINTR);
+    return r;
 }
 
 pid_t cshim_broker_waitpid(pid_t pid, int *status, int options) {

@@ -61,6 +61,13 @@ int cshim_move_mount(int from_dfd, const char *from_path, int to_dfd, const char
 }
 pid_t cshim_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 void cshim_set_thread_name(const char *name) { prctl(PR_SET_NAME, name, 0, 0, 0); }
+int cshim_set_dumpable(int dumpable) {
+    return prctl(PR_SET_DUMPABLE, (unsigned long)dumpable, 0, 0, 0) < 0 ? -errno : 0;
+}
+int cshim_get_dumpable(void) {
+    int r = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+    return r < 0 ? -errno : r;
+}
 
 #define CSHIM_MAXFDS 16
 

@@ -97,6 +97,15 @@ struct Ext4IomapD: ParsableCommand {
     }
 }
 
+// Before anything else, in every mode: not dumpable (no ptrace, pidfd_getfd or
+// /proc/PID/mem for other processes of our uid, no core dumps) and SIGPIPE
+// ignored (a spawned server's stderr is a pipe to fuservicemount, which may
+// have exited).
+do { try Lockdown.hardenProcess() } catch {
+    let line = Array("ext4iomapd: \(error.message)\n".utf8)
+    _ = line.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+    Glibc.exit(2)
+}
 // Pin the time zone so log timestamps do not re-check /etc/localtime on every
 // line: after the lockdown the server cannot open or stat paths.
 if getenv("TZ") == nil { setenv("TZ", ":/etc/localtime", 0) }

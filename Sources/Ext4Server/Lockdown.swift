@@ -15,12 +15,13 @@
 // set the return register (an unknown architecture) the default is plain EPERM.
 // A few expected denials are quiet: open*() gives EPERM (the FUSE layer then
 // shares one /dev/fuse fd across workers) and clone3() gives ENOSYS (glibc then
-// uses clone(), which we can inspect for CLONE_THREAD).
+// uses clone(), whose flags must be exactly pthread_create's).
 //
 // The allow-list was measured with `strace -f` over mount, full tree walk,
 // reads, xattrs, statfs and umount (tests/tools/syscall-profile.sh).
 
 import CSeccomp
+import CShim
 import FuseKernel
 import Ext4Fuse
 import Glibc
@@ -105,6 +106,10 @@ public enum Lockdown {
         }
     }
 
+    /// /proc/self/status, opened for a `ServerSandbox` made later (service
+    /// mode opens it before HELLO: a spawned server's root is emptied then).
+    public static func openStatusEarly() throws(LockdownError) -> Int32 { try openStatus() }
+
     /// The process's current status (opens /proc/self/status).
     public static func currentStatus() throws(LockdownError) -> Status {
         let fd = try openStatus()
@@ -123,6 +128,19 @@ public enum Lockdown {
                     + "CapEff=\(hex(s.capEff)) CapPrm=\(hex(s.capPrm)); start it through fuservicemount "
                     + "(mount -t fuse.ext4) or the ext4iomap@.service unit")
         }
+    }
+
+    /// The first thing the server does, in every mode, before it reads a byte
+    /// from a peer or an image. Not dumpable: no core dumps, /proc/PID owned by
+    /// root, and no ptrace, pidfd_getfd or /proc/PID/mem for other processes,
+    /// even those of its own uid. SIGPIPE ignored: a write to a pipe whose
+    /// reader is gone (fuservicemount relays the spawned server's stderr
+    /// through one) fails with EPIPE instead of killing the server.
+    public static func hardenProcess() throws(LockdownError) {
+        let r = cshim_set_dumpable(0)
+        if r < 0 { throw LockdownError("cannot make the process non-dumpable: \(String(cString: strerror(-r)))") }
+        guard cshim_get_dumpable() == 0 else { throw LockdownError("the process is still dumpable after PR_SET_DUMPABLE 0") }
+        _ = signal(SIGPIPE, SIG_IGN)
     }
 
     static func hex(_ v: UInt64) -> String {
@@ -144,6 +162,15 @@ public final class ServerSandbox {
         self.setting = setting
         self.logger = logger
         if setting != .off { statusFD = try Lockdown.openStatus() }
+    }
+
+    /// With /proc/self/status opened earlier (`Lockdown.openStatusEarly()`):
+    /// a spawned server can no longer open paths once the helper has emptied
+    /// its root. Takes the fd over; closes it at once when `setting` is `.off`.
+    public init(setting: SeccompSetting, logger: Logger, statusFD fd: Int32) {
+        self.setting = setting
+        self.logger = logger
+        if setting != .off { statusFD = fd } else if fd >= 0 { _ = Glibc.close(fd) }
     }
 
     deinit { if statusFD >= 0 { _ = Glibc.close(statusFD) } }
@@ -287,6 +314,13 @@ extension Lockdown {
     /// Linux ABI constants Swift's Glibc does not surface (not exported without _GNU_SOURCE).
     enum K {
         static let cloneThread: UInt64 = 0x0001_0000     // CLONE_THREAD
+        /// The exact flags glibc's pthread_create passes to clone() (and
+        /// clone3(), which the filter answers ENOSYS): CLONE_VM | CLONE_FS |
+        /// CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM |
+        /// CLONE_SETTLS | CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID, exit
+        /// signal 0 (strace -f -e clone,clone3 of a serving ext4iomapd).
+        static let pthreadCloneFlags: UInt64 = 0x0000_0100 | 0x0000_0200 | 0x0000_0400 | 0x0000_0800
+            | 0x0001_0000 | 0x0004_0000 | 0x0008_0000 | 0x0010_0000 | 0x0020_0000
         static let atEmptyPath: UInt64 = 0x1000          // AT_EMPTY_PATH
         static let prSetName: UInt64 = 15                // PR_SET_NAME
         static let prGetName: UInt64 = 16                // PR_GET_NAME
@@ -314,7 +348,9 @@ extension Lockdown {
         r.append(Rule("io_uring_enter"))
         r.append(Rule("io_uring_register", [eq(1, K.ioringRegisterEnableRings)]))
         r.append(Rule("sched_setaffinity", [eq(0, 0)]))
-        r.append(Rule("clone", [masked(0, K.cloneThread, K.cloneThread)]))
+        // Threads only, made exactly as pthread_create makes them. The kernel
+        // reads the low 32 bits of the flags, so the high ones are ignored here too.
+        r.append(Rule("clone", [masked(0, 0xFFFF_FFFF, K.pthreadCloneFlags)]))
         r.append(Rule("tgkill", [eq(0, UInt64(UInt32(bitPattern: getpid())))]))
         // signals (abort, the Swift runtime's crash handlers, the SIGSYS trap)
         for n in ["rt_sigreturn", "rt_sigprocmask", "rt_sigaction", "sigaltstack", "restart_syscall"] {
@@ -522,6 +558,7 @@ extension Lockdown {
     /// Runs in the calling process; call it last (the process stays locked down).
     public static func selftest(logger: Logger) throws(LockdownError) -> [SelftestResult] {
         guard rawSyscall != nil else { throw LockdownError("selftest: cannot resolve syscall()") }
+        let dumpable = cshim_get_dumpable()  // before the filter, which refuses PR_GET_DUMPABLE
         let sandbox = try ServerSandbox(setting: .enforce, logger: logger)
         try sandbox.apply(.setup)
         try sandbox.apply(.serving)
@@ -563,6 +600,12 @@ extension Lockdown {
         rr = sys("clone", Int(SIGCHLD), 0, 0, 0, 0)  // fork
         if rr.0 == 0 { _exit(0) }                     // a child that escaped: leave at once
         record("fork (clone without CLONE_THREAD)", rr.0, rr.1)
+        // pthread_create's flags plus CLONE_NEWNS: the kernel itself refuses
+        // CLONE_NEWNS with CLONE_FS (EINVAL), so only EPERM proves the filter did.
+        rr = sys("clone", Int(K.pthreadCloneFlags) | 0x0002_0000 /* CLONE_NEWNS */, 0, 0, 0, 0)
+        if rr.0 == 0 { _exit(0) }
+        out.append(SelftestResult(action: "clone(thread flags | CLONE_NEWNS)", denied: rr.0 < 0 && rr.1 == EPERM,
+                                  detail: rr.0 < 0 ? "denied: \(String(cString: strerror(rr.1)))" : "ALLOWED (returned \(rr.0))"))
         let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
         rr = (Int(execve("/bin/true", argv, argv)), errno)
         record("execve /bin/true", rr.0, rr.1)
@@ -574,6 +617,7 @@ extension Lockdown {
         out.insert(SelftestResult(action: "seccomp", denied: status.seccomp == 2, detail: "Seccomp: \(status.seccomp), filters \(status.seccompFilters)"), at: 1)
         out.insert(SelftestResult(action: "landlock", denied: true,
                                   detail: landlock.map { "ABI \($0): no file system access" } ?? "not offered by this kernel (seccomp still denies open)"), at: 2)
+        out.insert(SelftestResult(action: "not dumpable", denied: dumpable == 0, detail: "PR_GET_DUMPABLE: \(dumpable)"), at: 3)
         return out
     }
 }

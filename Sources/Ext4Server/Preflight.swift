@@ -7,11 +7,14 @@ import Ext4Fuse
 import FuseKernel
 import Glibc
 
-/// The last path component of what `fd` refers to (e.g. "loop3"), read from
-/// /proc before the sandbox closes it; nil when it cannot be read.
-public func deviceName(_ fd: Int32) -> String? {
+/// The last path component of what `fd` refers to (e.g. "loop3"), read
+/// before the sandbox closes: through `procFDs` (an fd on /proc/self/fd opened
+/// while the server still had a root with /proc in it), else /proc/self/fd
+/// itself; nil when it cannot be read.
+public func deviceName(_ fd: Int32, procFDs: Int32 = -1) -> String? {
     var buf = [CChar](repeating: 0, count: 4096)
-    let n = Glibc.readlink("/proc/self/fd/\(fd)", &buf, buf.count - 1)
+    let n = procFDs >= 0 ? Glibc.readlinkat(procFDs, "\(fd)", &buf, buf.count - 1)
+        : Glibc.readlink("/proc/self/fd/\(fd)", &buf, buf.count - 1)
     guard n > 0 else { return nil }
     let path = String(decoding: buf.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     guard path.hasPrefix("/"), let last = path.split(separator: "/").last, !last.isEmpty else { return nil }

@@ -39,12 +39,31 @@ struct ForwardedArgs {
     }
 }
 
-/// `detachStderr`: spawn mode, where stderr is the helper's (so a refusal reaches
-/// the admin). Once mounted, stderr becomes /dev/null, so that nothing the
-/// admin ran (mount piped into tee, say) waits on a pipe the server holds.
+/// `detachStderr`: spawn mode, where stderr is a pipe the helper relays to its
+/// own stderr (so a refusal reaches the admin). Once mounted, stderr becomes
+/// /dev/null, which closes the pipe: the helper stops relaying and exits.
 public func runService(endpoint: ServiceEndpoint, workers: Int, detachStderr: Bool = false,
                        logger: Logger) throws(ServerFailure) {
-    let devNull = detachStderr ? Glibc.open("/dev/null", O_WRONLY | O_CLOEXEC) : -1
+    // Everything the server opens by path is opened here, before HELLO: in
+    // spawn mode fuservicemount replaces the server's root with an empty
+    // directory as soon as the server has answered HELLO (and the lockdown
+    // forbids opening paths later anyway). That is stderr's replacement,
+    // /proc/self/status (the lockdown proves itself with it) and what /sys
+    // says about FUSE over io_uring.
+    var devNull = detachStderr ? Glibc.open("/dev/null", O_WRONLY | O_CLOEXEC) : -1
+    var statusFD: Int32
+    do { statusFD = try Lockdown.openStatusEarly() } catch {
+        if devNull >= 0 { _ = Glibc.close(devNull) }
+        throw ServerFailure(2, "\(error)")
+    }
+    defer {
+        if devNull >= 0 { _ = Glibc.close(devNull) }
+        if statusFD >= 0 { _ = Glibc.close(statusFD) }
+    }
+    let uring = UringProbe.current()
+    // /proc/self/fd, to name the device once it arrives (the adapter's s_id).
+    var procFDs = Glibc.open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    defer { if procFDs >= 0 { _ = Glibc.close(procFDs) } }
     // Before any lockdown: libsystemd opens its sockets now (the journal's stays
     // open; sd_notify needs a fresh one, so readiness is announced here, when the
     // server is ready for the mount conversation).
@@ -67,11 +86,10 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, detachStderr: Bo
         throw ServerFailure(1, "\(error)")
     }
     do throws(ServerFailure) {
-        let sandbox: ServerSandbox
-        do { sandbox = try ServerSandbox(setting: options.seccomp, logger: logger) } catch {
-            throw ServerFailure(2, "\(error)")
-        }
-        try serveMount(endpoint, transport, args, devNull: devNull, options, sandbox, workers: workers, logger: logger)
+        let sandbox = ServerSandbox(setting: options.seccomp, logger: logger, statusFD: statusFD)
+        statusFD = -1
+        try serveMount(endpoint, transport, args, devNull: &devNull, options, sandbox, uring: uring,
+                       procFDs: &procFDs, workers: workers, logger: logger)
     } catch {
         // Tell the helper how it ended so mount(8) exits with the right status.
         _ = try? endpoint.goodbye(status: UInt32(error.status == 1 ? 1 : 32))
@@ -80,8 +98,10 @@ public func runService(endpoint: ServiceEndpoint, workers: Int, detachStderr: Bo
     }
 }
 
+/// `devNull`: closed (and set to -1) once it has replaced stderr.
 private func serveMount(_ endpoint: ServiceEndpoint, _ transport: any FuseFDTransport & FuseTransport, _ args: ForwardedArgs,
-                        devNull: Int32, _ options: ServerOptions, _ sandbox: ServerSandbox, workers: Int, logger: Logger) throws(ServerFailure) {
+                        devNull: inout Int32, _ options: ServerOptions, _ sandbox: ServerSandbox, uring: UringProbe,
+                        procFDs: inout Int32, workers: Int, logger: Logger) throws(ServerFailure) {
     func broker<T>(_ what: String, _ body: () throws(BrokerError) -> T) throws(ServerFailure) -> T {
         do { return try body() } catch { throw ServerFailure(2, "\(what): \(error)") }
     }
@@ -90,10 +110,11 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: any FuseFDTran
     if !(transport is SocketTransport) {
         try iomapPreflight(fuseFD: transport.fd, deviceFD: devFD, name: args.source, options: options)
     }
-    let rings = transport is SocketTransport ? nil : makeUringRings(options, workers: workers, logger: logger)
+    let rings = transport is SocketTransport ? nil : makeUringRings(options, workers: workers, logger: logger, probe: uring)
     // Facts about the environment reach the adapter as values: the device's
-    // name is read now, while /proc may still be looked at.
-    let sourceName = deviceName(devFD)
+    // name is read now, through /proc/self/fd opened before HELLO.
+    let sourceName = deviceName(devFD, procFDs: procFDs)
+    if procFDs >= 0 { _ = Glibc.close(procFDs); procFDs = -1 }
     // Lock down before the engine parses anything from the device.
     do { try sandbox.apply(.setup) } catch { throw ServerFailure(2, "sandbox: \(error)") }
     let fs = try openFileSystem(deviceFD: devFD, name: args.source, options: options, logger: logger)
@@ -110,8 +131,9 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: any FuseFDTran
     sandbox.finish()
     logger.info("serving \(args.source) at \(args.mountpoint) (\(options.readOnly ? "read-only" : "read-write"), \(workers) workers)")
     if devNull >= 0 {
-        _ = dup2(devNull, 2)
+        while dup2(devNull, 2) < 0 && errno == EINTR {}
         _ = Glibc.close(devNull)
+        devNull = -1
     }
     let adapter = Ext4FuseFS(fs: fs, options: options, sourceName: sourceName, logger: logger)
     defer { adapter.destroy() }  // flush and mark clean however the session ended

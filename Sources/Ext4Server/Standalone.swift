@@ -68,16 +68,31 @@ func mountFlags(_ o: ServerOptions) -> UInt {
 
 /// Rings for FUSE over io_uring, made while io_uring_setup is still allowed
 /// (the sandbox forbids it). nil with `uring=0` or when io_uring is unavailable.
-func makeUringRings(_ options: ServerOptions, workers: Int, logger: Logger) -> FuseUringRings? {
+/// What deciding on FUSE over io_uring needs from /sys, read while /sys is
+/// still reachable: a spawned server's root is emptied right after HELLO.
+struct UringProbe {
+    /// The fuse module's enable_uring is visibly off.
+    var moduleDisabled: Bool
+    /// Possible CPUs: the kernel makes one request queue per possible CPU.
+    var possibleCPUs: Int
+
+    static func current() -> UringProbe {
+        let v = readSysfsValue("/sys/module/fuse/parameters/enable_uring")
+        return UringProbe(moduleDisabled: v.map { $0.hasPrefix("N") || $0.hasPrefix("0") } ?? false,
+                          possibleCPUs: FuseUringRings.possibleCPUs())
+    }
+}
+
+func makeUringRings(_ options: ServerOptions, workers: Int, logger: Logger, probe: UringProbe = .current()) -> FuseUringRings? {
     guard options.uring else { return nil }
     // The kernel offers FUSE over io_uring only with the fuse module's
     // enable_uring on; when it is visibly off, make no rings and no threads.
-    if let v = readSysfsValue("/sys/module/fuse/parameters/enable_uring"), v.hasPrefix("N") || v.hasPrefix("0") {
+    if probe.moduleDisabled {
         logger.debug("FUSE over io_uring: the fuse module's enable_uring is off")
         return nil
     }
-    let perQueue = max(1, workers / FuseUringRings.possibleCPUs())
-    switch FuseUringRings.create(threadsPerQueue: perQueue) {
+    let perQueue = max(1, workers / probe.possibleCPUs)
+    switch FuseUringRings.create(threadsPerQueue: perQueue, queues: probe.possibleCPUs) {
     case .success(let r): return r
     case .failure(let e):
         logger.info("FUSE over io_uring unavailable (\(e)); serving through /dev/fuse")

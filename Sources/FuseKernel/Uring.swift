@@ -57,8 +57,10 @@ public final class FuseUringRings: @unchecked Sendable {
     public static func possibleCPUs() -> Int { max(1, sysconf(Int32(_SC_NPROCESSORS_CONF))) }
 
     /// Create the rings, or say why not (io_uring disabled by sysctl, old kernel...).
-    public static func create(threadsPerQueue: Int) -> Result<FuseUringRings, FuseTransportError> {
-        let queues = possibleCPUs()
+    /// `queues`: the number of possible CPUs, counted while /sys was still
+    /// reachable (glibc reads it from /sys/devices/system/cpu/possible).
+    public static func create(threadsPerQueue: Int, queues: Int = possibleCPUs()) -> Result<FuseUringRings, FuseTransportError> {
+        guard queues >= 1 else { return .failure(FuseTransportError(EINVAL, "io_uring: no CPUs")) }
         guard queues <= Int(UInt16.max) else { return .failure(FuseTransportError(EINVAL, "io_uring: too many CPUs")) }
         let per = max(1, min(threadsPerQueue, 16))
         var slots: [Slot] = []

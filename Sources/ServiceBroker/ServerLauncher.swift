@@ -107,72 +107,156 @@ public enum ServerLauncher {
 
     /// Sandbox settings for a spawned server.
     public struct Sandbox: Sendable {
-        public var uid: uid_t
-        public var gid: gid_t
+        /// nil: a uid and gid of its own from `ServerIDs` (the default).
+        public var uid: uid_t?
+        public var gid: gid_t?
         /// New mount, network, IPC and PID namespaces.
         public var namespaces: Bool
-        public init(uid: uid_t = 65534, gid: gid_t = 65534, namespaces: Bool = true) {
+        public init(uid: uid_t? = nil, gid: gid_t? = nil, namespaces: Bool = true) {
             self.uid = uid
             self.gid = gid
             self.namespaces = namespaces
         }
     }
 
-    /// A spawned server: our end of the socketpair and the child pid.
+    /// A spawned server: our end of the socketpair, the child pid and the
+    /// uid/gid it runs as.
     public struct Spawned: Sendable {
         public let socket: Int32
         public let pid: pid_t
+        public let uid: uid_t
+        public let gid: gid_t
     }
 
-    /// Spawn `path --service-fd 3 [extraArgs]` with the socket as fd 3, sandboxed.
+    /// Spawn `path --service-fd 3 [extraArgs]` with the socket as fd 3, sandboxed,
+    /// as a uid and gid of its own unless `sandbox` names them.
     public static func spawn(serverPath path: String, extraArgs: [String] = [],
                              sandbox: Sandbox = Sandbox()) throws(BrokerError) -> Spawned {
         if sandbox.uid == 0 || sandbox.gid == 0 {
             throw .denied("refusing to run the server as root", errno: EPERM)
         }
+        if let uid = sandbox.uid {
+            return try spawn(serverPath: path, extraArgs: extraArgs, uid: uid, gid: sandbox.gid ?? uid,
+                             namespaces: sandbox.namespaces)
+        }
+        // The lock is held until the child runs as the id (spawn returns once it has exec'ed).
+        return try ServerIDs.withFreeID { id throws(BrokerError) in
+            try spawn(serverPath: path, extraArgs: extraArgs, uid: uid_t(id), gid: sandbox.gid ?? gid_t(id),
+                      namespaces: sandbox.namespaces)
+        }
+    }
+
+    static func spawn(serverPath path: String, extraArgs: [String], uid: uid_t, gid: gid_t,
+                      namespaces: Bool) throws(BrokerError) -> Spawned {
+        if uid == 0 || gid == 0 { throw .denied("refusing to run the server as root", errno: EPERM) }
         let (mine, theirs) = try Transport.socketPair()
         defer { FD.close(theirs) }
+        // The server's stderr: a pipe whose lines the relay copies, sanitised, to ours.
+        var errPipe: [Int32] = [-1, -1]
+        let pr = cshim_broker_pipe2(&errPipe, O_CLOEXEC)
+        if pr != 0 {
+            let e = -pr
+            FD.close(mine)
+            throw .system(operation: "pipe2", errno: e)
+        }
+        let relay: StderrRelay
+        do { relay = try StderrRelay.start(reading: errPipe[0]) } catch {
+            FD.close(errPipe[1])
+            FD.close(mine)
+            throw error
+        }
         let argv = [path, "--service-fd", "3"] + extraArgs
         let env = ["EXT4IOMAP_SERVICE_FD=3", "PATH=/usr/bin:/bin", "LANG=C.UTF-8"]
         var ns: Int32 = 0
-        if sandbox.namespaces {
+        if namespaces {
             ns = cshim_broker_CLONE_NEWNS() | cshim_broker_CLONE_NEWNET() | cshim_broker_CLONE_NEWIPC()
                 | cshim_broker_CLONE_NEWPID()
         }
         let pid = withCStrings(argv) { a in
             withCStrings(env) { e in
-                cshim_broker_spawn_sandboxed(path, a, e, theirs, sandbox.uid, sandbox.gid, ns)
+                cshim_broker_spawn_sandboxed(path, a, e, theirs, errPipe[1], uid, gid, ns)
             }
         }
+        FD.close(errPipe[1])  // the server holds the only write end now
         if pid < 0 {
+            relay.finish(timeoutMs: 0)
             FD.close(mine)
             throw .system(operation: "starting \(path)", errno: -pid)
         }
-        return Spawned(socket: mine, pid: pid)
+        StderrRelays.shared.add(relay, pid: pid)
+        return Spawned(socket: mine, pid: pid, uid: uid, gid: gid)
     }
 
-    /// Reap a spawned server; with `kill`, SIGKILL it first.
+    /// Reap a spawned server; with `kill`, SIGKILL it first. Everything it
+    /// wrote to stderr has been relayed when this returns.
     @discardableResult
     public static func reap(_ pid: pid_t, kill doKill: Bool) -> Int32? {
         if doKill { _ = kill(pid, SIGKILL) }
         var st: Int32 = 0
         let r = cshim_broker_waitpid(pid, &st, 0)
+        StderrRelays.shared.finish(pid: pid, timeoutMs: 1000)
         if r < 0 { return nil }
         if cshim_broker_wifexited(st) != 0 { return cshim_broker_wexitstatus(st) }
         return 128 + cshim_broker_wtermsig(st)
     }
 
-    /// Non-blocking: has the child exited? Returns its status if so.
+    /// Wait at most `timeoutMs` for a spawned server to exit, then SIGKILL it;
+    /// reap it either way. Returns its exit status (128 + signal when killed
+    /// by one), nil when `pid` is not our child. Everything it wrote to stderr
+    /// has been relayed when this returns.
+    @discardableResult
+    public static func reap(_ pid: pid_t, timeoutMs: Int) -> Int32? {
+        let deadline = StderrRelay.now() + UInt64(max(0, timeoutMs)) * 1_000_000
+        while true {
+            var st: Int32 = 0
+            let r = cshim_broker_waitpid(pid, &st, WNOHANG)
+            if r < 0 {
+                StderrRelays.shared.finish(pid: pid, timeoutMs: 1000)
+                return nil
+            }
+            if r == pid {
+                StderrRelays.shared.finish(pid: pid, timeoutMs: 1000)
+                if cshim_broker_wifexited(st) != 0 { return cshim_broker_wexitstatus(st) }
+                return 128 + cshim_broker_wtermsig(st)
+            }
+            if StderrRelay.now() >= deadline { return reap(pid, kill: true) }
+            usleep(10_000)
+        }
+    }
+
+    /// Non-blocking: has the child exited? Returns its status if so (and then
+    /// everything it wrote to stderr has been relayed).
     public static func exited(_ pid: pid_t) -> Int32? {
         var st: Int32 = 0
         let r = cshim_broker_waitpid(pid, &st, WNOHANG)
         if r <= 0 { return nil }
+        StderrRelays.shared.finish(pid: pid, timeoutMs: 1000)
         if cshim_broker_wifexited(st) != 0 { return cshim_broker_wexitstatus(st) }
         return 128 + cshim_broker_wtermsig(st)
     }
 }
 
 extension ServerLauncher {
+    /// Replace the root of a spawned server's mount namespace by an empty,
+    /// read-only tmpfs, so the server neither sees nor pins any mount of the
+    /// host (a copy of another mount in its namespace would keep that file
+    /// system, its server and its loop device alive after umount). Call it
+    /// once the server has answered HELLO (it has opened what it needs) and
+    /// before it is handed any file: `HelperSession.afterHello`. Fails closed.
+    public static func emptyRoot(of pid: pid_t, timeoutMs: Int = 5000) throws(BrokerError) {
+        let r = cshim_broker_empty_root(pid, Int32(clamping: timeoutMs))
+        if r < 0 {
+            let why: String
+            switch -r {
+            case EINVAL: why = "emptying the server's root: it shares our mount namespace"
+            case EXDEV: why = "emptying the server's root: its root or working directory did not move"
+            case ETIMEDOUT: why = "emptying the server's root: no answer within \(timeoutMs) ms"
+            default: why = "emptying the server's root (pivot_root in its mount namespace)"
+            }
+            throw .system(operation: why, errno: -r)
+        }
+    }
+
     /// Enter a mount namespace given as a pid or a path (mount -N).
     public static func enterMountNamespace(_ ns: String) throws(BrokerError) {
         let path = !ns.isEmpty && ns.allSatisfy({ $0.isNumber }) ? "/proc/\(ns)/ns/mnt" : ns

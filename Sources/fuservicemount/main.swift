@@ -165,6 +165,11 @@ do {
 }
 
 let session = HelperSession(socket: socketFD, config: config, pinned: pinned, log: log)
+if let pid = child {
+    // Spawn mode: once the server has answered HELLO, its namespace's root
+    // becomes an empty tmpfs (it pins no mount of ours), before any file is sent.
+    session.afterHello = { () throws(BrokerError) in try ServerLauncher.emptyRoot(of: pid) }
+}
 do {
     let outcome = try session.run()
     close(socketFD)
@@ -173,9 +178,10 @@ do {
         if code != 0 {
             let why = session.lastFailure.map { ": \($0)" } ?? ""
             if let pid = child {
-                ServerLauncher.reap(pid, kill: false)
-                // A spawned server shares our stderr and has already printed its
-                // one-line reason; a second line would only repeat it.
+                ServerLauncher.reap(pid, timeoutMs: 5000)
+                // A spawned server's stderr is relayed to ours (sanitised), and the
+                // reap drained it, so its one-line reason is already printed; a
+                // second line would only repeat it.
                 if session.lastFailure == nil { exit(Exit.mountFailure) }
                 fail(Exit.mountFailure, "server failed to mount \(src) on \(dir)\(why)")
             }
@@ -191,14 +197,7 @@ do {
     var detail = session.lastFailure.map { " (\($0))" } ?? ""
     if let pid = child {
         // Give an exiting server a moment, so its status can be reported.
-        var status: Int32?
-        for _ in 0..<20 {
-            status = ServerLauncher.exited(pid)
-            if status != nil { break }
-            usleep(50_000)
-        }
-        if status == nil { status = ServerLauncher.reap(pid, kill: true) }
-        if let st = status { detail += " (server exit status \(st))" }
+        if let st = ServerLauncher.reap(pid, timeoutMs: 1000) { detail += " (server exit status \(st))" }
     }
     switch error {
     case .system:

@@ -44,6 +44,7 @@ final class RealServer: @unchecked Sendable {
         let config = HelperConfiguration(subtype: "ext4", source: image, mountpoint: "/tmp", options: mountOptions,
                                          noMtab: true, fake: true, receiveTimeoutMs: 20_000)
         let session = HelperSession(socket: spawned.socket, config: config, fuseChannel: sv[1])
+        session.afterHello = { () throws(BrokerError) in try ServerLauncher.emptyRoot(of: spawned.pid) }
         let outcome: HelperOutcome
         do {
             outcome = try session.run()

@@ -110,6 +110,10 @@ check "runs as a dynamic uid ($euid), not root" [ "$ruid" != 0 -a "$euid" != 0 -
 check "runs the installed server" [ "$(readlink /proc/$pid/exe)" = /usr/libexec/ext4iomap/ext4iomapd ]
 for c in CapEff CapPrm CapBnd CapAmb; do check "$c = 0" [ "$(field $c "$pid")" = 0000000000000000 ]; done
 check "NoNewPrivs = 1" [ "$(field NoNewPrivs "$pid")" = 1 ]
+check "not dumpable (/proc/PID/fd owned by root)" [ "$(stat -c %u /proc/$pid/fd)" = 0 ]
+check "no core dumps (LimitCORE=0)" [ "$(sed -n 's/^Max core file size *\([0-9a-z]*\) .*/\1/p' /proc/$pid/limits)" = 0 ]
+check "no OOM immunity (oom_score_adj $(cat /proc/$pid/oom_score_adj))" [ "$(cat /proc/$pid/oom_score_adj)" -ge 0 ]
+check "MemoryMax=1G ($(systemctl show -P MemoryMax "$unit"))" [ "$(systemctl show -P MemoryMax "$unit")" = 1073741824 ]
 check "Seccomp = 2" [ "$(field Seccomp "$pid")" = 2 ]
 nf=$(field Seccomp_filters "$pid")
 echo "Seccomp_filters: $nf (systemd's plus the server's two stages)"

@@ -72,9 +72,12 @@ for want in ListenSequentialPacket=/run/filesystems/ext2 ListenSequentialPacket=
 done
 svc=$units/ext4iomap@.service
 for want in DynamicUser=true PrivateDevices=true NoNewPrivileges=true CapabilityBoundingSet= \
-            "ExecStart=/usr/libexec/ext4iomap/ext4iomapd --service"; do
+            "ExecStart=/usr/libexec/ext4iomap/ext4iomapd --service" LimitCORE=0 MemoryMax=1G; do
   if grep -qx "$want" "$svc"; then pass "service: $want"; else fail "service: $want missing"; fi
 done
+# No OOM immunity: a server the kernel must kill is killed like any process.
+if grep -q '^OOMScoreAdjust=' "$svc"; then fail "service: sets OOMScoreAdjust ($(grep '^OOMScoreAdjust=' "$svc"))"
+else pass "service: no OOMScoreAdjust"; fi
 
 [ $fails -eq 0 ] || { echo "$fails check(s) failed"; exit 1; }
 echo "units pass static checks (exposure $score)"

@@ -4,7 +4,7 @@
 # tree, read xattrs, statfs, umount. Prints "count syscall" per syscall and any
 # call that failed with EPERM (a seccomp denial). Root only. Used to derive the
 # allow-list in Sources/Ext4Server/Lockdown.swift.
-# Usage: tests/tools/syscall-profile.sh [BUILD_DIR] [-o OPTS]
+# Usage: tests/tools/syscall-profile.sh [BUILD_DIR] [-o OPTS]   (KEEP=1 keeps the traces)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 BUILD=${1:-${EXT4IOMAP_BUILD:-$repo/.build/debug}}
@@ -12,7 +12,7 @@ OPTS=${2:-ro}
 work=$(mktemp -d /tmp/ext4iomap-sysprof.XXXXXX)
 cleanup() {
   mountpoint -q "$work/mnt" 2>/dev/null && { umount "$work/mnt" 2>/dev/null || umount -l "$work/mnt"; }
-  rm -rf "$work"
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
 mkdir -p "$work/tree/d/e" "$work/mnt"
@@ -36,12 +36,18 @@ timeout 20 tail --pid="$spid" -f /dev/null
 main=$(grep -l 'BYEE' "$work"/tr.* | xargs grep -L '^execve("[^"]*fuservicemount' | head -1)
 [ -n "$main" ] || { echo "server trace not found" >&2; exit 1; }
 mainpid=${main##*.}
-# Server threads: the main file after BYEE, plus every thread trace not containing execve.
+# What the helper itself started besides the server (its stderr-relay thread,
+# the short-lived child that empties the server's root) is not the server: the
+# helper's clone()s return their ids in our PID namespace, the trace files' names.
+helper=$(grep -l '^execve("[^"]*fuservicemount' "$work"/tr.* | head -1)
+notserver=" $(grep -hoE '^clone3?\(.*\) += [0-9]+' "$helper" | sed 's/.*= //' | tr '\n' ' ')"
+# Server threads: the main file after BYEE, plus every other trace without execve.
 {
   sed -n '/BYEE/,$p' "$main"
   for f in "$work"/tr.*; do
     [ "$f" = "$main" ] && continue
     grep -q '^execve(' "$f" && continue
+    case $notserver in *" ${f##*.} "*) continue ;; esac
     cat "$f"
   done
 } > "$work/serving"

@@ -54,6 +54,12 @@ int cshim_move_mount(int from_dfd, const char *from_path, int to_dfd, const char
 pid_t cshim_gettid(void);
 /// Name the calling thread (PR_SET_NAME, 15 bytes max).
 void cshim_set_thread_name(const char *name);
+/// PR_SET_DUMPABLE: 0 makes /proc/PID owned by root and refuses ptrace,
+/// pidfd_getfd and /proc/PID/mem to every process without CAP_SYS_PTRACE,
+/// including others running as the same uid. Returns 0 or -errno.
+int cshim_set_dumpable(int dumpable);
+/// PR_GET_DUMPABLE: 0, 1, 2, or -errno.
+int cshim_get_dumpable(void);
 
 // ---- SCM_RIGHTS ----------------------------------------------------------
 /// sendmsg one datagram with up to 16 fds attached (tests use it to play a

@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <sys/types.h>
 
 #ifdef __cplusplus
@@ -31,13 +32,34 @@ ssize_t cshim_broker_recv(int sock, void *buf, size_t len, int timeout_ms,
                           int *fds, int maxfds, int *nfds, int *extra_fds, int *msg_flags);
 
 /// Spawn a sandboxed child: new mount/net/ipc/pid namespaces (ns_flags, CLONE_*),
-/// sockfd placed at fd 3 (inheritable), every other fd closed, / made private
-/// in the new mount namespace, setgroups(0), setresgid/setresuid to gid/uid,
-/// bounding set emptied, PR_SET_NO_NEW_PRIVS, then execve(path, argv, envp).
+/// a session of its own (setsid: no controlling terminal), fds 0-1 = /dev/null,
+/// fd 2 = errfd (/dev/null when errfd < 0), sockfd at fd 3 (inheritable),
+/// every other fd closed, / made private in the new mount namespace,
+/// setgroups(0), setresgid/setresuid to gid/uid, bounding set emptied,
+/// PR_SET_NO_NEW_PRIVS, then execve(path, argv, envp).
 /// Returns the child pid or -errno; an exec/setup failure in the child is
 /// reported back through a close-on-exec pipe and returned as -errno.
 pid_t cshim_broker_spawn_sandboxed(const char *path, char *const argv[], char *const envp[],
-                                   int sockfd, uid_t uid, gid_t gid, int ns_flags);
+                                   int sockfd, int errfd, uid_t uid, gid_t gid, int ns_flags);
+
+/// Give process `pid`, which must be in a mount namespace other than ours,
+/// an empty root: a short-lived child setns()es into its namespace, makes
+/// every mount private, mounts a read-only tmpfs (nosuid, nodev, noexec, mode
+/// 0755, root-owned) on an existing directory, chdir()s into it,
+/// pivot_root(".", ".") and umount2(".", MNT_DETACH). The namespace then holds
+/// that one mount, and every process of it whose root or cwd was the old root
+/// has the tmpfs instead. Waits at most timeout_ms for the child (then kills
+/// it), then checks /proc/PID/root and /proc/PID/cwd are on tmpfs.
+/// Returns 0 or -errno: -EINVAL when pid shares our namespace, -ETIMEDOUT,
+/// -EXDEV when the root did not move, -EPROTO when the child gave no report.
+int cshim_broker_empty_root(pid_t pid, int timeout_ms);
+
+/// pipe2(fds, flags). Returns 0 or -errno.
+int cshim_broker_pipe2(int fds[2], int flags);
+
+/// pthread_timedjoin_np with a relative timeout. Returns 0 or an errno
+/// (ETIMEDOUT: the thread still runs and stays joinable).
+int cshim_broker_timedjoin(pthread_t thread, int timeout_ms);
 
 /// waitpid with EINTR retry; returns pid or -errno. *status gets the raw status.
 pid_t cshim_broker_waitpid(pid_t pid, int *status, int options);
