@@ -218,7 +218,10 @@ rerr() { P reply-error "$C/result.json" "$1" 2>/dev/null; }
 # fd-check: which files the fds the proxy received really are (printed), 0 if all allowed.
 fd_check() { P fd-check "$C/result.json" "$@" | sed 's/^/    /'; return "${PIPESTATUS[0]}"; }
 quiet() { "$@" > "$C/quiet.out" 2>&1 || { sed 's/^/     /' "$C/quiet.out" | head -20; return 1; }; }
-show_replies() { P replies "$C/result.json" 2>/dev/null | sed 's/^/     reply: /'; }
+show_replies() {
+  [ "$MODE" = spawn ] && [ -s "$C/result.json" ] && note "the proxy ran as uid $(rget uid), pid $(rget pid) in its namespace"
+  P replies "$C/result.json" 2>/dev/null | sed 's/^/     reply: /'
+}
 connected() {
   if [ "$MODE" = socket ]; then [ "$(rget connected)" = true ]
   else grep -q '^started' "$C/status"; fi

@@ -283,6 +283,8 @@ class Proxy:
         self.result_fd = self.open_out(a.result, a.result_fd, os.O_RDWR | os.O_CREAT)
         self.status_fd = self.open_out(a.status, a.status_fd, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         self.go_fd = self.open_out(a.go, a.go_fd, os.O_RDWR | os.O_NONBLOCK)
+        # Opened now: in spawn mode the root may be empty after HELLO.
+        self.devnull = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
 
     @staticmethod
     def open_out(path, fd, flags):
@@ -705,8 +707,11 @@ class Proxy:
             self.s.close()
             self.s = None
         # The real server serves the mount now; in spawn mode we are the PID
-        # namespace's init, so stay until it ends.
+        # namespace's init, so stay until it ends. Like the real server, let go
+        # of the helper's stderr first (the helper drains it until end of file).
         if self.server_pid:
+            if self.mode == "spawn":
+                os.dup2(self.devnull, 2)
             self.event("waiting for the serving server", pid=self.server_pid)
             self.save(force=True)
             try:
