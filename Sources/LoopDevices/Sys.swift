@@ -34,21 +34,7 @@ enum Sys {
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { return nil }
         defer { _ = Glibc.close(fd) }
-        var buf = [UInt8](repeating: 0, count: limit)
-        var total = 0
-        while total < limit {
-            let n = buf.withUnsafeMutableBytes { p -> Int in
-                guard let base = p.baseAddress else { return -1 }
-                return Glibc.read(fd, base + total, limit - total)
-            }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return nil
-            }
-            if n == 0 { break }
-            total += n
-        }
-        return String(decoding: buf[0..<total], as: UTF8.self)
+        return readText(fd: fd, limit: limit)
     }
 
     static func isS_IFMT(_ mode: mode_t, _ kind: mode_t) -> Bool { (mode & S_IFMT) == kind }
@@ -56,3 +42,23 @@ enum Sys {
 
 /// A small sysfs or procfs file's contents (up to 4 KiB), or nil when it cannot be read.
 public func readSysfsValue(_ path: String) -> String? { Sys.readSmallFile(path) }
+
+/// Up to `limit` bytes of an open file from its current offset, as text
+/// (EINTR retried); nil on a read error. The caller keeps the fd.
+public func readText(fd: Int32, limit: Int = 4096) -> String? {
+    var buf = [UInt8](repeating: 0, count: max(0, limit))
+    var total = 0
+    while total < buf.count {
+        let n = buf.withUnsafeMutableBytes { p -> Int in
+            guard let base = p.baseAddress else { return -1 }
+            return Glibc.read(fd, base + total, p.count - total)
+        }
+        if n < 0 {
+            if errno == EINTR { continue }
+            return nil
+        }
+        if n == 0 { break }
+        total += n
+    }
+    return String(decoding: buf[0..<total], as: UTF8.self)
+}

@@ -3,6 +3,17 @@ import Glibc
 #endif
 import CShim
 
+/// fstat of a freshly pinned fd; on failure the fd is closed.
+func fstatOrClose(_ fd: Int32, _ what: String) throws(BrokerError) -> stat {
+    var st = stat()
+    if fstat(fd, &st) != 0 {
+        let e = errno
+        FD.close(fd)
+        throw .system(operation: "fstat \(what)", errno: e)
+    }
+    return st
+}
+
 /// A file the helper pinned by inode at start-up: an O_PATH fd and what fstat
 /// said of it then. Later opens go through this fd (never through the path
 /// again), so a path swapped after start-up cannot redirect the helper.
@@ -26,12 +37,7 @@ public final class PinnedFile {
         guard path.hasPrefix("/") else { throw .denied("\(path) is not an absolute path", errno: EINVAL) }
         let fd = Glibc.open(path, cshim_broker_O_PATH() | O_CLOEXEC)
         if fd < 0 { throw .system(operation: "cannot open \(path)", errno: errno) }
-        var st = Glibc.stat()
-        if fstat(fd, &st) != 0 {
-            let e = errno
-            FD.close(fd)
-            throw .system(operation: "fstat \(path)", errno: e)
-        }
+        let st = try fstatOrClose(fd, path)
         let kind = st.st_mode & S_IFMT
         if kind != S_IFREG && kind != S_IFBLK {
             FD.close(fd)
@@ -95,12 +101,7 @@ public final class PinnedMountpoint {
             }
             throw .system(operation: "mountpoint \(path)", errno: -fd)
         }
-        var st = Glibc.stat()
-        if fstat(fd, &st) != 0 {
-            let e = errno
-            FD.close(fd)
-            throw .system(operation: "fstat mountpoint \(path)", errno: e)
-        }
+        let st = try fstatOrClose(fd, "mountpoint " + path)
         let kind = st.st_mode & S_IFMT
         if kind != S_IFDIR && kind != S_IFREG {
             FD.close(fd)

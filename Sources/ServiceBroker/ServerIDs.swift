@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import LoopDevices
 #endif
 
 /// A uid/gid of its own for every spawned server, so that no two servers (and
@@ -152,20 +153,6 @@ public enum ServerIDs {
     static func readStatus(procFD: Int32, pid: String) -> String? {
         guard let fd = try? retrying("", { openat(procFD, pid + "/status", O_RDONLY | O_CLOEXEC) }) else { return nil }
         defer { FD.close(fd) }
-        var buf = [UInt8](repeating: 0, count: 4096)
-        var total = 0
-        while total < buf.count {
-            let r = buf.withUnsafeMutableBytes { p -> Int in
-                guard let base = p.baseAddress else { return -1 }
-                return Glibc.read(fd, base + total, p.count - total)
-            }
-            if r < 0 {
-                if errno == EINTR { continue }
-                return nil
-            }
-            if r == 0 { break }
-            total += r
-        }
-        return String(decoding: buf[0..<total], as: UTF8.self)
+        return readText(fd: fd)
     }
 }

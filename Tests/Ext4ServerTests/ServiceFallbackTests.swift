@@ -13,27 +13,6 @@ import Testing
 import Ext4Fuse
 @testable import Ext4Server
 
-/// Runs a closure on its own pthread; `join()` waits for it.
-private final class PThread: @unchecked Sendable {
-    let body: () -> Void
-    var tid = pthread_t()
-    init(_ body: @escaping () -> Void) {
-        self.body = body
-        let ctx = Unmanaged.passRetained(self).toOpaque()
-        _ = pthread_create(&tid, nil, { p in
-            guard let p else { return nil }
-            Unmanaged<PThread>.fromOpaque(p).takeRetainedValue().body()
-            return nil
-        }, ctx)
-    }
-    func join() { _ = pthread_join(tid, nil) }
-}
-
-private final class Box<T>: @unchecked Sendable {
-    var value: T
-    init(_ v: T) { value = v }
-}
-
 /// (fstype, source) of the mount at `path`, from /proc/self/mountinfo.
 private func mountEntry(_ path: String) -> (fstype: String, source: String)? {
     guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
@@ -79,7 +58,7 @@ private func mountEntry(_ path: String) -> (fstype: String, source: String)? {
         let config = HelperConfiguration(subtype: "ext4test", source: image, mountpoint: mnt,
                                          options: "seccomp=0,uring=0", noMtab: true, receiveTimeoutMs: 10_000)
         let helperResult = Box<Result<HelperOutcome, BrokerError>?>(nil)
-        let helper = PThread {
+        let helper = TestThread {
             let s = HelperSession(socket: h, config: config)
             do throws(BrokerError) { helperResult.value = .success(try s.run()) } catch { helperResult.value = .failure(error) }
         }
@@ -88,7 +67,7 @@ private func mountEntry(_ path: String) -> (fstype: String, source: String)? {
         logger.logLevel = .error
         let serverResult = Box<ServerFailure?>(nil)
         let served = Box(false)
-        let server = PThread {
+        let server = TestThread {
             do throws(ServerFailure) {
                 try runService(endpoint: endpoint, workers: 2, logger: logger)
                 served.value = true

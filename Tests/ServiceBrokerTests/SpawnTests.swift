@@ -15,10 +15,6 @@ struct SpawnTests {
     }
 
     @Test func spawnedServerIsSandboxed() throws {
-        var t = Array("/tmp/spawntest-XXXXXX".utf8CString)
-        let dir = t.withUnsafeMutableBufferPointer { p in mkdtemp(p.baseAddress!) }.map { String(cString: $0) } ?? "/tmp"
-        chmod(dir, 0o755)
-        let script = dir + "/fake-ext4iomapd"
         let body = """
         #!/bin/sh
         s=$(grep -E '^(Uid|Gid|Groups|CapEff|CapPrm|CapBnd|NoNewPrivs):' /proc/self/status | tr '\\t\\n' '  ')
@@ -27,13 +23,11 @@ struct SpawnTests {
         fds="fd0=$(readlink /proc/$me/fd/0) fd1=$(readlink /proc/$me/fd/1) fd2=$(readlink /proc/$me/fd/2)"
         printf '%s pid=%s net=%s %s %s args=%s' "$s" "$$" "$(readlink /proc/self/ns/net)" "$st" "$fds" "$*" >&3
         """
-        let fd = open(script, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
-        _ = body.utf8.withContiguousStorageIfAvailable { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-        defer { unlink(script); rmdir(dir) }
+        let script = FakeServer(name: "fake-ext4iomapd", body: body)
+        defer { script.remove() }
 
         let before = FD.openCount()
-        let s = try ServerLauncher.spawn(serverPath: script)
+        let s = try ServerLauncher.spawn(serverPath: script.path)
         let d = try Transport.receive(s.socket, timeoutMs: 10_000, maxFDs: 0)
         let text = String(decoding: d.bytes, as: UTF8.self)
         #expect(ServerIDs.contains(s.uid) && s.gid == s.uid, "uid \(s.uid) gid \(s.gid)")
@@ -66,20 +60,14 @@ struct SpawnTests {
     /// Two servers alive at once never share a uid; a server's uid is free
     /// again once it has exited.
     @Test func concurrentServersGetTheirOwnIDs() throws {
-        var t = Array("/tmp/spawntest-XXXXXX".utf8CString)
-        let dir = t.withUnsafeMutableBufferPointer { p in mkdtemp(p.baseAddress!) }.map { String(cString: $0) } ?? "/tmp"
-        chmod(dir, 0o755)
-        let script = dir + "/fake-ext4iomapd"
         // Says hello, then stays until the helper closes its end.
         let body = "#!/bin/sh\nprintf up >&3\nread -r _ <&3 || true\n"
-        let fd = open(script, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
-        _ = body.utf8.withContiguousStorageIfAvailable { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-        defer { unlink(script); rmdir(dir) }
+        let script = FakeServer(name: "fake-ext4iomapd", body: body)
+        defer { script.remove() }
 
-        let a = try ServerLauncher.spawn(serverPath: script)
+        let a = try ServerLauncher.spawn(serverPath: script.path)
         _ = try Transport.receive(a.socket, timeoutMs: 10_000, maxFDs: 0)
-        let b = try ServerLauncher.spawn(serverPath: script)
+        let b = try ServerLauncher.spawn(serverPath: script.path)
         _ = try Transport.receive(b.socket, timeoutMs: 10_000, maxFDs: 0)
         #expect(ServerIDs.contains(a.uid) && ServerIDs.contains(b.uid))
         #expect(a.uid != b.uid, "two running servers share uid \(a.uid)")
@@ -89,7 +77,7 @@ struct SpawnTests {
         #expect(ServerLauncher.reap(b.pid, kill: false) == 0)
         // Both exited: the lowest free id is handed out again (unless another
         // test process took it meanwhile, which the range allows).
-        let c = try ServerLauncher.spawn(serverPath: script)
+        let c = try ServerLauncher.spawn(serverPath: script.path)
         _ = try Transport.receive(c.socket, timeoutMs: 10_000, maxFDs: 0)
         #expect(c.uid <= max(a.uid, b.uid))
         close(c.socket)
@@ -99,18 +87,12 @@ struct SpawnTests {
     /// emptyRoot leaves the server's namespace with one read-only tmpfs as
     /// its root and cwd, and nothing else; it refuses a shared namespace.
     @Test func emptyRootLeavesOneEmptyMount() throws {
-        var t = Array("/tmp/spawntest-XXXXXX".utf8CString)
-        let dir = t.withUnsafeMutableBufferPointer { p in mkdtemp(p.baseAddress!) }.map { String(cString: $0) } ?? "/tmp"
-        chmod(dir, 0o755)
-        let script = dir + "/fake-ext4iomapd"
         // Only shell builtins after the first message: nothing can be exec'ed any more.
         let body = "#!/bin/sh\nprintf up >&3\nread -r _ <&3\nprintf '%s %s' \"$(pwd)\" /* >&3\nread -r _ <&3 || true\n"
-        let fd = open(script, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
-        _ = body.utf8.withContiguousStorageIfAvailable { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-        defer { unlink(script); rmdir(dir) }
+        let script = FakeServer(name: "fake-ext4iomapd", body: body)
+        defer { script.remove() }
 
-        let s = try ServerLauncher.spawn(serverPath: script)
+        let s = try ServerLauncher.spawn(serverPath: script.path)
         _ = try Transport.receive(s.socket, timeoutMs: 10_000, maxFDs: 0)
         try ServerLauncher.emptyRoot(of: s.pid)
         let mountinfo = (try? String(contentsOfProcFile: "/proc/\(s.pid)/mountinfo")) ?? ""
@@ -125,7 +107,7 @@ struct SpawnTests {
         close(s.socket)
         #expect(ServerLauncher.reap(s.pid, kill: false) == 0)
         // Our own namespace is never pivoted.
-        let shared = try ServerLauncher.spawn(serverPath: script, sandbox: .init(namespaces: false))
+        let shared = try ServerLauncher.spawn(serverPath: script.path, sandbox: .init(namespaces: false))
         _ = try Transport.receive(shared.socket, timeoutMs: 10_000, maxFDs: 0)
         #expect(throws: BrokerError.self) { try ServerLauncher.emptyRoot(of: shared.pid) }
         close(shared.socket)
@@ -140,16 +122,10 @@ struct SpawnTests {
         let quick = try ServerLauncher.spawn(serverPath: "/bin/false")
         close(quick.socket)
         #expect(ServerLauncher.reap(quick.pid, timeoutMs: 5000) == 1)
-        var t = Array("/tmp/spawntest-XXXXXX".utf8CString)
-        let dir = t.withUnsafeMutableBufferPointer { p in mkdtemp(p.baseAddress!) }.map { String(cString: $0) } ?? "/tmp"
-        chmod(dir, 0o755)
-        let script = dir + "/stuck-ext4iomapd"
         let body = "#!/bin/sh\nexec sleep 60\n"
-        let fd = open(script, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
-        _ = body.utf8.withContiguousStorageIfAvailable { write(fd, $0.baseAddress, $0.count) }
-        close(fd)
-        defer { unlink(script); rmdir(dir) }
-        let stuck = try ServerLauncher.spawn(serverPath: script)
+        let script = FakeServer(name: "stuck-ext4iomapd", body: body)
+        defer { script.remove() }
+        let stuck = try ServerLauncher.spawn(serverPath: script.path)
         close(stuck.socket)
         let t0 = StderrRelay.now()
         #expect(ServerLauncher.reap(stuck.pid, timeoutMs: 300) == 128 + SIGKILL)
@@ -244,4 +220,21 @@ extension String {
         #expect(ServerIDs.firstFree(all) == nil)
         #expect(ServerIDs.firstFree(all.subtracting([ServerIDs.last])) == ServerIDs.last)
     }
+}
+
+/// A shell script standing in for the server, in a scratch directory the
+/// sandboxed uids can read.
+struct FakeServer {
+    let dir: String
+    let path: String
+    init(name: String, body: String) {
+        var t = Array("/tmp/spawntest-XXXXXX".utf8CString)
+        dir = t.withUnsafeMutableBufferPointer { p in p.baseAddress.flatMap { mkdtemp($0) } }.map { String(cString: $0) } ?? "/tmp"
+        chmod(dir, 0o755)
+        path = dir + "/" + name
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
+        _ = body.utf8.withContiguousStorageIfAvailable { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+    func remove() { unlink(path); rmdir(dir) }
 }

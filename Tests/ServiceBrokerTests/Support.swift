@@ -5,28 +5,6 @@ import ServiceBroker
 import LoopDevices
 @_exported import TestSupport
 
-/// Runs a closure on its own pthread; `join()` waits for it.
-final class TestThread: @unchecked Sendable {
-    let body: () -> Void
-    var tid = pthread_t()
-    init(_ body: @escaping () -> Void) {
-        self.body = body
-        let ctx = Unmanaged.passRetained(self).toOpaque()
-        _ = pthread_create(&tid, nil, { p in
-            guard let p else { return nil }
-            let t = Unmanaged<TestThread>.fromOpaque(p).takeRetainedValue()
-            t.body()
-            return nil
-        }, ctx)
-    }
-    func join() { _ = pthread_join(tid, nil) }
-}
-
-final class Box<T>: @unchecked Sendable {
-    var value: T
-    init(_ v: T) { value = v }
-}
-
 /// Run a helper session against `socket` on a thread.
 func runHelper(_ sock: Int32, _ config: HelperConfiguration) -> (TestThread, Box<Result<HelperOutcome, BrokerError>?>) {
     let box = Box<Result<HelperOutcome, BrokerError>?>(nil)

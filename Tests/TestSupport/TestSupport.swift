@@ -118,3 +118,25 @@ public func waitLoopGone(_ path: String) -> Bool {
     }
     return false
 }
+
+/// Runs a closure on its own pthread; `join()` waits for it.
+public final class TestThread: @unchecked Sendable {
+    public let body: () -> Void
+    public var tid = pthread_t()
+    public init(_ body: @escaping () -> Void) {
+        self.body = body
+        let ctx = Unmanaged.passRetained(self).toOpaque()
+        _ = pthread_create(&tid, nil, { p in
+            guard let p else { return nil }
+            let t = Unmanaged<TestThread>.fromOpaque(p).takeRetainedValue()
+            t.body()
+            return nil
+        }, ctx)
+    }
+    public func join() { _ = pthread_join(tid, nil) }
+}
+
+public final class Box<T>: @unchecked Sendable {
+    public var value: T
+    public init(_ v: T) { value = v }
+}
