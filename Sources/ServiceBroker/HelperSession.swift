@@ -201,10 +201,12 @@ public final class HelperSession {
         mounted = false
     }
 
-    static func monotonicMs() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
+    static func monotonicMs() -> Int64 { Int64(monotonicNanoseconds() / 1_000_000) }
+
+    /// The whole-session deadline has passed.
+    func sessionExpired() -> BrokerError {
+        lastFailure = "the server did not finish within \(config.sessionTimeoutMs / 1000) s"
+        return .timedOut(milliseconds: config.sessionTimeoutMs)
     }
 
     func converse() throws(BrokerError) -> HelperOutcome {
@@ -250,19 +252,13 @@ public final class HelperSession {
         var strikes = 0
         while true {
             let left = deadline - Self.monotonicMs()
-            if left <= 0 {
-                lastFailure = "the server did not finish within \(config.sessionTimeoutMs / 1000) s"
-                throw .timedOut(milliseconds: config.sessionTimeoutMs)
-            }
+            if left <= 0 { throw sessionExpired() }
             let wait = Int(min(Int64(config.receiveTimeoutMs), left))
             let d: Datagram
             do throws(BrokerError) {
                 d = try Transport.receive(sock, timeoutMs: wait, maxFDs: 0)
             } catch {
-                if case .timedOut = error, wait < config.receiveTimeoutMs {
-                    lastFailure = "the server did not finish within \(config.sessionTimeoutMs / 1000) s"
-                    throw .timedOut(milliseconds: config.sessionTimeoutMs)
-                }
+                if case .timedOut = error, wait < config.receiveTimeoutMs { throw sessionExpired() }
                 throw error
             }
             d.closeFDs()

@@ -84,9 +84,8 @@ public enum ServerLauncher {
     }
 
     /// The service socket is trusted only when nobody but root could have put
-    /// it there: the directory and the socket are root-owned, the directory is
-    /// not a symlink and not writable by group or others, and the socket is
-    /// not writable by others than its owner and group.
+    /// it there: the directory and the socket are root-owned, neither is a
+    /// symlink, and neither is writable by group or others.
     public static func checkTrusted(socketPath path: String, directory: String) throws(BrokerError) {
         var d = stat()
         if lstat(directory, &d) != 0 { throw .system(operation: "service socket directory \(directory)", errno: errno) }
@@ -195,9 +194,12 @@ public enum ServerLauncher {
         var st: Int32 = 0
         let r = cshim_broker_waitpid(pid, &st, 0)
         StderrRelays.shared.finish(pid: pid, timeoutMs: 1000)
-        if r < 0 { return nil }
-        if cshim_broker_wifexited(st) != 0 { return cshim_broker_wexitstatus(st) }
-        return 128 + cshim_broker_wtermsig(st)
+        return r < 0 ? nil : exitStatus(st)
+    }
+
+    /// A wait status as a shell would report it: the exit code, or 128 + the signal.
+    static func exitStatus(_ st: Int32) -> Int32 {
+        cshim_broker_wifexited(st) != 0 ? cshim_broker_wexitstatus(st) : 128 + cshim_broker_wtermsig(st)
     }
 
     /// Wait at most `timeoutMs` for a spawned server to exit, then SIGKILL it;
@@ -206,7 +208,7 @@ public enum ServerLauncher {
     /// has been relayed when this returns.
     @discardableResult
     public static func reap(_ pid: pid_t, timeoutMs: Int) -> Int32? {
-        let deadline = StderrRelay.now() + UInt64(max(0, timeoutMs)) * 1_000_000
+        let deadline = monotonicNanoseconds() + UInt64(max(0, timeoutMs)) * 1_000_000
         while true {
             var st: Int32 = 0
             let r = cshim_broker_waitpid(pid, &st, WNOHANG)
@@ -216,10 +218,9 @@ public enum ServerLauncher {
             }
             if r == pid {
                 StderrRelays.shared.finish(pid: pid, timeoutMs: 1000)
-                if cshim_broker_wifexited(st) != 0 { return cshim_broker_wexitstatus(st) }
-                return 128 + cshim_broker_wtermsig(st)
+                return exitStatus(st)
             }
-            if StderrRelay.now() >= deadline { return reap(pid, kill: true) }
+            if monotonicNanoseconds() >= deadline { return reap(pid, kill: true) }
             usleep(10_000)
         }
     }
@@ -231,8 +232,7 @@ public enum ServerLauncher {
         let r = cshim_broker_waitpid(pid, &st, WNOHANG)
         if r <= 0 { return nil }
         StderrRelays.shared.finish(pid: pid, timeoutMs: 1000)
-        if cshim_broker_wifexited(st) != 0 { return cshim_broker_wexitstatus(st) }
-        return 128 + cshim_broker_wtermsig(st)
+        return exitStatus(st)
     }
 }
 

@@ -76,7 +76,7 @@ final class StderrRelay: Sendable {
         let thread: pthread_t? = state.withLock { s in
             if s.done { return nil }
             s.done = true
-            s.deadline = Self.now() + UInt64(max(0, timeoutMs)) * 1_000_000
+            s.deadline = monotonicNanoseconds() + UInt64(max(0, timeoutMs)) * 1_000_000
             return s.thread
         }
         guard let thread else { return }
@@ -94,12 +94,6 @@ final class StderrRelay: Sendable {
         FD.close(wake.write)
     }
 
-    static func now() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-
     // MARK: the thread
 
     private func run() {
@@ -110,7 +104,7 @@ final class StderrRelay: Sendable {
         loop: while true {
             var timeout: Int32 = -1
             if let d = state.withLock({ $0.deadline }) {
-                let t = Self.now()
+                let t = monotonicNanoseconds()
                 if t >= d { break loop }
                 timeout = Int32(clamping: (d - t + 999_999) / 1_000_000)
             }

@@ -30,6 +30,13 @@ public enum FD {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: every deadline of the helper is measured on it.
+func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
 /// SOCK_SEQPACKET datagram I/O: one message per datagram, bounded, with timeouts.
 public enum Transport {
     /// Send one datagram with at most one fd.
