@@ -364,13 +364,13 @@ public final class HelperSession {
     }
 
     /// A string the server chose, made safe for the admin's terminal and log:
-    /// controls and escape sequences become \u{..} escapes, and it is cut at
-    /// 256 characters.
+    /// every `isTerminalControl` character (so every escape sequence's start)
+    /// becomes a \u{..} escape, and it is cut at 256 characters.
     static func shown(_ s: String) -> String {
         var out = ""
         for (i, u) in s.unicodeScalars.enumerated() {
             if i == 256 { out += "..."; break }
-            if u.value < 0x20 || u.value == 0x7f || (0x80..<0xa0).contains(u.value) || u == "\u{2028}" || u == "\u{2029}" {
+            if isTerminalControl(u.value) {
                 out += "\\u{" + String(u.value, radix: 16) + "}"
             } else {
                 out.unicodeScalars.append(u)

@@ -180,9 +180,7 @@ final class StderrRelay: Sendable {
     /// One line of untrusted text made safe for a terminal: decoded as UTF-8
     /// (invalid bytes become U+FFFD); escape sequences removed whole (ESC and
     /// C1 CSI: parameters and final byte; OSC, DCS, SOS, PM, APC: up to BEL or
-    /// ST); every other C0 control but tab, DEL and C1 controls removed, and
-    /// the bidirectional embedding, override, isolate and mark characters
-    /// (which reorder what the admin sees); cut to `maxBytes` of UTF-8 on a
+    /// ST); every other `isTerminalControl` character but tab removed; cut to `maxBytes` of UTF-8 on a
     /// character boundary, with " [truncated]" when anything was cut.
     static func sanitize(_ line: [UInt8], maxBytes: Int, cut: Bool = false) -> [UInt8] {
         enum Mode { case text, escape, csi, string }
@@ -217,8 +215,7 @@ final class StderrRelay: Sendable {
             case 0x9B: mode = .csi; continue
             case 0x90, 0x98, 0x9D, 0x9E, 0x9F: mode = .string; continue
             case 0x09: break
-            case 0x00...0x1F, 0x7F...0x9F: continue
-            case 0x061C, 0x200E, 0x200F, 0x202A...0x202E, 0x2066...0x2069: continue
+            case _ where isTerminalControl(v): continue
             default: break
             }
             encoded.removeAll(keepingCapacity: true)
@@ -231,6 +228,20 @@ final class StderrRelay: Sendable {
         }
         if truncated { out += Array(" [truncated]".utf8) }
         return out
+    }
+}
+
+/// Characters a server's text must never carry to the admin's terminal as
+/// themselves: C0 controls, DEL, C1 controls, the line and paragraph
+/// separators, and the bidirectional embedding, override, isolate and mark
+/// characters (which reorder what the admin sees). The stderr relay drops
+/// them (keeping tab); the helper's own messages show them escaped.
+func isTerminalControl(_ v: UInt32) -> Bool {
+    switch v {
+    case 0x00...0x1F, 0x7F...0x9F, 0x061C, 0x200E, 0x200F, 0x2028, 0x2029, 0x202A...0x202E, 0x2066...0x2069:
+        return true
+    default:
+        return false
     }
 }
 

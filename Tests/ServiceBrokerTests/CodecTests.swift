@@ -134,5 +134,7 @@ import Testing
         #expect(HelperSession.shown("\u{9b}31m") == "\\u{9b}31m")
         #expect(HelperSession.shown(String(repeating: "x", count: 1000)).count == 259)
         #expect(HelperSession.shown("/plain/path") == "/plain/path")
+        // Bidi overrides reorder what the admin reads: escaped like controls.
+        #expect(HelperSession.shown("file\u{202E}txt.exe") == "file\\u{202e}txt.exe")
     }
 }

@@ -35,6 +35,7 @@ import Testing
         #expect(clean("ok\rFAKE") == "okFAKE")
         #expect(clean("a\u{00}b\u{07}c\u{08}d\u{7F}e\u{85}f") == "abcdef")
         #expect(clean("file\u{202E}txt.exe\u{2066}x\u{2069}") == "filetxt.exex")
+        #expect(clean("one\u{2028}two\u{2029}") == "onetwo", "line and paragraph separators")
         #expect(clean("\u{200F}a\u{061C}") == "a")
     }
 
