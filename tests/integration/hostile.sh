@@ -211,6 +211,12 @@ wait_helper() {
   note "helper exit $RC after ${MS} ms$( [ -s "$C/helper.err" ] && printf ': %s' "$(tail -1 "$C/helper.err" | cat -v | cut -c1-400)")"
 }
 go() { echo g 1<>"$C/go"; }
+# As the ordinary user who owns DIR: move DIR/NAME aside and put a symlink to
+# TARGET in its place.  user_swap DIR NAME TARGET WHAT
+user_swap() {
+  as_user sh -c 'mv "$1/$2" "$1/$2.orig" && ln -s "$3" "$1/$2"' - "$1" "$2" "$3" \
+    || fail "could not swap $4 as uid $U"
+}
 
 # The proxy's view: replies it got and what it recorded.
 rget() { P get "$C/result.json" "$1" 2>/dev/null; }
@@ -425,8 +431,7 @@ swapsrc_case() {
   bg_helper 25 "$C/user/img" "$C/mnt"
   if wait_for 10 "$C/status" '^ready START'; then
     # The image's owner swaps the path for a symlink to a root-only file.
-    as_user sh -c 'mv "$1/img" "$1/img.orig" && ln -s "$2" "$1/img"' - "$C/user" "$work/secret" \
-      || fail "could not swap the source as uid $U"
+    user_swap "$C/user" img "$work/secret" "the source"
     go
   else
     fail "the proxy never got to the swap point"
@@ -449,8 +454,7 @@ swapmnt_case() {  # MODE MNTP|DOIT
   start_proxy "$( [ "$2" = MNTP ] && echo swap-mnt || echo swap-mnt-doit)" || return
   bg_helper 25 "$C/img" "$C/user/mnt"
   if wait_for 10 "$C/status" "^ready $2"; then
-    as_user sh -c 'mv "$1/mnt" "$1/mnt.orig" && ln -s "$2" "$1/mnt"' - "$C/user" "$C/rootdir" \
-      || fail "could not swap the mountpoint as uid $U"
+    user_swap "$C/user" mnt "$C/rootdir" "the mountpoint"
     go
   else
     fail "the proxy never got to $2"
@@ -478,8 +482,7 @@ undo_case() {
   if wait_for 10 "$C/status" '^ready undo'; then
     check "the FUSE mount was made (precondition)" mounted "$C/user/p/mnt"
     # The mountpoint itself cannot be renamed while mounted; its parent can.
-    as_user sh -c 'mv "$1/p" "$1/p.old" && ln -s "$2" "$1/p"' - "$C/user" "$C/t" \
-      || fail "could not swap the mountpoint's parent as uid $U"
+    user_swap "$C/user" p "$C/t" "the mountpoint's parent"
     go
   else
     fail "the proxy never got a successful DOIT"
