@@ -91,8 +91,11 @@ extension Ext4FileSystem {
         guard free >= n, free - n >= sb.rBlocksCount else { throw .noSpace }
     }
 
-    /// Allocate up to `count` contiguous blocks, preferring `goal`. Returns (start, length >= 1).
-    func allocBlocks(goal: UInt64, count: Int) throws(Ext4Error) -> (UInt64, Int) {
+    /// Allocate up to `count` contiguous blocks, preferring `goal`. Returns
+    /// (start, length >= 1). Blocks reserved in memory (Reservations.swift) are
+    /// skipped. With `window`, only the first `mark` blocks are taken in the
+    /// bitmap; the rest of the run becomes that inode's preallocation window.
+    func allocBlocks(goal: UInt64, count: Int, mark: Int = Int.max, window: UInt32? = nil) throws(Ext4Error) -> (UInt64, Int) {
         let w = try wstate
         let want = max(1, count)
         try reserveBlocks(1)
@@ -111,12 +114,18 @@ extension Ext4FileSystem {
                 if let r = try w.groupLocks[g].with({ () throws(Ext4Error) -> (UInt64, Int)? in
                     var bm = try loadBlockBitmap(g)
                     let nb = groupBlocks(g)
+                    var view = bm
+                    w.reservations.overlay(g, base: groupStart(g), nbits: nb, &view)
                     let startBit = (g == g0 && k == 0) ? Int(goal - groupStart(g)) : 0
-                let atGoal = k == 0 && pass == 0 && startBit < nb && !bitGet(bm, startBit)
-                    guard let (s, n) = findRun(bm, from: startBit, limit: nb, want: allowed,
+                    let atGoal = k == 0 && pass == 0 && startBit < nb && !bitGet(view, startBit)
+                    guard let (s, n) = findRun(view, from: startBit, limit: nb, want: allowed,
                                                 needFull: pass == 0 && !atGoal) else { return nil }
-                    for i in s..<(s + n) { bitSet(&bm, i) }
-                    try storeBlockBitmap(g, bm, freeDelta: -n)
+                    let taken = window == nil ? n : min(n, max(1, mark))
+                    for i in s..<(s + taken) { bitSet(&bm, i) }
+                    try storeBlockBitmap(g, bm, freeDelta: -taken)
+                    if let window, taken < n {
+                        w.reservations.add(groupStart(g) + UInt64(s + taken), UInt64(n - taken), .window(window))
+                    }
                     return (groupStart(g) + UInt64(s), n)
                 }) {
                     return r
@@ -176,9 +185,31 @@ extension Ext4FileSystem {
                 }
                 try storeBlockBitmap(g, bm, freeDelta: n)
             }
+            // Not reused before this transaction commits: until then a crash
+            // brings back their owner.
+            w.reservations.add(b, e - b, .freedIn(w.txn.runningTid))
             b = e
         }
         if let observe = w.gdLock.with({ w.freedBlocksObserver }) { observe(start, count) }
+    }
+
+    /// Take blocks [start, start+count) of `ino`'s preallocation window in the
+    /// bitmap (one group: windows never cross one).
+    func claimWindowBlocks(_ ino: UInt32, _ start: UInt64, _ count: UInt64) throws(Ext4Error) {
+        let w = try wstate
+        guard validRun(start, count) else { throw corrupt("window \(start)+\(count) outside fs") }
+        let g = groupOf(block: start)
+        let gs = groupStart(g)
+        guard start + count <= gs + UInt64(groupBlocks(g)) else { throw corrupt("window crosses a group") }
+        try w.groupLocks[g].with { () throws(Ext4Error) in
+            var bm = try loadBlockBitmap(g)
+            for i in start..<(start + count) where bitGet(bm, Int(i - gs)) {
+                throw corrupt("preallocated block \(i) already in use")
+            }
+            for i in start..<(start + count) { bitSet(&bm, Int(i - gs)) }
+            try storeBlockBitmap(g, bm, freeDelta: -Int(count))
+            w.reservations.remove(start, count, .window(ino))
+        }
     }
 
     // ---- inodes ------------------------------------------------------------------------

@@ -76,7 +76,10 @@ public final class Ext4FileSystem: @unchecked Sendable {
         self.readOnly = readOnly
         self.warnings = warnings
         self.inodesPerBlock = sb.blockSize / sb.inodeSize
-        self.w = readOnly ? nil : WriteState(sb: sb, groups: groups)
+        let first = UInt64(sb.firstDataBlock), bpg = UInt64(max(1, sb.blocksPerGroup)), ng = max(1, groups.count)
+        self.w = readOnly ? nil : WriteState(sb: sb, groups: groups, groupOf: { b in
+            b < first ? 0 : Int(min(UInt64(ng - 1), (b - first) / bpg))
+        })
         if sb.flags & 0x2 != 0 {
             hashUnsigned = true
         } else {
@@ -167,7 +170,7 @@ public final class Ext4FileSystem: @unchecked Sendable {
             w.insert("journal recovered: \(r.transactions) transaction(s), \(r.blocksWritten) block(s) written, \(r.blocksRevoked) revoked" + (r.badDataChecksums > 0 ? ", \(r.badDataChecksums) skipped for bad checksums" : ""), at: 0)
             let out = Ext4FileSystem(dev: device, sb: fs.sb, groups: fs.groups, options: options, readOnly: fs.readOnly,
                                      warnings: w, clog: fs.clog, csumSeed: fs.csumSeed)
-            if !out.readOnly { try out.startWriting() }
+            if !out.readOnly { try out.startWriting(commitInterval: options.effectiveCommitInterval) }
             return out
         }
         if sb.has(incompat: Incompat.recover) && !replaying {
@@ -259,7 +262,7 @@ public final class Ext4FileSystem: @unchecked Sendable {
         }
         let fs = Ext4FileSystem(dev: device, sb: sb, groups: groups, options: options, readOnly: ro,
                                 warnings: warnings, clog: clog, csumSeed: csumSeed)
-        if !ro && !replaying { try fs.startWriting() }
+        if !ro && !replaying { try fs.startWriting(commitInterval: options.effectiveCommitInterval) }
         return fs
     }
 

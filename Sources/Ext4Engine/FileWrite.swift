@@ -172,23 +172,25 @@ extension Ext4FileSystem {
     }
 
     public func write(_ ino: UInt32, offset: UInt64, data: UnsafeRawBufferPointer) throws(Ext4Error) -> Int {
-        let w = try wstate
-        guard data.count > 0 else { return 0 }
-        let (end, o) = offset.addingReportingOverflow(UInt64(data.count))
-        guard !o, end <= maxFileSize else { throw .fileTooBig }
-        return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> Int in
-            var m = try loadInode(ino)
-            guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a regular file") }
-            if m.flags & 0x10 != 0 { throw .permission }
-            if m.flags & 0x20 != 0 && offset != m.size { throw .permission }
-            if m.hasInline { try convertInlineFile(&m) }
-            try writeData(&m, offset: offset, data)
-            if end > m.size { m.size = end }
-            let now = nowSpec()
-            m.setTime(.mtime, now); m.setTime(.ctime, now)
-            m.bumpVersion()
-            try storeInode(m)
-            return data.count
+        return try withHandle(retryNoSpace: true) { () throws(Ext4Error) -> Int in
+            let w = try wstate
+            guard data.count > 0 else { return 0 }
+            let (end, o) = offset.addingReportingOverflow(UInt64(data.count))
+            guard !o, end <= maxFileSize else { throw .fileTooBig }
+            return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> Int in
+                var m = try loadInode(ino)
+                guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a regular file") }
+                if m.flags & 0x10 != 0 { throw .permission }
+                if m.flags & 0x20 != 0 && offset != m.size { throw .permission }
+                if m.hasInline { try convertInlineFile(&m) }
+                try writeData(&m, offset: offset, data)
+                if end > m.size { m.size = end }
+                let now = nowSpec()
+                m.setTime(.mtime, now); m.setTime(.ctime, now)
+                m.bumpVersion()
+                try storeInode(m)
+                return data.count
+            }
         }
     }
 
@@ -232,33 +234,35 @@ extension Ext4FileSystem {
     }
 
     public func setattr(_ ino: UInt32, _ c: AttrChange) throws(Ext4Error) -> Inode {
-        let w = try wstate
-        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-            var m = try loadInode(ino)
-            let now = nowSpec()
-            if m.flags & 0x10 != 0 && (c.mode != nil || c.uid != nil || c.gid != nil || c.size != nil || c.mtime != nil) {
-                throw .permission
-            }
-            if let mode = c.mode { m.mode = (m.mode & 0xF000) | (mode & 0x0FFF) }
-            if let u = c.uid { m.uid = u }
-            if let g = c.gid { m.gid = g }
-            if let s = c.size {
-                guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("size of non-file") }
-                guard s <= maxFileSize else { throw .fileTooBig }
-                if m.flags & 0x20 != 0 && s < m.size { throw .permission }
-                if s != m.size || true {
-                    try truncateInode(&m, s)
-                    if c.mtime == nil { m.setTime(.mtime, now) }
+        return try withHandle { () throws(Ext4Error) -> Inode in
+            let w = try wstate
+            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                var m = try loadInode(ino)
+                let now = nowSpec()
+                if m.flags & 0x10 != 0 && (c.mode != nil || c.uid != nil || c.gid != nil || c.size != nil || c.mtime != nil) {
+                    throw .permission
                 }
+                if let mode = c.mode { m.mode = (m.mode & 0xF000) | (mode & 0x0FFF) }
+                if let u = c.uid { m.uid = u }
+                if let g = c.gid { m.gid = g }
+                if let s = c.size {
+                    guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("size of non-file") }
+                    guard s <= maxFileSize else { throw .fileTooBig }
+                    if m.flags & 0x20 != 0 && s < m.size { throw .permission }
+                    if s != m.size || true {
+                        try truncateInode(&m, s)
+                        if c.mtime == nil { m.setTime(.mtime, now) }
+                    }
+                }
+                func resolve(_ t: TimeChange) -> Timespec { if case .set(let x) = t { return x }; return now }
+                if let t = c.atime { m.setTime(.atime, resolve(t)) }
+                if let t = c.mtime { m.setTime(.mtime, resolve(t)) }
+                m.setTime(.ctime, c.ctime.map(resolve) ?? now)
+                m.bumpVersion()
+                try storeInode(m)
             }
-            func resolve(_ t: TimeChange) -> Timespec { if case .set(let x) = t { return x }; return now }
-            if let t = c.atime { m.setTime(.atime, resolve(t)) }
-            if let t = c.mtime { m.setTime(.mtime, resolve(t)) }
-            m.setTime(.ctime, c.ctime.map(resolve) ?? now)
-            m.bumpVersion()
-            try storeInode(m)
+            return try inode(ino)
         }
-        return try inode(ino)
     }
 
     /// A fallocate request checked: the modes we support (KEEP_SIZE,
@@ -285,69 +289,71 @@ extension Ext4FileSystem {
     }
 
     public func fallocate(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
-        let w = try wstate
-        let (end, keepSize, punch, zero) = try checkFallocate(mode: mode, offset: offset, length: length)
-        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-            var m = try loadForFallocate(ino)
-            if m.hasInline { try convertInlineFile(&m) }
-            // Block maps cannot describe unwritten blocks: like the kernel, only
-            // PUNCH_HOLE works on them.
-            guard m.hasExtents || punch else { throw .unsupported("fallocate mode \(mode) on a block-mapped file") }
-            let bs = UInt64(blockSize)
-            var exts = try allExtents(m)
-            let meta = try mapMetaBlocks(m)
-            if punch || zero {
-                // Zero partial edges, drop whole blocks inside.
-                let fb = (offset + bs - 1) / bs, lb = end / bs
-                if offset % bs != 0 { try zeroBytes(exts, from: offset, to: min(end, fb * bs)) }
-                if end % bs != 0 && lb * bs >= offset { try zeroBytes(exts, from: max(offset, lb * bs), to: end) }
-                if lb > fb {
-                    let removed = Ext4FileSystem.cut(&exts, from: fb, count: lb - fb)
-                    if zero {
-                        // Reuse the blocks as unwritten extents.
-                        for x in removed { Ext4FileSystem.put(&exts, Extent(logical: x.logical, physical: x.physical, length: x.length, unwritten: true)) }
-                    } else {
-                        try storeMap(&m, exts, oldMeta: meta)
-                        for x in removed { try freeBlocks(x.physical, x.length) }
-                        m.setTime(.mtime, nowSpec()); m.setTime(.ctime, nowSpec())
-                        m.bumpVersion()
-                        try storeInode(m)
-                        return
+        try withHandle(retryNoSpace: true) { () throws(Ext4Error) -> Void in
+            let w = try wstate
+            let (end, keepSize, punch, zero) = try checkFallocate(mode: mode, offset: offset, length: length)
+            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                var m = try loadForFallocate(ino)
+                if m.hasInline { try convertInlineFile(&m) }
+                // Block maps cannot describe unwritten blocks: like the kernel, only
+                // PUNCH_HOLE works on them.
+                guard m.hasExtents || punch else { throw .unsupported("fallocate mode \(mode) on a block-mapped file") }
+                let bs = UInt64(blockSize)
+                var exts = try allExtents(m)
+                let meta = try mapMetaBlocks(m)
+                if punch || zero {
+                    // Zero partial edges, drop whole blocks inside.
+                    let fb = (offset + bs - 1) / bs, lb = end / bs
+                    if offset % bs != 0 { try zeroBytes(exts, from: offset, to: min(end, fb * bs)) }
+                    if end % bs != 0 && lb * bs >= offset { try zeroBytes(exts, from: max(offset, lb * bs), to: end) }
+                    if lb > fb {
+                        let removed = Ext4FileSystem.cut(&exts, from: fb, count: lb - fb)
+                        if zero {
+                            // Reuse the blocks as unwritten extents.
+                            for x in removed { Ext4FileSystem.put(&exts, Extent(logical: x.logical, physical: x.physical, length: x.length, unwritten: true)) }
+                        } else {
+                            try storeMap(&m, exts, oldMeta: meta)
+                            for x in removed { try freeBlocks(x.physical, x.length) }
+                            m.setTime(.mtime, nowSpec()); m.setTime(.ctime, nowSpec())
+                            m.bumpVersion()
+                            try storeInode(m)
+                            return
+                        }
                     }
+                    if !zero { try storeMap(&m, exts, oldMeta: meta); try storeInode(m); return }
                 }
-                if !zero { try storeMap(&m, exts, oldMeta: meta); try storeInode(m); return }
-            }
-            // Allocate unwritten extents over holes in [offset, end).
-            let first = offset / bs, last = (end - 1) / bs
-            var allocated: [Extent] = []
-            do throws(Ext4Error) {
-                var l = first
-                while l <= last {
-                    let covered = exts.first { l >= $0.logical && l < $0.logical + $0.length }
-                    if let x = covered { l = x.logical + x.length; continue }
-                    var e = l
-                    while e <= last && !exts.contains(where: { e >= $0.logical && e < $0.logical + $0.length }) { e += 1 }
-                    var cur = l
-                    while cur < e {
-                        let (p, got) = try allocBlocks(goal: goalFor(exts, cur, m), count: Int(min(e - cur, 32767)))
-                        let x = Extent(logical: cur, physical: p, length: UInt64(got), unwritten: true)
-                        allocated.append(x)
-                        Ext4FileSystem.put(&exts, x)
-                        cur += UInt64(got)
+                // Allocate unwritten extents over holes in [offset, end).
+                let first = offset / bs, last = (end - 1) / bs
+                var allocated: [Extent] = []
+                do throws(Ext4Error) {
+                    var l = first
+                    while l <= last {
+                        let covered = exts.first { l >= $0.logical && l < $0.logical + $0.length }
+                        if let x = covered { l = x.logical + x.length; continue }
+                        var e = l
+                        while e <= last && !exts.contains(where: { e >= $0.logical && e < $0.logical + $0.length }) { e += 1 }
+                        var cur = l
+                        while cur < e {
+                            let (p, got) = try allocBlocks(goal: goalFor(exts, cur, m), count: Int(min(e - cur, 32767)))
+                            let x = Extent(logical: cur, physical: p, length: UInt64(got), unwritten: true)
+                            allocated.append(x)
+                            Ext4FileSystem.put(&exts, x)
+                            cur += UInt64(got)
+                        }
+                        l = e
                     }
-                    l = e
+                    try storeMap(&m, exts, oldMeta: meta)
+                } catch {
+                    for x in allocated { try? freeBlocks(x.physical, x.length) }
+                    throw error
                 }
-                try storeMap(&m, exts, oldMeta: meta)
-            } catch {
-                for x in allocated { try? freeBlocks(x.physical, x.length) }
-                throw error
+                if !keepSize && end > m.size { m.size = end }
+                let now = nowSpec()
+                m.setTime(.ctime, now)
+                if zero { m.setTime(.mtime, now) }
+                m.bumpVersion()
+                try storeInode(m)
             }
-            if !keepSize && end > m.size { m.size = end }
-            let now = nowSpec()
-            m.setTime(.ctime, now)
-            if zero { m.setTime(.mtime, now) }
-            m.bumpVersion()
-            try storeInode(m)
         }
     }
 }

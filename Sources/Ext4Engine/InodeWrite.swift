@@ -106,6 +106,7 @@ extension Ext4FileSystem {
             tb.putBytes(off, b)
             try writeMeta(blk, tb)
         }
+        noteInodeChanged(m.ino)
     }
 
     /// Inode table block and byte offset of an inode.

@@ -27,41 +27,43 @@ extension Ext4FileSystem {
     /// were allocated (empty when nothing was a hole).
     public func allocateForWrite(_ ino: UInt32, offset: UInt64, length: UInt64,
                                  maxBlocks: UInt64 = 32767) throws(Ext4Error) -> [Extent] {
-        let w = try wstate
-        guard length > 0, maxBlocks > 0 else { return [] }
-        let (end, o) = offset.addingReportingOverflow(length)
-        guard !o, offset < maxFileSize else { throw .fileTooBig }
-        let bs = UInt64(blockSize)
-        let first = offset / bs
-        let lastByte = min(end, maxFileSize) - 1
-        let last = min(lastByte / bs, first + maxBlocks - 1)
-        return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> [Extent] in
-            var m = try loadInode(ino)
-            guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a regular file") }
-            if m.flags & 0x10 != 0 { throw .permission }
-            guard !m.hasInline else { throw .invalid("inline-data file has no block map") }
-            // Only the range is looked up; new blocks continue the mapping before it.
-            let ri = try rawInodeFrom(m)
-            var local = try mapRange(ri, from: first, count: last - first + 1)
-            let goal = try goalBefore(ri, first, m)
-            let allocated = try allocateHoles(m, &local, first: first, last: last, unwritten: m.hasExtents,
-                                              fallbackGoal: goal)
-            guard !allocated.isEmpty else { return [] }
-            do throws(Ext4Error) {
-                if !m.hasExtents {
-                    // The zeroes must be on the device before the map points at
-                    // the blocks: a crash then exposes zeroes, never stale data.
-                    for x in allocated { try zeroBlocks(x.physical, x.length) }
-                    try dev.flush()
+        return try withHandle(retryNoSpace: true) { () throws(Ext4Error) -> [Extent] in
+            let w = try wstate
+            guard length > 0, maxBlocks > 0 else { return [] }
+            let (end, o) = offset.addingReportingOverflow(length)
+            guard !o, offset < maxFileSize else { throw .fileTooBig }
+            let bs = UInt64(blockSize)
+            let first = offset / bs
+            let lastByte = min(end, maxFileSize) - 1
+            let last = min(lastByte / bs, first + maxBlocks - 1)
+            return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> [Extent] in
+                var m = try loadInode(ino)
+                guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a regular file") }
+                if m.flags & 0x10 != 0 { throw .permission }
+                guard !m.hasInline else { throw .invalid("inline-data file has no block map") }
+                // Only the range is looked up; new blocks continue the mapping before it.
+                let ri = try rawInodeFrom(m)
+                var local = try mapRange(ri, from: first, count: last - first + 1)
+                let goal = try goalBefore(ri, first, m)
+                let allocated = try allocateHoles(m, &local, first: first, last: last, unwritten: m.hasExtents,
+                                                  fallbackGoal: goal)
+                guard !allocated.isEmpty else { return [] }
+                do throws(Ext4Error) {
+                    if !m.hasExtents {
+                        // The zeroes must be on the device before the map points at
+                        // the blocks: a crash then exposes zeroes, never stale data.
+                        for x in allocated { try zeroBlocks(x.physical, x.length) }
+                        try dev.flush()
+                    }
+                    try putExtents(&m, allocated, from: first, to: last + 1, newBlocks: allocated.reduce(0) { $0 + $1.length })
+                } catch {
+                    for x in allocated { try? freeBlocks(x.physical, x.length) }
+                    throw error
                 }
-                try putExtents(&m, allocated, from: first, to: last + 1, newBlocks: allocated.reduce(0) { $0 + $1.length })
-            } catch {
-                for x in allocated { try? freeBlocks(x.physical, x.length) }
-                throw error
+                m.bumpVersion()
+                try storeInode(m)
+                return allocated
             }
-            m.bumpVersion()
-            try storeInode(m)
-            return allocated
         }
     }
 
@@ -72,35 +74,37 @@ extension Ext4FileSystem {
     /// the size afterwards.
     public func convertUnwritten(_ ino: UInt32, offset: UInt64, length: UInt64,
                                  newSize: UInt64?) throws(Ext4Error) -> UInt64 {
-        let w = try wstate
-        let bs = UInt64(blockSize)
-        let (end, o) = offset.addingReportingOverflow(length)
-        guard !o else { throw .invalid("range overflows") }
-        if let s = newSize, s > maxFileSize { throw .fileTooBig }
-        return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> UInt64 in
-            var m = try loadInode(ino)
-            guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a regular file") }
-            var changed = false
-            if length > 0 && m.hasExtents && !m.hasInline {
-                let first = offset / bs
-                let stop = end / bs + (end % bs == 0 ? 0 : 1)
-                let ri = try rawInodeFrom(m)
-                let pieces = try mapRange(ri, from: first, count: stop - first).filter { $0.unwritten }
-                if !pieces.isEmpty {
-                    let written = pieces.map { Extent(logical: $0.logical, physical: $0.physical, length: $0.length, unwritten: false) }
-                    try putExtents(&m, written, from: first, to: stop, newBlocks: 0)
+        return try withHandle { () throws(Ext4Error) -> UInt64 in
+            let w = try wstate
+            let bs = UInt64(blockSize)
+            let (end, o) = offset.addingReportingOverflow(length)
+            guard !o else { throw .invalid("range overflows") }
+            if let s = newSize, s > maxFileSize { throw .fileTooBig }
+            return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> UInt64 in
+                var m = try loadInode(ino)
+                guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a regular file") }
+                var changed = false
+                if length > 0 && m.hasExtents && !m.hasInline {
+                    let first = offset / bs
+                    let stop = end / bs + (end % bs == 0 ? 0 : 1)
+                    let ri = try rawInodeFrom(m)
+                    let pieces = try mapRange(ri, from: first, count: stop - first).filter { $0.unwritten }
+                    if !pieces.isEmpty {
+                        let written = pieces.map { Extent(logical: $0.logical, physical: $0.physical, length: $0.length, unwritten: false) }
+                        try putExtents(&m, written, from: first, to: stop, newBlocks: 0)
+                        changed = true
+                    }
+                }
+                if let s = newSize, s > m.size {
+                    m.size = s
                     changed = true
                 }
+                if changed {
+                    m.bumpVersion()
+                    try storeInode(m)
+                }
+                return m.size
             }
-            if let s = newSize, s > m.size {
-                m.size = s
-                changed = true
-            }
-            if changed {
-                m.bumpVersion()
-                try storeInode(m)
-            }
-            return m.size
         }
     }
 
@@ -109,24 +113,26 @@ extension Ext4FileSystem {
     /// size would stay beyond EOF: free them. Extent files keep their unwritten
     /// extents (they read as zeroes and e2fsck accepts them past EOF).
     public func dropBlocksPastSize(_ ino: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
-        let w = try wstate
-        let (end, o) = offset.addingReportingOverflow(length)
-        guard !o, length > 0 else { return }
-        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-            var m = try loadInode(ino)
-            guard m.fileType == .regular, !m.hasExtents, !m.hasInline else { return }
-            let bs = UInt64(blockSize)
-            let keep = m.size / bs + (m.size % bs == 0 ? 0 : 1)
-            let from = max(keep, offset / bs)
-            let stop = end / bs + (end % bs == 0 ? 0 : 1)
-            guard stop > from else { return }
-            var exts = try allExtents(m)
-            let meta = try mapMetaBlocks(m)
-            let removed = Ext4FileSystem.cut(&exts, from: from, count: stop - from)
-            guard !removed.isEmpty else { return }
-            try storeMap(&m, exts, oldMeta: meta)
-            for x in removed { try freeBlocks(x.physical, x.length) }
-            try storeInode(m)
+        try withHandle { () throws(Ext4Error) -> Void in
+            let w = try wstate
+            let (end, o) = offset.addingReportingOverflow(length)
+            guard !o, length > 0 else { return }
+            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                var m = try loadInode(ino)
+                guard m.fileType == .regular, !m.hasExtents, !m.hasInline else { return }
+                let bs = UInt64(blockSize)
+                let keep = m.size / bs + (m.size % bs == 0 ? 0 : 1)
+                let from = max(keep, offset / bs)
+                let stop = end / bs + (end % bs == 0 ? 0 : 1)
+                guard stop > from else { return }
+                var exts = try allExtents(m)
+                let meta = try mapMetaBlocks(m)
+                let removed = Ext4FileSystem.cut(&exts, from: from, count: stop - from)
+                guard !removed.isEmpty else { return }
+                try storeMap(&m, exts, oldMeta: meta)
+                for x in removed { try freeBlocks(x.physical, x.length) }
+                try storeInode(m)
+            }
         }
     }
 
@@ -134,31 +140,33 @@ extension Ext4FileSystem {
     /// like a truncating setattr, but no data block is read or written. Blocks
     /// past the new end are freed when shrinking.
     public func truncateMapped(_ ino: UInt32, size newSize: UInt64) throws(Ext4Error) {
-        let w = try wstate
-        guard newSize <= maxFileSize else { throw .fileTooBig }
-        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-            var m = try loadInode(ino)
-            guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("size of non-file") }
-            if m.flags & 0x10 != 0 { throw .permission }
-            if m.flags & 0x20 != 0 && newSize < m.size { throw .permission }
-            if m.hasInline {
-                try truncateInode(&m, newSize)
-            } else if newSize < m.size {
-                let bs = UInt64(blockSize)
-                var exts = try allExtents(m)
-                let meta = try mapMetaBlocks(m)
-                let keep = newSize / bs + (newSize % bs == 0 ? 0 : 1)
-                let removed = Ext4FileSystem.cut(&exts, from: keep, count: UInt64.max - keep)
-                if !removed.isEmpty {
-                    try storeMap(&m, exts, oldMeta: meta)
-                    for x in removed { try freeBlocks(x.physical, x.length) }
+        try withHandle { () throws(Ext4Error) -> Void in
+            let w = try wstate
+            guard newSize <= maxFileSize else { throw .fileTooBig }
+            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                var m = try loadInode(ino)
+                guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("size of non-file") }
+                if m.flags & 0x10 != 0 { throw .permission }
+                if m.flags & 0x20 != 0 && newSize < m.size { throw .permission }
+                if m.hasInline {
+                    try truncateInode(&m, newSize)
+                } else if newSize < m.size {
+                    let bs = UInt64(blockSize)
+                    var exts = try allExtents(m)
+                    let meta = try mapMetaBlocks(m)
+                    let keep = newSize / bs + (newSize % bs == 0 ? 0 : 1)
+                    let removed = Ext4FileSystem.cut(&exts, from: keep, count: UInt64.max - keep)
+                    if !removed.isEmpty {
+                        try storeMap(&m, exts, oldMeta: meta)
+                        for x in removed { try freeBlocks(x.physical, x.length) }
+                    }
+                    m.size = newSize
+                } else {
+                    m.size = newSize
                 }
-                m.size = newSize
-            } else {
-                m.size = newSize
+                m.bumpVersion()
+                try storeInode(m)
             }
-            m.bumpVersion()
-            try storeInode(m)
         }
     }
 
@@ -168,41 +176,43 @@ extension Ext4FileSystem {
     /// holes of the range, partial edge blocks included). Other modes are the
     /// engine's `fallocate`, which touches no data.
     public func fallocateMapped(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
-        guard mode & 0x12 != 0 else { return try fallocate(ino, mode: mode, offset: offset, length: length) }
-        let w = try wstate
-        let (end, keepSize, punch, zero) = try checkFallocate(mode: mode, offset: offset, length: length)
-        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-            var m = try loadForFallocate(ino)
-            if m.hasInline {
-                // Not an iomap file: the classic fallocate converts and zeroes.
-                return try fallocate(ino, mode: mode, offset: offset, length: length)
+        try withHandle(retryNoSpace: true) { () throws(Ext4Error) -> Void in
+            guard mode & 0x12 != 0 else { return try fallocate(ino, mode: mode, offset: offset, length: length) }
+            let w = try wstate
+            let (end, keepSize, punch, zero) = try checkFallocate(mode: mode, offset: offset, length: length)
+            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                var m = try loadForFallocate(ino)
+                if m.hasInline {
+                    // Not an iomap file: the classic fallocate converts and zeroes.
+                    return try fallocate(ino, mode: mode, offset: offset, length: length)
+                }
+                guard m.hasExtents || punch else { throw .unsupported("fallocate mode \(mode) on a block-mapped file") }
+                let bs = UInt64(blockSize)
+                var exts = try allExtents(m)
+                let meta = try mapMetaBlocks(m)
+                let fb = offset / bs + (offset % bs == 0 ? 0 : 1), lb = end / bs
+                var removed: [Extent] = []
+                if lb > fb { removed = Ext4FileSystem.cut(&exts, from: fb, count: lb - fb) }
+                var allocated: [Extent] = []
+                if zero {
+                    // Reuse the blocks as unwritten extents, then fill the holes.
+                    for var x in removed { x.unwritten = true; Ext4FileSystem.put(&exts, x) }
+                    removed = []
+                    allocated = try allocateHoles(m, &exts, first: offset / bs, last: (end - 1) / bs, unwritten: true)
+                }
+                do throws(Ext4Error) {
+                    try storeMap(&m, exts, oldMeta: meta)
+                } catch {
+                    for x in allocated { try? freeBlocks(x.physical, x.length) }
+                    throw error
+                }
+                for x in removed { try freeBlocks(x.physical, x.length) }
+                if zero && !keepSize && end > m.size { m.size = end }
+                let now = nowSpec()
+                m.setTime(.mtime, now); m.setTime(.ctime, now)
+                m.bumpVersion()
+                try storeInode(m)
             }
-            guard m.hasExtents || punch else { throw .unsupported("fallocate mode \(mode) on a block-mapped file") }
-            let bs = UInt64(blockSize)
-            var exts = try allExtents(m)
-            let meta = try mapMetaBlocks(m)
-            let fb = offset / bs + (offset % bs == 0 ? 0 : 1), lb = end / bs
-            var removed: [Extent] = []
-            if lb > fb { removed = Ext4FileSystem.cut(&exts, from: fb, count: lb - fb) }
-            var allocated: [Extent] = []
-            if zero {
-                // Reuse the blocks as unwritten extents, then fill the holes.
-                for var x in removed { x.unwritten = true; Ext4FileSystem.put(&exts, x) }
-                removed = []
-                allocated = try allocateHoles(m, &exts, first: offset / bs, last: (end - 1) / bs, unwritten: true)
-            }
-            do throws(Ext4Error) {
-                try storeMap(&m, exts, oldMeta: meta)
-            } catch {
-                for x in allocated { try? freeBlocks(x.physical, x.length) }
-                throw error
-            }
-            for x in removed { try freeBlocks(x.physical, x.length) }
-            if zero && !keepSize && end > m.size { m.size = end }
-            let now = nowSpec()
-            m.setTime(.mtime, now); m.setTime(.ctime, now)
-            m.bumpVersion()
-            try storeInode(m)
         }
     }
 

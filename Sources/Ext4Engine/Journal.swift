@@ -1,7 +1,6 @@
 /// jbd2 journal recovery (v2/v3 superblocks, 64-bit tags, checksums v2/v3,
 /// revoke records), written from the jbd2 on-disk format description.
 /// Used only when a read-write open finds INCOMPAT_RECOVER set.
-private let jMagic: UInt32 = 0xC03B_3998
 
 extension Array where Element == UInt8 {
     @inline(__always)
@@ -24,11 +23,6 @@ extension Array where Element == UInt8 {
         self[o] = UInt8(truncatingIfNeeded: v); self[o + 1] = UInt8(truncatingIfNeeded: v >> 8)
         self[o + 2] = UInt8(truncatingIfNeeded: v >> 16); self[o + 3] = UInt8(truncatingIfNeeded: v >> 24)
     }
-}
-
-private func beBytes32(_ v: UInt32) -> [UInt8] {
-    [UInt8(truncatingIfNeeded: v >> 24), UInt8(truncatingIfNeeded: v >> 16),
-     UInt8(truncatingIfNeeded: v >> 8), UInt8(truncatingIfNeeded: v)]
 }
 
 struct JournalReplayResult: Sendable {
@@ -68,31 +62,24 @@ extension Ext4FileSystem {
         }
 
         // ---- journal superblock --------------------------------------------------------
-        var jsb = try jread(0)
-        guard jsb.be32(0) == jMagic else { throw corrupt("journal superblock has bad magic") }
-        let jtype = jsb.be32(4)
-        guard jtype == 3 || jtype == 4 else { throw corrupt("journal superblock has bad type \(jtype)") }
-        guard UInt64(jsb.be32(0xC)) == bs else { throw .unsupported("journal block size differs from fs block size") }
-        let maxlen = UInt64(jsb.be32(0x10))
-        let first = UInt64(jsb.be32(0x14))
-        var seq = jsb.be32(0x18)
-        let start = UInt64(jsb.be32(0x1C))
+        var jsb = try JournalSuperblock(try jread(0))
+        guard UInt64(jsb.blockSize) == bs else { throw .unsupported("journal block size differs from fs block size") }
+        let maxlen = UInt64(jsb.maxLen)
+        let first = UInt64(jsb.first)
+        var seq = jsb.sequence
+        let start = UInt64(jsb.start)
         guard maxlen <= jblocks, first >= 1, first < maxlen else { throw corrupt("journal geometry invalid") }
-        let incompat: UInt32 = jtype == 4 ? jsb.be32(0x28) : 0
-        let revokeF = incompat & 0x1 != 0, is64 = incompat & 0x2 != 0
-        let csum2 = incompat & 0x8 != 0, csum3 = incompat & 0x10 != 0
-        guard incompat & ~UInt32(0x1F) == 0 else {
+        let incompat = jsb.incompat
+        guard incompat & ~JBD2.incompatKnown == 0 else {
             throw .unsupported("journal has unsupported features 0x\(String(incompat, radix: 16))")
         }
-        let csum = csum2 || csum3
+        let revokeF = jsb.revoke, is64 = jsb.is64
+        let csum = jsb.hasChecksums
         if csum {
-            guard jsb.u8(0x50) == 4 else { throw corrupt("journal checksum type \(jsb.u8(0x50)) unknown") }
-            let c = crc32c(~0, Array(jsb[0..<1024]).zeroing(0xFC, 4))
-            guard c == jsb.be32(0xFC) else { throw corrupt("journal superblock checksum mismatch") }
+            guard jsb.checksumType == JBD2.checksumTypeCRC32C else { throw corrupt("journal checksum type \(jsb.checksumType) unknown") }
+            guard jsb.checksumValid() else { throw corrupt("journal superblock checksum mismatch") }
         }
-        let jseed = crc32c(~0, jsb.sub(0x30, 16) ?? [])
-        let tagBytes = csum3 ? 16 : (12 + (csum2 ? 2 : 0) - (is64 ? 0 : 4))
-        let tailBytes = csum ? 4 : 0
+        let tailBytes = jsb.tailBytes
 
         if start != 0 {
             guard start >= first, start < maxlen else { throw corrupt("journal start \(start) out of range") }
@@ -107,43 +94,30 @@ extension Ext4FileSystem {
             scan: while steps < maxlen {
                 steps += 1
                 let b = try jread(blk)
-                guard b.be32(0) == jMagic, b.be32(8) == seq else { break }
+                guard b.be32(0) == JBD2.magic, b.be32(8) == seq else { break }
                 switch b.be32(4) {
-                case 1: // descriptor
-                    if csum {
-                        let t = blockSize - 4
-                        if crc32c(jseed, b.zeroing(t, 4)) != b.be32(t) { break scan }
-                    }
+                case JBD2.BlockType.descriptor.rawValue:
+                    if !jsb.tailValid(b) { break scan }
                     var off = 12
                     blk = next(blk)
                     var last = false
-                    while !last && off + tagBytes <= blockSize - tailBytes {
-                        let lo = UInt64(b.be32(off))
-                        let flags: UInt32 = csum3 ? b.be32(off + 4) : UInt32(b.be16(off + 6))
-                        var fsb = lo
-                        if is64 { fsb |= UInt64(b.be32(off + 8)) << 32 }
-                        let tcs: UInt32 = csum3 ? b.be32(off + 12) : UInt32(b.be16(off + 4))
-                        off += tagBytes
-                        if flags & 2 == 0 { off += 16 } // not SAME_UUID: uuid follows
-                        last = flags & 8 != 0
-                        cur.tags.append(Tag(fsBlock: fsb, jBlock: blk, escaped: flags & 1 != 0, csum: tcs))
+                    while !last, let tag = JournalTag.decode(b, at: off, jsb) {
+                        off += jsb.tagBytes
+                        if tag.flags & JBD2.tagSameUUID == 0 { off += 16 } // the uuid follows
+                        last = tag.flags & JBD2.tagLast != 0
+                        cur.tags.append(Tag(fsBlock: tag.fsBlock, jBlock: blk, escaped: tag.flags & JBD2.tagEscaped != 0, csum: tag.checksum))
                         blk = next(blk)
                         steps += 1
                         if cur.tags.count > 1 << 22 { throw corrupt("journal transaction too large") }
                     }
-                case 2: // commit
-                    if csum3 || csum2 {
-                        if crc32c(jseed, b.zeroing(0x10, 4)) != b.be32(0x10) { break scan }
-                    }
+                case JBD2.BlockType.commit.rawValue:
+                    if !jsb.commitValid(b) { break scan }
                     committed.append(cur)
                     seq &+= 1
                     cur = Txn(seq: seq)
                     blk = next(blk)
-                case 5: // revoke
-                    if csum {
-                        let t = blockSize - 4
-                        if crc32c(jseed, b.zeroing(t, 4)) != b.be32(t) { break scan }
-                    }
+                case JBD2.BlockType.revoke.rawValue:
+                    if !jsb.tailValid(b) { break scan }
                     let rcount = Int(b.be32(12))
                     guard rcount >= 16, rcount <= blockSize - tailBytes else {
                         throw corrupt("journal revoke block has bad r_count \(rcount)")
@@ -177,12 +151,11 @@ extension Ext4FileSystem {
                     }
                     guard tag.fsBlock < sb.blocksCount else { throw corrupt("journal tag targets block \(tag.fsBlock) beyond fs") }
                     var data = try jread(tag.jBlock)
-                    if csum {
-                        let c = crc32c(crc32c(jseed, beBytes32(t.seq)), data)
-                        let ok = csum3 ? c == tag.csum : (c & 0xFFFF) == tag.csum
-                        if !ok { result.badDataChecksums += 1; continue }
+                    if csum && JournalTag.dataChecksum(data, seq: t.seq, jsb) != tag.csum {
+                        result.badDataChecksums += 1
+                        continue
                     }
-                    if tag.escaped { data.putBE32(0, jMagic) }
+                    if tag.escaped { data.putBE32(0, JBD2.magic) }
                     var err: Ext4Error? = nil
                     data.withUnsafeBytes { p in
                         do throws(Ext4Error) { try dev.write(at: tag.fsBlock * bs, from: p) } catch { err = error }
@@ -193,15 +166,12 @@ extension Ext4FileSystem {
             }
         }
         // ---- mark the journal empty and the fs recovered ---------------------------------------
-        jsb.putBE32(0x18, seq)
-        jsb.putBE32(0x1C, 0)
-        if csum {
-            jsb.putBE32(0xFC, 0)
-            jsb.putBE32(0xFC, crc32c(~0, Array(jsb[0..<1024])))
-        }
+        jsb.sequence = seq
+        jsb.start = 0
+        let jsbBytes = jsb.sealed()
         var err: Ext4Error? = nil
         let jsbPhys = try phys(0)
-        jsb.withUnsafeBytes { p in
+        jsbBytes.withUnsafeBytes { p in
             do throws(Ext4Error) { try dev.write(at: jsbPhys * bs, from: p) } catch { err = error }
         }
         if let err { throw err }

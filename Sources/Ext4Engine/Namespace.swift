@@ -173,63 +173,73 @@ extension Ext4FileSystem {
     }
 
     public func mknod(parent: UInt32, name: [UInt8], _ n: NewInode) throws(Ext4Error) -> Inode {
-        let t = n.mode & 0xF000
-        guard t != 0x4000, t != 0xA000 else { throw .invalid("use mkdir/symlink") }
-        return try createEntry(parent: parent, name: name, mode: t == 0 ? n.mode | 0x8000 : n.mode, uid: n.uid, gid: n.gid,
-                               rdev: (n.rdev.major, n.rdev.minor), symlink: nil)
+        return try withHandle { () throws(Ext4Error) -> Inode in
+            let t = n.mode & 0xF000
+            guard t != 0x4000, t != 0xA000 else { throw .invalid("use mkdir/symlink") }
+            return try createEntry(parent: parent, name: name, mode: t == 0 ? n.mode | 0x8000 : n.mode, uid: n.uid, gid: n.gid,
+                                   rdev: (n.rdev.major, n.rdev.minor), symlink: nil)
+        }
     }
 
     public func mkdir(parent: UInt32, name: [UInt8], _ n: NewInode) throws(Ext4Error) -> Inode {
-        try createEntry(parent: parent, name: name, mode: 0x4000 | (n.mode & 0x0FFF), uid: n.uid, gid: n.gid,
-                        rdev: (0, 0), symlink: nil)
+        return try withHandle { () throws(Ext4Error) -> Inode in
+            try createEntry(parent: parent, name: name, mode: 0x4000 | (n.mode & 0x0FFF), uid: n.uid, gid: n.gid,
+                            rdev: (0, 0), symlink: nil)
+        }
     }
 
     public func symlink(parent: UInt32, name: [UInt8], target: [UInt8], uid: UInt32, gid: UInt32) throws(Ext4Error) -> Inode {
-        guard !target.contains(0) else { throw .invalid("NUL in symlink") }
-        guard target.count < blockSize, target.count < 4096 else { throw .nameTooLong }
-        return try createEntry(parent: parent, name: name, mode: 0xA1FF, uid: uid, gid: gid, rdev: (0, 0), symlink: target)
+        return try withHandle { () throws(Ext4Error) -> Inode in
+            guard !target.contains(0) else { throw .invalid("NUL in symlink") }
+            guard target.count < blockSize, target.count < 4096 else { throw .nameTooLong }
+            return try createEntry(parent: parent, name: name, mode: 0xA1FF, uid: uid, gid: gid, rdev: (0, 0), symlink: target)
+        }
     }
 
     public func tmpfile(parent: UInt32, _ n: NewInode) throws(Ext4Error) -> Inode {
-        let w = try wstate
-        let p = try inode(parent)
-        guard p.fileType == .directory else { throw .notDirectory }
-        let mode = (n.mode & 0xF000) == 0 ? n.mode | 0x8000 : n.mode
-        guard mode & 0xF000 == 0x8000 else { throw .invalid("tmpfile must be regular") }
-        var m = try makeInode(parent: parent, mode: mode, uid: n.uid, gid: n.gid, rdev: (0, 0), symlink: nil,
-                              links: 0, now: nowSpec())
-        try w.inodeLocks.withLock(UInt64(m.ino)) { () throws(Ext4Error) in
-            try addOrphan(m.ino)
-            try storeInode(m)
+        return try withHandle { () throws(Ext4Error) -> Inode in
+            let w = try wstate
+            let p = try inode(parent)
+            guard p.fileType == .directory else { throw .notDirectory }
+            let mode = (n.mode & 0xF000) == 0 ? n.mode | 0x8000 : n.mode
+            guard mode & 0xF000 == 0x8000 else { throw .invalid("tmpfile must be regular") }
+            var m = try makeInode(parent: parent, mode: mode, uid: n.uid, gid: n.gid, rdev: (0, 0), symlink: nil,
+                                  links: 0, now: nowSpec())
+            try w.inodeLocks.withLock(UInt64(m.ino)) { () throws(Ext4Error) in
+                try addOrphan(m.ino)
+                try storeInode(m)
+            }
+            m = try loadInode(m.ino, checkLive: false)
+            return try publicInode(m)
         }
-        m = try loadInode(m.ino, checkLive: false)
-        return try publicInode(m)
     }
 
     public func link(_ ino: UInt32, parent: UInt32, name: [UInt8]) throws(Ext4Error) -> Inode {
-        let w = try wstate
-        try checkName(name)
-        if Ext4FileSystem.isDots(name) { throw .exists }
-        return try w.inodeLocks.withLocks([UInt64(parent), UInt64(ino)]) { () throws(Ext4Error) -> Inode in
-            var pm = try loadInode(parent)
-            guard pm.isDir else { throw .notDirectory }
-            try checkMutable(pm)
-            var m = try loadInode(ino, checkLive: false)
-            guard !m.isDir else { throw .permission }
-            try checkMutable(m)
-            guard m.links < linkMax else { throw .tooManyLinks }
-            if m.links == 0 && !w.orphanMapLock.with({ w.orphanNext[ino] != nil }) { throw .notFound }
-            if let _ = try? lookup(dir: parent, name: name) { throw .exists }
-            try dirAdd(&pm, name: name, ino: ino, ftype: ftypeCode(m.mode))
-            let now = nowSpec()
-            if m.links == 0 { try removeOrphan(ino); m.dtime = 0 }
-            m.links += 1
-            m.setTime(.ctime, now)
-            m.bumpVersion()
-            touchDir(&pm, now)
-            try storeInode(pm)
-            try storeInode(m)
-            return try publicInode(m)
+        return try withHandle { () throws(Ext4Error) -> Inode in
+            let w = try wstate
+            try checkName(name)
+            if Ext4FileSystem.isDots(name) { throw .exists }
+            return try w.inodeLocks.withLocks([UInt64(parent), UInt64(ino)]) { () throws(Ext4Error) -> Inode in
+                var pm = try loadInode(parent)
+                guard pm.isDir else { throw .notDirectory }
+                try checkMutable(pm)
+                var m = try loadInode(ino, checkLive: false)
+                guard !m.isDir else { throw .permission }
+                try checkMutable(m)
+                guard m.links < linkMax else { throw .tooManyLinks }
+                if m.links == 0 && !w.orphanMapLock.with({ w.orphanNext[ino] != nil }) { throw .notFound }
+                if let _ = try? lookup(dir: parent, name: name) { throw .exists }
+                try dirAdd(&pm, name: name, ino: ino, ftype: ftypeCode(m.mode))
+                let now = nowSpec()
+                if m.links == 0 { try removeOrphan(ino); m.dtime = 0 }
+                m.links += 1
+                m.setTime(.ctime, now)
+                m.bumpVersion()
+                touchDir(&pm, now)
+                try storeInode(pm)
+                try storeInode(m)
+                return try publicInode(m)
+            }
         }
     }
 
@@ -249,45 +259,49 @@ extension Ext4FileSystem {
     }
 
     public func unlink(parent: UInt32, name: [UInt8]) throws(Ext4Error) -> UInt32 {
-        try checkName(name)
-        if Ext4FileSystem.isDots(name) { throw .isDirectory }
-        return try withEntry(parent: parent, name: name) { (child) throws(Ext4Error) -> UInt32 in
-            var pm = try loadInode(parent)
-            try checkMutable(pm)
-            var m = try loadInode(child)
-            if m.isDir { throw .isDirectory }
-            try checkMutable(m)
-            _ = try dirRemove(&pm, name: name)
-            let now = nowSpec()
-            touchDir(&pm, now)
-            try storeInode(pm)
-            m.links = m.links > 0 ? m.links - 1 : 0
-            m.setTime(.ctime, now)
-            m.bumpVersion()
-            if m.links == 0 { try dropInode(&m) } else { try storeInode(m) }
-            return child
+        return try withHandle { () throws(Ext4Error) -> UInt32 in
+            try checkName(name)
+            if Ext4FileSystem.isDots(name) { throw .isDirectory }
+            return try withEntry(parent: parent, name: name) { (child) throws(Ext4Error) -> UInt32 in
+                var pm = try loadInode(parent)
+                try checkMutable(pm)
+                var m = try loadInode(child)
+                if m.isDir { throw .isDirectory }
+                try checkMutable(m)
+                _ = try dirRemove(&pm, name: name)
+                let now = nowSpec()
+                touchDir(&pm, now)
+                try storeInode(pm)
+                m.links = m.links > 0 ? m.links - 1 : 0
+                m.setTime(.ctime, now)
+                m.bumpVersion()
+                if m.links == 0 { try dropInode(&m) } else { try storeInode(m) }
+                return child
+            }
         }
     }
 
     public func rmdir(parent: UInt32, name: [UInt8]) throws(Ext4Error) {
-        try checkName(name)
-        if name == [0x2E] { throw .invalid("rmdir .") }
-        if name == [0x2E, 0x2E] { throw .notEmpty }
-        try withEntry(parent: parent, name: name) { (child) throws(Ext4Error) in
-            var pm = try loadInode(parent)
-            try checkMutable(pm)
-            var m = try loadInode(child)
-            guard m.isDir else { throw .notDirectory }
-            try checkMutable(m)
-            guard try dirIsEmpty(m) else { throw .notEmpty }
-            _ = try dirRemove(&pm, name: name)
-            let now = nowSpec()
-            dirDecLinks(&pm)
-            touchDir(&pm, now)
-            try storeInode(pm)
-            m.links = 0
-            m.setTime(.ctime, now)
-            try dropInode(&m)
+        try withHandle { () throws(Ext4Error) -> Void in
+            try checkName(name)
+            if name == [0x2E] { throw .invalid("rmdir .") }
+            if name == [0x2E, 0x2E] { throw .notEmpty }
+            try withEntry(parent: parent, name: name) { (child) throws(Ext4Error) in
+                var pm = try loadInode(parent)
+                try checkMutable(pm)
+                var m = try loadInode(child)
+                guard m.isDir else { throw .notDirectory }
+                try checkMutable(m)
+                guard try dirIsEmpty(m) else { throw .notEmpty }
+                _ = try dirRemove(&pm, name: name)
+                let now = nowSpec()
+                dirDecLinks(&pm)
+                touchDir(&pm, now)
+                try storeInode(pm)
+                m.links = 0
+                m.setTime(.ctime, now)
+                try dropInode(&m)
+            }
         }
     }
 
@@ -305,36 +319,38 @@ extension Ext4FileSystem {
     }
 
     public func rename(parent: UInt32, name: [UInt8], newParent: UInt32, newName: [UInt8], flags: UInt32) throws(Ext4Error) {
-        let w = try wstate
-        try checkName(name); try checkName(newName)
-        guard flags & ~3 == 0, flags != 3 else { throw .invalid("rename flags") }
-        if Ext4FileSystem.isDots(name) || Ext4FileSystem.isDots(newName) { throw .busy }
-        let exchange = flags & 2 != 0, noReplace = flags & 1 != 0
-        try w.renameLock.with { () throws(Ext4Error) in
-            for _ in 0..<100 {
-                let src = try lookup(dir: parent, name: name)
-                let dst = try? lookup(dir: newParent, name: newName)
-                // Ancestry only changes under renameLock: check it before taking inode locks.
-                if parent != newParent {
-                    if try inode(src).fileType == .directory, try isAncestor(src, of: newParent) {
-                        throw .invalid("move into own subtree")
+        try withHandle { () throws(Ext4Error) -> Void in
+            let w = try wstate
+            try checkName(name); try checkName(newName)
+            guard flags & ~3 == 0, flags != 3 else { throw .invalid("rename flags") }
+            if Ext4FileSystem.isDots(name) || Ext4FileSystem.isDots(newName) { throw .busy }
+            let exchange = flags & 2 != 0, noReplace = flags & 1 != 0
+            try w.renameLock.with { () throws(Ext4Error) in
+                for _ in 0..<100 {
+                    let src = try lookup(dir: parent, name: name)
+                    let dst = try? lookup(dir: newParent, name: newName)
+                    // Ancestry only changes under renameLock: check it before taking inode locks.
+                    if parent != newParent {
+                        if try inode(src).fileType == .directory, try isAncestor(src, of: newParent) {
+                            throw .invalid("move into own subtree")
+                        }
+                        if exchange, let dst, try inode(dst).fileType == .directory, try isAncestor(dst, of: parent) {
+                            throw .invalid("move into own subtree")
+                        }
                     }
-                    if exchange, let dst, try inode(dst).fileType == .directory, try isAncestor(dst, of: parent) {
-                        throw .invalid("move into own subtree")
+                    var keys = [UInt64(parent), UInt64(newParent), UInt64(src)]
+                    if let dst { keys.append(UInt64(dst)) }
+                    let done = try w.inodeLocks.withLocks(keys) { () throws(Ext4Error) -> Bool in
+                        guard (try? lookup(dir: parent, name: name)) == src,
+                              (try? lookup(dir: newParent, name: newName)) == dst else { return false }
+                        try renameLocked(parent: parent, name: name, newParent: newParent, newName: newName,
+                                         src: src, dst: dst, exchange: exchange, noReplace: noReplace)
+                        return true
                     }
+                    if done { return }
                 }
-                var keys = [UInt64(parent), UInt64(newParent), UInt64(src)]
-                if let dst { keys.append(UInt64(dst)) }
-                let done = try w.inodeLocks.withLocks(keys) { () throws(Ext4Error) -> Bool in
-                    guard (try? lookup(dir: parent, name: name)) == src,
-                          (try? lookup(dir: newParent, name: newName)) == dst else { return false }
-                    try renameLocked(parent: parent, name: name, newParent: newParent, newName: newName,
-                                     src: src, dst: dst, exchange: exchange, noReplace: noReplace)
-                    return true
-                }
-                if done { return }
+                throw .busy
             }
-            throw .busy
         }
     }
 
@@ -420,19 +436,21 @@ extension Ext4FileSystem {
     }
 
     public func setInodeFlags(_ ino: UInt32, _ flags: UInt32) throws(Ext4Error) -> Inode {
-        let w = try wstate
-        let settable: UInt32 = 0x1 | 0x2 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x10000 | 0x20000
-        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-            var m = try loadInode(ino)
-            let fixedNow = m.flags & InodeFlag.userVisible & ~settable
-            let fixedReq = flags & InodeFlag.userVisible & ~settable
-            guard fixedNow == fixedReq || (flags & ~settable) == 0 else { throw .unsupported("flags not settable") }
-            guard flags & ~InodeFlag.userVisible == 0 else { throw .unsupported("unknown flags") }
-            m.flags = (m.flags & ~settable) | (flags & settable)
-            m.setTime(.ctime, nowSpec())
-            m.bumpVersion()
-            try storeInode(m)
+        return try withHandle { () throws(Ext4Error) -> Inode in
+            let w = try wstate
+            let settable: UInt32 = 0x1 | 0x2 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x10000 | 0x20000
+            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                var m = try loadInode(ino)
+                let fixedNow = m.flags & InodeFlag.userVisible & ~settable
+                let fixedReq = flags & InodeFlag.userVisible & ~settable
+                guard fixedNow == fixedReq || (flags & ~settable) == 0 else { throw .unsupported("flags not settable") }
+                guard flags & ~InodeFlag.userVisible == 0 else { throw .unsupported("unknown flags") }
+                m.flags = (m.flags & ~settable) | (flags & settable)
+                m.setTime(.ctime, nowSpec())
+                m.bumpVersion()
+                try storeInode(m)
+            }
+            return try inode(ino)
         }
-        return try inode(ino)
     }
 }

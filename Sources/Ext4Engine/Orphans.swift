@@ -2,20 +2,35 @@ import Foundation
 
 /// Mount/unmount of a read-write file system, the orphan list, inode lifetime.
 extension Ext4FileSystem {
-    /// Called by `open` for read-write mounts.
-    func startWriting() throws(Ext4Error) {
+    /// Called by `open` for read-write mounts: choose journal or ordered
+    /// write-back, mark the file system in use, clean up orphans left by a
+    /// crash, and start the committer.
+    func startWriting(commitInterval: Double) throws(Ext4Error) {
         let w = try wstate
         try loadWriteState(w)
-        try recoverOrphans()
+        w.commitInterval = commitInterval
+        if sb.has(compat: Compat.hasJournal) {
+            do {
+                let log = try openJournalLog()
+                w.log = log
+                w.softLimit = max(16, Int(log.capacity / 4))
+                w.hardLimit = max(32, Int(log.capacity / 2))
+                w.txn.restart(at: UInt64(log.jsb.sequence))
+            } catch {
+                clog.logger.warning("ext4: not writing the journal (\(error)); metadata is written back in order without it")
+            }
+        }
         let now = UInt32(truncatingIfNeeded: nowSpec().sec)
-        try flushMetadata()
         try updateSuper(writeThrough: true) { s in
             s.putLE16(0x3A, s.le16(0x3A) & ~1) // not clean while mounted
+            if w.log != nil { s.putLE32(0x60, s.le32(0x60) | Incompat.recover) }
             s.putLE32(0x2C, now)                // s_mtime
             s.putLE16(0x34, s.le16(0x34) &+ 1)  // s_mnt_count
         }
         try dev.flush()
-        startFlusher()
+        try withHandle { () throws(Ext4Error) in try recoverOrphans() }
+        try commitOnce()
+        startCommitter()
     }
 
     var lastOrphan: UInt32 { wstateOrNil?.gdLock.with { wstateOrNil?.sbRaw.le32(0xE8) ?? 0 } ?? 0 }
@@ -91,60 +106,72 @@ extension Ext4FileSystem {
     }
 
     public func release(_ ino: UInt32, count: UInt64) throws(Ext4Error) {
-        let w = try wstate
-        let last = w.orphanLock.with { () -> Bool in
-            let c = w.refs[ino] ?? 0
-            let n = c > count ? c - count : 0
-            if n == 0 { w.refs[ino] = nil } else { w.refs[ino] = n }
-            return n == 0 && c > 0
-        }
-        guard last, isOrphan(ino) else { return }
-        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-            guard isOrphan(ino), w.orphanLock.with({ w.refs[ino] == nil }) else { return }
-            var m = try loadInode(ino, checkLive: false)
-            guard m.links == 0 else { return }
-            try removeOrphan(ino)
-            m.dtime = 0
-            try destroyInode(&m)
+        try withHandle { () throws(Ext4Error) -> Void in
+            let w = try wstate
+            let last = w.orphanLock.with { () -> Bool in
+                let c = w.refs[ino] ?? 0
+                let n = c > count ? c - count : 0
+                if n == 0 { w.refs[ino] = nil } else { w.refs[ino] = n }
+                return n == 0 && c > 0
+            }
+            guard last, isOrphan(ino) else { return }
+            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                guard isOrphan(ino), w.orphanLock.with({ w.refs[ino] == nil }) else { return }
+                var m = try loadInode(ino, checkLive: false)
+                guard m.links == 0 else { return }
+                try removeOrphan(ino)
+                m.dtime = 0
+                try destroyInode(&m)
+            }
         }
     }
 
-    /// Metadata is flushed as a whole (like fuse2fs), then the device.
+    /// The transaction that last changed `ino` is durable, and so is its data.
     public func fsync(_ ino: UInt32, dataOnly: Bool) throws(Ext4Error) {
-        try flushMetadata()
-        try dev.flush()
+        try commitInode(ino)
     }
 
+    /// Everything is durable (syncfs, FREEZE).
     public func sync() throws(Ext4Error) {
-        try updateSuper()
-        try flushMetadata()
-        try dev.flush()
+        try commitAll()
     }
 
+    /// Give back what lives only in memory, free the orphans, commit, write
+    /// every block home, empty the journal and mark the file system clean.
     public func unmount() throws(Ext4Error) {
         let w = try wstate
-        try dropAllPreallocations()
-        try packAllExtentTrees()
+        if w.txn.isAborted != nil { stopCommitter(); throw .io(EIO) }
+        try withHandle { () throws(Ext4Error) in
+            try dropAllPreallocations()
+            try packAllExtentTrees()
+        }
         // Free every remaining orphan, referenced or not.
         while true {
             let ino = w.orphanMapLock.with { w.orphanNext.keys.first }
             guard let ino else { break }
-            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-                var m = try loadInode(ino, checkLive: false)
-                try removeOrphan(ino)
-                m.dtime = 0
-                if m.links == 0 { try destroyInode(&m) } else { try storeInode(m) }
+            try withHandle { () throws(Ext4Error) in
+                try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                    var m = try loadInode(ino, checkLive: false)
+                    try removeOrphan(ino)
+                    m.dtime = 0
+                    if m.links == 0 { try destroyInode(&m) } else { try storeInode(m) }
+                }
             }
         }
-        stopFlusher()
-        // Everything else first, then "clean" on top of it.
-        try flushMetadata()
-        try dev.flush()
+        stopCommitter()
+        try commitOnce()
+        try w.commitLock.with { () throws(Ext4Error) in
+            try dev.flush()
+            if let log = w.log { try resetLog(log, nextTid: w.txn.runningTid) }
+        }
         let now = UInt32(truncatingIfNeeded: nowSpec().sec)
         try updateSuper(writeThrough: true) { s in
             s.putLE16(0x3A, s.le16(0x3A) | 1)
+            s.putLE32(0x60, s.le32(0x60) & ~Incompat.recover)
             s.putLE32(0x30, now) // s_wtime
         }
         try dev.flush()
+        // The superblock's block is still dirty in memory; nothing writes it again.
+        w.dirtyLock.with { w.dirty = [:]; w.running = [] }
     }
 }

@@ -1,10 +1,10 @@
-/// Per-file preallocation. An append that allocates also takes a window of
-/// blocks right after the ones it needs (marked used in the bitmap, owned by
-/// no extent yet); the next appends of the same file take their blocks from
-/// it, so files written side by side stay contiguous. The window is given
-/// back when the last writer closes the file, when the file is freed, at
-/// unmount, and whenever an allocation would otherwise fail with ENOSPC. A
-/// crash leaves the window's blocks marked used; `e2fsck -fy` returns them.
+/// Per-file preallocation. An append that allocates also reserves a window
+/// of blocks right after the ones it needs, in memory only (Reservations:
+/// the bitmap still shows them free, the allocator skips them); the next
+/// appends of the same file take their blocks from it, so files written side
+/// by side stay contiguous. The window is given back when the last writer
+/// closes the file, when the file is freed, at unmount, and whenever an
+/// allocation would otherwise fail with ENOSPC. A crash forgets it.
 struct Prealloc: Sendable {
     var logical: UInt64   // the next logical block the window serves
     var physical: UInt64  // where that block goes
@@ -31,7 +31,10 @@ extension Ext4FileSystem {
             w.prealloc[m.ino] = p.count > 0 ? p : nil
             return r
         }
-        if let taken { return taken }
+        if let taken {
+            try claimWindowBlocks(m.ino, taken.0, UInt64(taken.1))
+            return taken
+        }
         let bs = UInt64(blockSize)
         let sizeBlocks = m.size / bs + (m.size % bs == 0 ? 0 : 1)
         let endAfter = l + want
@@ -42,7 +45,8 @@ extension Ext4FileSystem {
             while win < endAfter && win < Ext4FileSystem.preallocMaxBytes / bs { win *= 2 }
             extra = min(win, Ext4FileSystem.preallocMaxBytes / bs)
         }
-        let (p, got) = try allocBlocksOrReclaim(goal: goal, count: Int(want + extra))
+        let windowOwner: UInt32? = extra > 0 ? m.ino : nil
+        let (p, got) = try allocBlocksOrReclaim(goal: goal, count: Int(want + extra), mark: Int(want), window: windowOwner)
         let used = min(UInt64(got), want)
         if UInt64(got) > used {
             let window = Prealloc(logical: l + used, physical: p + used, count: UInt64(got) - used)
@@ -51,18 +55,18 @@ extension Ext4FileSystem {
                 w.prealloc[m.ino] = window
                 return o
             }
-            if let old { try freeBlocks(old.physical, old.count) }
+            if let old { w.reservations.remove(old.physical, old.count, .window(m.ino)) }
         }
         return (p, Int(used))
     }
 
     /// allocBlocks, retried once after giving back every window on ENOSPC.
-    func allocBlocksOrReclaim(goal: UInt64, count: Int) throws(Ext4Error) -> (UInt64, Int) {
+    func allocBlocksOrReclaim(goal: UInt64, count: Int, mark: Int = Int.max, window: UInt32? = nil) throws(Ext4Error) -> (UInt64, Int) {
         do throws(Ext4Error) {
-            return try allocBlocks(goal: goal, count: count)
+            return try allocBlocks(goal: goal, count: count, mark: mark, window: window)
         } catch .noSpace {
             guard try dropAllPreallocations() > 0 else { throw .noSpace }
-            return try allocBlocks(goal: goal, count: count)
+            return try allocBlocks(goal: goal, count: count, mark: mark, window: window)
         }
     }
 
@@ -70,21 +74,21 @@ extension Ext4FileSystem {
     func dropPreallocation(_ ino: UInt32) throws(Ext4Error) {
         guard let w else { return }
         let old = w.preallocLock.with { w.prealloc.removeValue(forKey: ino) }
-        if let old { try freeBlocks(old.physical, old.count) }
+        if let old { w.reservations.remove(old.physical, old.count, .window(ino)) }
     }
 
     /// Give back every window; returns how many blocks came back.
     @discardableResult
     func dropAllPreallocations() throws(Ext4Error) -> UInt64 {
         guard let w else { return 0 }
-        let all = w.preallocLock.with { () -> [Prealloc] in
-            let v = Array(w.prealloc.values)
+        let all = w.preallocLock.with { () -> [(UInt32, Prealloc)] in
+            let v = w.prealloc.map { ($0.key, $0.value) }
             w.prealloc = [:]
             return v
         }
         var n: UInt64 = 0
-        for p in all {
-            try freeBlocks(p.physical, p.count)
+        for (ino, p) in all {
+            w.reservations.remove(p.physical, p.count, .window(ino))
             n += p.count
         }
         return n
@@ -113,9 +117,11 @@ extension Ext4FileSystem {
         }
         guard last else { return }
         do throws(Ext4Error) {
-            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-                try dropPreallocation(ino)
-                try packExtentTree(ino)
+            try withHandle { () throws(Ext4Error) in
+                try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                    try dropPreallocation(ino)
+                    try packExtentTree(ino)
+                }
             }
         } catch {
             clog.report("inode \(ino): giving back preallocated blocks: \(error)")

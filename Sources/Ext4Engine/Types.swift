@@ -3,10 +3,19 @@ public struct MountOptions: Sendable {
     public var noRecovery: Bool
     /// Metadata block cache size, in blocks.
     public var cacheBlocks: Int
-    public init(readOnly: Bool = true, noRecovery: Bool = false, cacheBlocks: Int = 8192) {
+    /// Seconds between journal commits (`commit=`, as ext4; 0 means the default, 5).
+    public var commitInterval: Double
+    public init(readOnly: Bool = true, noRecovery: Bool = false, cacheBlocks: Int = 8192, commitInterval: Double = 5) {
         self.readOnly = readOnly
         self.noRecovery = noRecovery
         self.cacheBlocks = cacheBlocks
+        self.commitInterval = commitInterval
+    }
+}
+
+extension MountOptions {
+    var effectiveCommitInterval: Double {
+        commitInterval > 0 && commitInterval.isFinite ? min(commitInterval, 86400) : Ext4FileSystem.commitIntervalDefault
     }
 }
 

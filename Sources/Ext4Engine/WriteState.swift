@@ -56,24 +56,43 @@ final class WriteState: @unchecked Sendable {
     /// Inodes whose extent tree has split leaves since it was last packed.
     var looseTrees: Set<UInt32> = []
 
-    // Metadata write-back (MetaWriteback.swift). flushLock → dirtyLock, both below every other lock.
+    // Metadata (MetaWriteback.swift, JournalCommit.swift). commitLock is taken
+    // only outside handles; flushLock → dirtyLock are below every other lock.
+    let txn: Transactions
+    let commitLock = NSLock()
+    /// The journal's log; nil without a journal (ordered write-back).
+    var log: JournalLog? = nil
     let flushLock = NSLock()
     let dirtyLock = NSLock()
+    /// Newest contents of every metadata block not yet written home.
     var dirty: [UInt64: (seq: UInt64, bytes: [UInt8])] = [:]
     var dirtySeq: UInt64 = 0
-    // gdLock: the superblock bytes changed since last written
-    var sbDirty = false
-    var sbSeq: UInt64 = 0
-    let flusherStop = NSLock()
-    var stopFlusher = false
-    var flusherRunning = false
-    let flusherDone = DispatchSemaphore(value: 0)
+    /// Blocks changed by the running transaction.
+    var running: Set<UInt64> = []
+    /// Blocks the running transaction revokes (freed, with a copy in the live log).
+    var revokes: Set<UInt64> = []
+    /// Blocks with a copy in a live transaction of the log.
+    var journaled: Set<UInt64> = []
+    /// The transaction that last changed each inode (fsync waits for it).
+    var inodeTid: [UInt32: UInt64] = [:]
+    /// In-memory reservations (preallocation windows, uncommitted frees).
+    let reservations: Reservations
+    var commitInterval: Double = Ext4FileSystem.commitIntervalDefault
+    /// A transaction this large is committed soon; past `hardLimit` new operations wait.
+    var softLimit = 4096
+    var hardLimit = Int.max
+    let committerState = NSLock()
+    var stopCommitter = false
+    var committerRunning = false
+    let committerDone = DispatchSemaphore(value: 0)
 
     // xattrShareLock: xattr blocks by header hash (candidates for sharing)
     let xattrShareLock = NSLock()
     var xattrBlocks: [UInt32: Set<UInt64>] = [:]
 
-    init(sb: Superblock, groups: [GroupDesc]) {
+    init(sb: Superblock, groups: [GroupDesc], groupOf: @escaping @Sendable (UInt64) -> Int) {
+        txn = Transactions(firstTid: 1)
+        reservations = Reservations(groupOf: groupOf)
         sbRaw = sb.raw
         gd = []
         gdBlock = []
@@ -217,8 +236,10 @@ extension Ext4FileSystem {
         return w.gdLock.with { w.gd[g] }
     }
 
-    /// Update the superblock with current totals; `body` may change other fields.
-    /// Written at the next metadata flush, or now with `writeThrough`. Takes gdLock.
+    /// Update the superblock with current totals; `body` may change other
+    /// fields. The block holding it joins the running transaction; with
+    /// `writeThrough` it is also written to the device now (marking the file
+    /// system in use at mount, clean at unmount). Takes gdLock.
     func updateSuper(writeThrough: Bool = false, _ body: (inout [UInt8]) -> Void = { _ in }) throws(Ext4Error) {
         let w = try wstate
         try w.gdLock.with { () throws(Ext4Error) in
@@ -229,20 +250,12 @@ extension Ext4FileSystem {
             s.putLE32(0x10, UInt32(truncatingIfNeeded: w.freeInodesTotal))
             if sb.metadataCsum { s.putLE32(0x3FC, crc32c(~0, s[0..<0x3FC])) }
             w.sbRaw = s
-            w.sbSeq &+= 1
+            let sbBlock: UInt64 = blockSize == 1024 ? 1 : 0
+            var blk = try block(sbBlock)
+            blk.putBytes(blockSize == 1024 ? 0 : 1024, s)
+            try writeMeta(sbBlock, blk, superblock: true)
             if writeThrough {
                 try w.flushLock.with { () throws(Ext4Error) in try devWrite(1024, s) }
-                w.sbDirty = false
-            } else {
-                w.sbDirty = true
-            }
-            // Keep a cached copy of the block holding the superblock coherent.
-            let sbBlock: UInt64 = blockSize == 1024 ? 1 : 0
-            if var cb = cache.get(sbBlock) {
-                cb.putBytes(blockSize == 1024 ? 0 : 1024, s)
-                cache.wrote(sbBlock, cb)
-            } else {
-                cache.bump()
             }
         }
     }

@@ -232,59 +232,63 @@ extension Ext4FileSystem {
     }
 
     public func setxattr(_ ino: UInt32, name: [UInt8], value: [UInt8], flags: UInt32) throws(Ext4Error) {
-        let w = try wstate
-        let (idx, suffix) = try Ext4FileSystem.splitName(name)
-        var val = value
-        if idx == XattrIndex.aclAccess || idx == XattrIndex.aclDefault { val = try aclToDisk(value) }
-        guard val.count <= 65536 else { throw .rangeTooLarge }
-        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-            var m = try loadInode(ino)
-            try checkMutable(m)
-            if m.hasInline && m.isDir { try convertInlineDir(&m) }
-            var ib = try ibodyList(m)
-            var bl = try blockList(m)
-            let inIb = ib.contains { $0.index == idx && $0.name == suffix }
-            let inBl = bl.contains { $0.index == idx && $0.name == suffix }
-            if flags & 1 != 0 && (inIb || inBl) { throw .exists }
-            if flags & 2 != 0 && !(inIb || inBl) { throw .noData }
-            let e = XattrEntry(index: idx, name: suffix, valueInum: 0, valueSize: UInt32(val.count), value: val)
-            ib.removeAll { $0.index == idx && $0.name == suffix }
-            let blChanged = inBl
-            bl.removeAll { $0.index == idx && $0.name == suffix }
-            let saved = m
-            do throws(Ext4Error) {
-                try setIbody(&m, ib + [e])
-                if blChanged { try setBlockXattrs(&m, bl) }
-            } catch {
-                guard case .noSpace = error else { throw error }
-                m = saved
-                try setIbody(&m, ib)
-                guard xattrBlockBytes(bl + [e], blk: 0, refcount: 1) != nil else { throw .noSpace }
-                try setBlockXattrs(&m, bl + [e])
+        try withHandle(retryNoSpace: true) { () throws(Ext4Error) -> Void in
+            let w = try wstate
+            let (idx, suffix) = try Ext4FileSystem.splitName(name)
+            var val = value
+            if idx == XattrIndex.aclAccess || idx == XattrIndex.aclDefault { val = try aclToDisk(value) }
+            guard val.count <= 65536 else { throw .rangeTooLarge }
+            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                var m = try loadInode(ino)
+                try checkMutable(m)
+                if m.hasInline && m.isDir { try convertInlineDir(&m) }
+                var ib = try ibodyList(m)
+                var bl = try blockList(m)
+                let inIb = ib.contains { $0.index == idx && $0.name == suffix }
+                let inBl = bl.contains { $0.index == idx && $0.name == suffix }
+                if flags & 1 != 0 && (inIb || inBl) { throw .exists }
+                if flags & 2 != 0 && !(inIb || inBl) { throw .noData }
+                let e = XattrEntry(index: idx, name: suffix, valueInum: 0, valueSize: UInt32(val.count), value: val)
+                ib.removeAll { $0.index == idx && $0.name == suffix }
+                let blChanged = inBl
+                bl.removeAll { $0.index == idx && $0.name == suffix }
+                let saved = m
+                do throws(Ext4Error) {
+                    try setIbody(&m, ib + [e])
+                    if blChanged { try setBlockXattrs(&m, bl) }
+                } catch {
+                    guard case .noSpace = error else { throw error }
+                    m = saved
+                    try setIbody(&m, ib)
+                    guard xattrBlockBytes(bl + [e], blk: 0, refcount: 1) != nil else { throw .noSpace }
+                    try setBlockXattrs(&m, bl + [e])
+                }
+                m.setTime(.ctime, nowSpec())
+                m.bumpVersion()
+                try storeInode(m)
             }
-            m.setTime(.ctime, nowSpec())
-            m.bumpVersion()
-            try storeInode(m)
         }
     }
 
     public func removexattr(_ ino: UInt32, name: [UInt8]) throws(Ext4Error) {
-        let w = try wstate
-        let (idx, suffix) = try Ext4FileSystem.splitName(name)
-        try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-            var m = try loadInode(ino)
-            try checkMutable(m)
-            var ib = try ibodyList(m)
-            var bl = try blockList(m)
-            let n = ib.count + bl.count
-            ib.removeAll { $0.index == idx && $0.name == suffix }
-            bl.removeAll { $0.index == idx && $0.name == suffix }
-            guard ib.count + bl.count < n else { throw .noData }
-            try setIbody(&m, ib)
-            if bl.count != (try blockList(m)).count { try setBlockXattrs(&m, bl) }
-            m.setTime(.ctime, nowSpec())
-            m.bumpVersion()
-            try storeInode(m)
+        try withHandle { () throws(Ext4Error) -> Void in
+            let w = try wstate
+            let (idx, suffix) = try Ext4FileSystem.splitName(name)
+            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                var m = try loadInode(ino)
+                try checkMutable(m)
+                var ib = try ibodyList(m)
+                var bl = try blockList(m)
+                let n = ib.count + bl.count
+                ib.removeAll { $0.index == idx && $0.name == suffix }
+                bl.removeAll { $0.index == idx && $0.name == suffix }
+                guard ib.count + bl.count < n else { throw .noData }
+                try setIbody(&m, ib)
+                if bl.count != (try blockList(m)).count { try setBlockXattrs(&m, bl) }
+                m.setTime(.ctime, nowSpec())
+                m.bumpVersion()
+                try storeInode(m)
+            }
         }
     }
 

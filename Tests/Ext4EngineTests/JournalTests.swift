@@ -77,7 +77,8 @@ struct JournalTests {
             print("\(name): \(fsA.warnings.first ?? "-") entries=\(sa.count)")
             #expect(sa == sb, "\(name): engine replay differs from e2fsck replay")
             if mustRecover { replayed += 1 }
-            // A second rw open finds nothing left to recover.
+            // After a clean unmount, a second rw open finds nothing left to recover.
+            try fsA.unmount()
             let dev2 = try FileBlockDevice(path: a, readOnly: false)
             let again = try Ext4FileSystem.open(device: dev2, options: MountOptions(readOnly: false))
             #expect(!again.warnings.contains { $0.hasPrefix("journal recovered") })
