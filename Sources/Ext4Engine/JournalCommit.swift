@@ -162,7 +162,7 @@ extension Ext4FileSystem {
     /// Close the running transaction and make it durable.
     func commitOnce() throws(Ext4Error) {
         let w = try wstate
-        if let e = w.txn.isAborted { _ = e; throw .io(EIO) }
+        if w.txn.isAborted != nil { throw .io(EIO) }
         try w.commitLock.with { () throws(Ext4Error) in
             let (tid, closed) = w.txn.close { t -> ClosedTransaction in closeTransaction(w, t) }
             do throws(Ext4Error) {

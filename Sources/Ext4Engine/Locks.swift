@@ -4,6 +4,11 @@ import Foundation
  Lock order of the ext4 engine's write side, outermost first. A thread may
  only acquire a lock that comes later in this list than every lock it holds.
 
+  0. the transaction handle (Transaction.swift) – opened before any lock
+                       below; a commit waits for every handle, so nothing
+                       waits for a commit while holding one. commitLock is
+                       taken only with no handle open.
+
   1. renameLock      – serializes RENAME (tree-ancestry check, multi-dir moves).
   2. inode locks     – striped per inode number (`InodeLocks`, 1024 stripes);
                        several are always taken in one call, sorted by stripe
@@ -19,6 +24,8 @@ import Foundation
                        several owners (inode table blocks, shared xattr blocks).
   7. orphanMapLock   – tiny map lock read while an inode is being encoded.
   8. block cache shard locks (BlockCache), leaf.
+  Below all of these: flushLock → dirtyLock (MetaWriteback.swift). Leaves:
+  preallocLock, the Reservations mutex, the Transactions condition.
 */
 
 

@@ -79,12 +79,8 @@ extension Ext4FileSystem {
     /// file system, syncfs, FREEZE). Never called under a handle.
     func commitAll() throws(Ext4Error) {
         let w = try wstate
-        if committerRunning {
-            try commitAndWait()
-        } else {
-            try commitOnce()
-        }
-        if let e = w.txn.isAborted { _ = e; throw .io(EIO) }
+        try commitAndWait()
+        if w.txn.isAborted != nil { throw .io(EIO) }
     }
 
     /// Make what changed `ino` durable: wait for the transaction that last

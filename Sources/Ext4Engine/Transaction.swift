@@ -191,6 +191,7 @@ extension Ext4FileSystem {
     /// Commit the running transaction and wait for it. Never called under a handle.
     func commitAndWait() throws(Ext4Error) {
         let w = try wstate
+        guard committerRunning else { return try commitOnce() }
         let t = w.txn.runningTid
         w.txn.request(t)
         try w.txn.wait(for: t)

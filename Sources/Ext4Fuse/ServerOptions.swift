@@ -7,6 +7,8 @@ public struct ServerOptions: Sendable, Equatable {
     public var readOnly = false
     public var noRecovery = false
     public var cacheBlocks = 8192
+    /// Seconds between journal commits (`commit=N`, as ext4; 0 is the default, 5).
+    public var commitSeconds = 0
     /// nil: use iomap when the kernel offers it; true: require it; false: forbid it.
     public var iomap: Bool? = nil
     /// Push iomap mappings into the kernel's mapping cache (UPSERT + RETRY_CACHE); `iomap_cache=0` turns it off.

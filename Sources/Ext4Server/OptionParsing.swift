@@ -55,6 +55,11 @@ extension ServerOptions {
                     throw .bad("cache_blocks needs a number of blocks between 16 and 16777216")
                 }
                 o.cacheBlocks = n
+            case "commit":
+                guard let v = value, let n = Int(v), n >= 0, n <= 86400 else {
+                    throw .bad("commit needs a number of seconds between 0 and 86400")
+                }
+                o.commitSeconds = n
             case "iomap":
                 switch value {
                 case "1": o.iomap = true

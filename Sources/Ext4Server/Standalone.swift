@@ -23,7 +23,8 @@ public func openFileSystem(deviceFD: Int32, name: String, options: ServerOptions
     do { dev = try FileBlockDevice(fd: deviceFD, closeOnDeinit: true) } catch {
         throw ServerFailure(2, "\(name): cannot use the device: \(error)")
     }
-    let opts = MountOptions(readOnly: options.readOnly, noRecovery: options.noRecovery, cacheBlocks: options.cacheBlocks)
+    let opts = MountOptions(readOnly: options.readOnly, noRecovery: options.noRecovery, cacheBlocks: options.cacheBlocks,
+                            commitInterval: Double(options.commitSeconds))
     do {
         let fs = try Ext4FileSystem.open(device: dev, options: opts)
         for w in fs.warnings { logger.warning("\(name): \(w)") }

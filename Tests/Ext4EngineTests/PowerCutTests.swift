@@ -323,7 +323,7 @@ struct PCCheckpoint {
 @Suite("power cut: replay of recorded device writes at flush points")
 struct PowerCutTests {
     static let maxFlushPoints = 40
-    static let reorderCases = 20
+    static let reorderCases = 40
 
     @Test(arguments: powerCutVariants)
     func powerCut(_ v: PCVariant) throws {

@@ -22,6 +22,8 @@ final class RecordingDevice: BlockDevice, @unchecked Sendable {
     // Guarded by `lock`.
     private var events: [DeviceEvent] = []
     private var flushes: [Int] = []
+    /// The unit a disk writes atomically, as this test assumes it.
+    static let unit = 1024
 
     init(path: String, passFlush: Bool = false) throws {
         inner = try FileBlockDevice(path: path, readOnly: false)
@@ -40,7 +42,14 @@ final class RecordingDevice: BlockDevice, @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         try inner.write(at: offset, from: buffer)
-        events.append(.write(offset: offset, bytes: [UInt8](buffer)))
+        // One event per 1 KiB: a disk may persist part of a multi-block write.
+        let bytes = [UInt8](buffer)
+        var o = 0
+        while o < bytes.count {
+            let n = min(Self.unit - Int((offset + UInt64(o)) % UInt64(Self.unit)), bytes.count - o)
+            events.append(.write(offset: offset + UInt64(o), bytes: Array(bytes[o..<(o + n)])))
+            o += n
+        }
     }
 
     func flush() throws(Ext4Error) {

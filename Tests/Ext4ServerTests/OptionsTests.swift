@@ -20,9 +20,11 @@ struct OptionsTests {
         let p = try ServerOptions.parse("rw,iomap=0,writeback_cache=0,nosuid,nodev,uring=0")
         #expect(!p.readOnly && p.iomap == false && !p.writebackCache && !p.allowSuid && !p.allowDev && !p.uring)
         #expect(try ServerOptions.parse("uring=1").uring)
+        #expect(try ServerOptions.parse("commit=30").commitSeconds == 30)
+        #expect(try ServerOptions.parse("rw").commitSeconds == 0)
     }
 
-    @Test(arguments: ["writeback_cache=2", "writeback_cache", "iomap=yes", "cache_blocks=3", "ro=1", "bogus", "iomap_cache=x", "uring=2", "uring"])
+    @Test(arguments: ["writeback_cache=2", "writeback_cache", "iomap=yes", "cache_blocks=3", "ro=1", "bogus", "iomap_cache=x", "uring=2", "uring", "commit", "commit=-1", "commit=x", "commit=90000"])
     func refused(_ s: String) {
         #expect(throws: ServerOptions.ParseError.self) { _ = try ServerOptions.parse(s) }
     }

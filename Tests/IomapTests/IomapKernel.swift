@@ -140,7 +140,8 @@ final class IomapKernel: @unchecked Sendable {
         let fd = open(image, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw FuseFailure(errno: errno) }
         let dev = try FileBlockDevice(fd: fd, closeOnDeinit: true)
-        fs = try Ext4FileSystem.open(device: dev, options: MountOptions(readOnly: true))
+        // The server has the image mounted read-write: needs_recovery is set while it runs.
+        fs = try Ext4FileSystem.open(device: dev, options: MountOptions(readOnly: true, noRecovery: true))
         let t = Thread { [real, done] in
             real.waitExit()
             done.signal()
