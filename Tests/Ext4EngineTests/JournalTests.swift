@@ -86,3 +86,57 @@ struct JournalTests {
         #expect(replayed >= 3)
     }
 }
+
+/// Our own commits: the log wraps many times, and a copy taken at any moment
+/// after an fsync (what a crash leaves) replays to a clean file system that
+/// holds every fsync'd file, through e2fsck and (as root) the kernel.
+@Suite("jbd2 journal writing")
+struct JournalWriteTests {
+    @Test(arguments: [["-b", "4096", "-J", "size=4"], ["-b", "1024", "-J", "size=1"]])
+    func wrapsAndReplays(_ args: [String]) throws {
+        let tmp = try TempDir()
+        let img = tmp.sub("fs.img")
+        try mkfs(img, tree: nil, args: ["-t", "ext4"] + args, sizeMB: 64)
+        let dev = try FileBlockDevice(path: img, readOnly: false)
+        let fs = try Ext4FileSystem.open(device: dev, options: MountOptions(readOnly: false))
+        let dir = try fs.mkdir(parent: Ext4FileSystem.rootIno, name: Array("d".utf8), dirMode)
+        var copies = 0
+        var expected: [String: [UInt8]] = [:]
+        for i in 0..<1500 {
+            let name = "f\(i)"
+            let f = try fs.mknod(parent: dir.ino, name: Array(name.utf8), fileMode)
+            let data = pattern(100 + (i * 37) % 9000, seed: UInt32(i))
+            _ = try data.withUnsafeBytes { p in try fs.write(f.ino, offset: 0, data: p) }
+            if i % 3 == 0 {
+                try fs.setxattr(f.ino, name: Array("user.n".utf8), value: Array(name.utf8), flags: 0)
+            }
+            if i % 5 == 4 { _ = try fs.unlink(parent: dir.ino, name: Array("f\(i - 1)".utf8)); expected["f\(i - 1)"] = nil }
+            try fs.fsync(f.ino, dataOnly: false)
+            try fs.fsync(dir.ino, dataOnly: false)
+            expected[name] = data
+            if i % 500 == 499 {
+                // What a crash leaves right now.
+                let crash = tmp.sub("crash\(copies).img")
+                try FileManager.default.copyItem(atPath: img, toPath: crash)
+                copies += 1
+                let out = try run("/usr/sbin/e2fsck", ["-fy", crash], allowFail: true)
+                #expect(out.contains("recovering journal"), "\(args) copy \(copies): \(out)")
+                let again = try run("/usr/sbin/e2fsck", ["-fn", crash], allowFail: true)
+                #expect(!again.contains("Fix?") && !again.contains("UNEXPECTED"), "\(args) copy \(copies): \(again)")
+                let view = try openImage(crash)
+                let d = try resolve(view, "d")
+                for (n, want) in expected {
+                    let ino = try view.lookup(dir: d, name: Array(n.utf8))
+                    #expect(try view.read(ino, offset: 0, count: 1 << 20) == want, "\(args) copy \(copies): \(n)")
+                }
+                try? FileManager.default.removeItem(atPath: crash)
+            }
+        }
+        try fs.unmount()
+        let out = try run("/usr/sbin/e2fsck", ["-fn", img], allowFail: true)
+        #expect(!out.contains("Fix?") && !out.contains("recovering"), "\(out)")
+        let dumped = try run("/usr/sbin/dumpe2fs", ["-h", img], allowFail: true)
+        #expect(!dumped.contains("needs_recovery") && dumped.contains("clean"), "\(dumped)")
+        #expect(copies == 3)
+    }
+}
