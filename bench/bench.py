@@ -7,6 +7,8 @@ Workloads (fio unless noted):
   randwrite  4 KiB random writes over a 256 MiB file, buffered (direct=0), fsync at end
   seqread    1 GiB sequential read, bs=1M, of a file written beforehand (page cache dropped)
   randread   4 KiB random reads over that file for --randread-secs seconds (page cache dropped)
+  fsync      4 KiB random writes, each followed by fsync, for --fsync-secs seconds:
+             IOPS and fsync latency p50/p99 (fio --fsync=1)
   meta       create/stat/unlink of 10,000 small files (bench/meta.py)
 
 Write workloads need a read-write mount; a target that refuses one (our server until
@@ -17,7 +19,9 @@ mount read-only. The server's peak RSS (VmHWM) is read at the end of the read ru
            [--out DIR] [--workloads seqwrite,randwrite,seqread,randread,meta]
            [--uring on|off|leave]
 
-A target may carry mount options after a colon: ext4iomap:uring=0.
+A target may carry mount options after a colon: ext4iomap:uring=0. Our server may
+also come from another build, labelled in the table: ext4iomap@base=/tmp/base/.build/release
+(to compare two builds in one run).
 
 Writes results.md (a markdown table) and results.json (raw numbers, fio's JSON
 included) into --out. Root needed. Python 3 standard library only (plus fio, e2fsprogs,
@@ -44,15 +48,28 @@ URING_PARAM = "/sys/module/fuse/parameters/enable_uring"
 
 
 def split_target(t):
-    """A target is KIND or KIND:OPTIONS (mount options for that target, e.g. ext4iomap:uring=0)."""
+    """A target is KIND[@NAME=BUILD][:OPTIONS]: mount options for that target (ext4iomap:uring=0),
+    and for our server another build directory, labelled NAME (ext4iomap@base=/tmp/base/.build/release)."""
     kind, _, opts = t.partition(":")
+    kind, _, _ = kind.partition("@")
     return kind, opts
+
+
+def target_build(t):
+    """(label, build dir) of a KIND@NAME=BUILD target, else (None, None)."""
+    spec = t.partition(":")[0].partition("@")[2]
+    if not spec:
+        return None, None
+    name, _, build = spec.partition("=")
+    return name, build or None
 
 
 class _Labels(dict):
     def __missing__(self, t):
         kind, opts = split_target(t)
-        return f"{_LABEL[kind]} ({opts})" if opts else _LABEL[kind]
+        name, _ = target_build(t)
+        base = f"{_LABEL[kind]} [{name}]" if name else _LABEL[kind]
+        return f"{base} ({opts})" if opts else base
 
 
 LABEL = _Labels()
@@ -125,8 +142,9 @@ class Bench:
     def mount(self, target, ro):
         kind, opts = split_target(target)
         opts = ",".join(o for o in ("ro" if ro else "", opts) if o)
-        err = fstarget.mount(kind, self.img, self.mnt, opts,
-                             logfile=os.path.join(self.work, f"server-{target}.log"))
+        _, build = target_build(target)
+        err = fstarget.mount(kind, self.img, self.mnt, opts, build=build,
+                             logfile=os.path.join(self.work, f"server-{split_target(target)[0]}.log"))
         if err and not ro and fstarget.RW_REFUSAL.search(err):
             return NA_RW
         if err:
@@ -152,7 +170,7 @@ class Bench:
         r = sh(["mkfs.ext4", "-q", "-F", "-L", "bench", self.pristine, a.image_size])
         if r.returncode != 0:
             raise RuntimeError(f"mkfs.ext4: {r.stdout}")
-        writes = [w for w in ("seqwrite", "randwrite", "meta") if w in wl]
+        writes = [w for w in ("seqwrite", "randwrite", "fsync", "meta") if w in wl]
         if writes:
             for t in a.targets:
                 self.fresh(self.pristine)
@@ -171,6 +189,15 @@ class Bench:
                         self.record(t, "randwrite", fio("randwrite", self.mnt, [
                             "--rw=randwrite", "--bs=4k", f"--size={self.rand_size}", "--direct=0",
                             "--end_fsync=1", "--randrepeat=1"]))
+                    if "fsync" in wl:
+                        drop_caches()
+                        r = fio("fsync", self.mnt, [
+                            "--rw=randwrite", "--bs=4k", "--size=16M", "--direct=0", "--fsync=1",
+                            "--time_based", f"--runtime={a.fsync_secs}", "--randrepeat=1"])
+                        pct = r["fio"]["jobs"][0].get("sync", {}).get("lat_ns", {}).get("percentile", {})
+                        r["fsync_p50_us"] = pct.get("50.000000", 0) / 1000
+                        r["fsync_p99_us"] = pct.get("99.000000", 0) / 1000
+                        self.record(t, "fsync", r)
                     if "meta" in wl:
                         drop_caches()
                         p = sh([sys.executable, os.path.join(HERE, "meta.py"), self.mnt, "--files", str(self.nfiles)])
@@ -227,6 +254,9 @@ class Bench:
             ("randwrite", f"random write 4 KiB over {self.rand_size}iB, buffered, end_fsync=1 (IOPS)", "iops"),
             ("seqread", f"sequential read {self.seq_size}iB, bs=1M, cold cache (MiB/s)", "MiB_s"),
             ("randread", f"random read 4 KiB, {a.randread_secs}s, cold cache (IOPS)", "iops"),
+            ("fsync", f"4 KiB random write + fsync each, {a.fsync_secs}s (IOPS)", "iops"),
+            ("fsync.p50", "  fsync latency p50 (µs)", "fsync_p50_us"),
+            ("fsync.p99", "  fsync latency p99 (µs)", "fsync_p99_us"),
             ("meta", f"create+stat+unlink {self.nfiles} files of 1 KiB (ops/s)", "total_ops"),
             ("meta.create", "  create (ops/s, incl. syncfs)", "create_ops"),
             ("meta.stat", "  stat (ops/s)", "stat_ops"),
@@ -302,11 +332,12 @@ def vm_hwm(pid):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", default="ext4iomap,kernel,fuse2fs")
-    ap.add_argument("--workloads", default="seqwrite,randwrite,seqread,randread,meta")
+    ap.add_argument("--workloads", default="seqwrite,randwrite,fsync,seqread,randread,meta")
     ap.add_argument("--image-size", default="3G")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply data sizes and file counts (quick runs: 0.1)")
     ap.add_argument("--quick", action="store_true", help="same as --scale 0.05 --randread-secs 5")
     ap.add_argument("--randread-secs", type=int, default=20)
+    ap.add_argument("--fsync-secs", type=int, default=15, help="length of the fsync-latency run")
     ap.add_argument("--workdir", default=None, help="where the sparse images go (default /tmp)")
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--uring", choices=("on", "off", "leave"), default="leave",
@@ -314,7 +345,7 @@ def main():
                          "only servers that ask for FUSE over io_uring use it (ours, not fuse2fs)")
     a = ap.parse_args()
     if a.quick:
-        a.scale, a.randread_secs = 0.05, 5
+        a.scale, a.randread_secs, a.fsync_secs = 0.05, 5, 5
     a.targets = [t for t in a.targets.split(",") if t]
     a.workloads = [w for w in a.workloads.split(",") if w]
     for t in a.targets:

@@ -91,7 +91,8 @@ public final class FileBlockDevice: BlockDevice, @unchecked Sendable {
 
     public func flush() throws(Ext4Error) {
         guard writable else { return }
-        while fsync(fd) != 0 {
+        // fdatasync: the image file's own timestamps need not be durable.
+        while fdatasync(fd) != 0 {
             let e = Glibc.errno
             if e != EINTR { throw .io(e) }
         }
