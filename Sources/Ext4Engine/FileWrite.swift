@@ -172,7 +172,7 @@ extension Ext4FileSystem {
     }
 
     public func write(_ ino: UInt32, offset: UInt64, data: UnsafeRawBufferPointer) throws(Ext4Error) -> Int {
-        return try withHandle(retryNoSpace: true) { () throws(Ext4Error) -> Int in
+        return try withHandle { () throws(Ext4Error) -> Int in
             let w = try wstate
             guard data.count > 0 else { return 0 }
             let (end, o) = offset.addingReportingOverflow(UInt64(data.count))
@@ -289,7 +289,7 @@ extension Ext4FileSystem {
     }
 
     public func fallocate(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
-        try withHandle(retryNoSpace: true) { () throws(Ext4Error) -> Void in
+        try withHandle { () throws(Ext4Error) -> Void in
             let w = try wstate
             let (end, keepSize, punch, zero) = try checkFallocate(mode: mode, offset: offset, length: length)
             try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in

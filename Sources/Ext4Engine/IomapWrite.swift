@@ -27,7 +27,7 @@ extension Ext4FileSystem {
     /// were allocated (empty when nothing was a hole).
     public func allocateForWrite(_ ino: UInt32, offset: UInt64, length: UInt64,
                                  maxBlocks: UInt64 = 32767) throws(Ext4Error) -> [Extent] {
-        return try withHandle(retryNoSpace: true) { () throws(Ext4Error) -> [Extent] in
+        return try withHandle { () throws(Ext4Error) -> [Extent] in
             let w = try wstate
             guard length > 0, maxBlocks > 0 else { return [] }
             let (end, o) = offset.addingReportingOverflow(length)
@@ -176,7 +176,7 @@ extension Ext4FileSystem {
     /// holes of the range, partial edge blocks included). Other modes are the
     /// engine's `fallocate`, which touches no data.
     public func fallocateMapped(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
-        try withHandle(retryNoSpace: true) { () throws(Ext4Error) -> Void in
+        try withHandle { () throws(Ext4Error) -> Void in
             guard mode & 0x12 != 0 else { return try fallocate(ino, mode: mode, offset: offset, length: length) }
             let w = try wstate
             let (end, keepSize, punch, zero) = try checkFallocate(mode: mode, offset: offset, length: length)

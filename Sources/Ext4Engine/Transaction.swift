@@ -159,10 +159,12 @@ final class Transactions: @unchecked Sendable {
 
 extension Ext4FileSystem {
     /// Run `body` as one operation of the running transaction. When the
-    /// transaction is too large, first wait for it to commit. With
-    /// `retryNoSpace`, an ENOSPC while blocks freed by uncommitted
-    /// transactions exist commits them and runs `body` once more.
-    func withHandle<R>(retryNoSpace: Bool = false, _ body: () throws(Ext4Error) -> R) throws(Ext4Error) -> R {
+    /// transaction is too large, first wait for it to commit. An ENOSPC
+    /// while blocks freed by uncommitted transactions exist commits them
+    /// and runs `body` once more (those blocks are free once the commit
+    /// that frees them is durable). Every operation undoes its own partial
+    /// allocations before it throws, so the rerun starts from the same state.
+    func withHandle<R>(retryNoSpace: Bool = true, _ body: () throws(Ext4Error) -> R) throws(Ext4Error) -> R {
         let w = try wstate
         let tx = w.txn
         if !tx.inHandle { try throttle(w) }

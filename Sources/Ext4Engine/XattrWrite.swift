@@ -232,7 +232,7 @@ extension Ext4FileSystem {
     }
 
     public func setxattr(_ ino: UInt32, name: [UInt8], value: [UInt8], flags: UInt32) throws(Ext4Error) {
-        try withHandle(retryNoSpace: true) { () throws(Ext4Error) -> Void in
+        try withHandle { () throws(Ext4Error) -> Void in
             let w = try wstate
             let (idx, suffix) = try Ext4FileSystem.splitName(name)
             var val = value

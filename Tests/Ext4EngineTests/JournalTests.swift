@@ -139,4 +139,45 @@ struct JournalWriteTests {
         #expect(!dumped.contains("needs_recovery") && dumped.contains("clean"), "\(dumped)")
         #expect(copies == 3)
     }
+
+    /// Blocks freed by a transaction that has not committed yet cannot be
+    /// reused (a crash would bring their old owner back), but they count:
+    /// an operation that finds no other space commits and retries, as ext4
+    /// does, instead of failing with ENOSPC. Every kind of allocating
+    /// operation, not only writes.
+    @Test func freedSpaceIsReusedAfterACommitInsteadOfENOSPC() throws {
+        let tmp = try TempDir()
+        let img = tmp.sub("fs.img")
+        try mkfs(img, tree: nil, args: ["-t", "ext4", "-b", "1024", "-N", "256"], sizeMB: 8)
+        let dev = try FileBlockDevice(path: img, readOnly: false)
+        let fs = try Ext4FileSystem.open(device: dev, options: MountOptions(readOnly: false, commitInterval: 3600))
+        let root = Ext4FileSystem.rootIno
+        for round in 0..<3 {
+            // Fill the file system to the last block.
+            let big = try fs.mknod(parent: root, name: Array("big".utf8), fileMode)
+            let chunk = [UInt8](repeating: UInt8(round + 1), count: 1 << 16)
+            var off: UInt64 = 0
+            while true {
+                let n: Int
+                do {
+                    n = try chunk.withUnsafeBytes { p in try fs.write(big.ino, offset: off, data: p) }
+                } catch let e as Ext4Error where e == .noSpace { break }
+                if n == 0 { break }
+                off += UInt64(n)
+            }
+            #expect(off > 4 << 20, "round \(round): filled only \(off) bytes")
+            // Free it all in the running transaction, then allocate with
+            // mkdir (a directory block), a slow symlink and an xattr block.
+            _ = try fs.unlink(parent: root, name: Array("big".utf8))
+            let target = [UInt8](repeating: 0x61, count: 300)
+            for i in 0..<20 {
+                let d = try fs.mkdir(parent: root, name: Array("r\(round)d\(i)".utf8), dirMode)
+                _ = try fs.symlink(parent: d.ino, name: Array("s".utf8), target: target, uid: 0, gid: 0)
+                try fs.setxattr(d.ino, name: Array("user.big".utf8), value: [UInt8](repeating: 7, count: 600), flags: 0)
+            }
+        }
+        try fs.unmount()
+        let out = try run("/usr/sbin/e2fsck", ["-fn", img], allowFail: true)
+        #expect(!out.contains("Fix?") && !out.contains("UNEXPECTED"), "\(out)")
+    }
 }
