@@ -18,6 +18,11 @@ final class JournalLog: @unchecked Sendable {
     var used: UInt64 = 0
     /// The on-disk superblock says the log is empty (s_start = 0).
     var emptyOnDisk = true
+    /// Sequence number of the next transaction written to the log. Replay
+    /// stops at the first gap, so only transactions that are written take
+    /// a number: an empty commit (nothing changed) writes nothing and
+    /// leaves it alone, while its transaction id moves on.
+    var nextSeq: UInt32
 
     init(jsb: JournalSuperblock, map: [Extent]) {
         self.jsb = jsb
@@ -25,6 +30,7 @@ final class JournalLog: @unchecked Sendable {
         first = UInt64(jsb.first)
         maxLen = UInt64(jsb.maxLen)
         head = first
+        nextSeq = jsb.sequence
     }
 
     var capacity: UInt64 { maxLen - first }
@@ -235,11 +241,11 @@ extension Ext4FileSystem {
             try dev.flush()
             try writeHome(w, t.blocks)
             try dev.flush()
-            try resetLog(log, nextTid: t.tid + 1)
+            try resetLog(log)
             return
         }
-        if log.used + need > log.capacity { try makeRoom(log, nextTid: t.tid) }
-        let seq = UInt32(truncatingIfNeeded: t.tid)
+        if log.used + need > log.capacity { try makeRoom(log) }
+        let seq = log.nextSeq
         let j = log.jsb
         var writes: [(UInt64, [UInt8])] = []   // (log block, bytes)
         let startBlock = log.head
@@ -320,6 +326,7 @@ extension Ext4FileSystem {
         try dev.flush()
         log.head = log.next(l)
         log.used += need
+        log.nextSeq &+= 1
     }
 
     /// Write log blocks, coalescing runs that are contiguous on the device.
@@ -338,16 +345,16 @@ extension Ext4FileSystem {
 
     /// Every committed transaction is checkpointed; once the device has its
     /// home blocks, the whole log is free again.
-    private func makeRoom(_ log: JournalLog, nextTid: UInt64) throws(Ext4Error) {
+    private func makeRoom(_ log: JournalLog) throws(Ext4Error) {
         try dev.flush()
-        try resetLog(log, nextTid: nextTid)
+        try resetLog(log)
     }
 
-    /// Mark the log empty on disk; the next transaction is `nextTid`.
-    func resetLog(_ log: JournalLog, nextTid: UInt64) throws(Ext4Error) {
+    /// Mark the log empty on disk; the next transaction written takes `log.nextSeq`.
+    func resetLog(_ log: JournalLog) throws(Ext4Error) {
         let w = try wstate
         log.jsb.start = 0
-        log.jsb.sequence = UInt32(truncatingIfNeeded: nextTid)
+        log.jsb.sequence = log.nextSeq
         try writeLog(log, [(0, log.jsb.sealed())])
         try dev.flush()
         log.used = 0

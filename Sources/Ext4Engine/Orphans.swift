@@ -162,7 +162,7 @@ extension Ext4FileSystem {
         try commitOnce()
         try w.commitLock.with { () throws(Ext4Error) in
             try dev.flush()
-            if let log = w.log { try resetLog(log, nextTid: w.txn.runningTid) }
+            if let log = w.log { try resetLog(log) }
         }
         let now = UInt32(truncatingIfNeeded: nowSpec().sec)
         try updateSuper(writeThrough: true) { s in

@@ -140,6 +140,41 @@ struct JournalWriteTests {
         #expect(copies == 3)
     }
 
+    /// A commit with nothing to write (a sync with no change) must not leave
+    /// a gap in the log's sequence numbers: replay stops at the first gap and
+    /// would write the transactions before it over newer blocks at home.
+    @Test func emptyCommitsLeaveNoSequenceGap() throws {
+        let tmp = try TempDir()
+        let img = tmp.sub("fs.img")
+        try mkfs(img, tree: nil, args: ["-t", "ext4", "-b", "4096"], sizeMB: 32)
+        let dev = try FileBlockDevice(path: img, readOnly: false)
+        let fs = try Ext4FileSystem.open(device: dev, options: MountOptions(readOnly: false, commitInterval: 3600))
+        let root = Ext4FileSystem.rootIno
+        var expected: [String: [UInt8]] = [:]
+        for i in 0..<6 {
+            let name = "f\(i)"
+            let f = try fs.mknod(parent: root, name: Array(name.utf8), fileMode)
+            let data = pattern(5000 + i, seed: UInt32(i))
+            _ = try data.withUnsafeBytes { p in try fs.write(f.ino, offset: 0, data: p) }
+            try fs.fsync(f.ino, dataOnly: false)
+            expected[name] = data
+            try fs.sync()   // nothing changed since the fsync: an empty commit
+            try fs.sync()
+        }
+        let crash = tmp.sub("crash.img")
+        try FileManager.default.copyItem(atPath: img, toPath: crash)
+        let out = try run("/usr/sbin/e2fsck", ["-fy", crash], allowFail: true)
+        #expect(out.contains("recovering journal"), "\(out)")
+        let again = try run("/usr/sbin/e2fsck", ["-fn", crash], allowFail: true)
+        #expect(!again.contains("Fix?") && !again.contains("UNEXPECTED"), "\(again)")
+        let view = try openImage(crash)
+        for (n, want) in expected {
+            let ino = try view.lookup(dir: root, name: Array(n.utf8))
+            #expect(try view.read(ino, offset: 0, count: 1 << 20) == want, "\(n)")
+        }
+        try fs.unmount()
+    }
+
     /// Blocks freed by a transaction that has not committed yet cannot be
     /// reused (a crash would bring their old owner back), but they count:
     /// an operation that finds no other space commits and retries, as ext4
