@@ -116,6 +116,7 @@ def content(path, size, want_layout):
         # cache as uptodate zero pages, which its SEEK_DATA reports as data.
         if want_layout:
             out["seek"] = seek_layout(fd, size)
+            os.lseek(fd, 0, os.SEEK_SET)  # SEEK_DATA/SEEK_HOLE moved the file offset
         h = hashlib.sha256()
         n = 0
         try:
