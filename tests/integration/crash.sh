@@ -10,12 +10,15 @@
 #                    unmounts; `e2fsck -fn` must exit 0 and print nothing but its
 #                    pass lines; every promise must hold on the kernel's
 #                    read-only view; e2fsck's own replay (`e2fsck -fy -E
-#                    no_optimize_extents` on a fresh copy, then `-fn` clean) must
-#                    give the very same tree (tests/tools/treecompare.py: names,
-#                    types, inodes, modes, sizes, links, times, xattrs, content,
-#                    holes, statvfs).
+#                    no_optimize_extents` on a fresh copy) may do nothing but
+#                    replay, release orphans and correct the superblock's free
+#                    counts, must leave `-fn` clean and give the very same tree
+#                    (tests/tools/treecompare.py: names, types, inodes, modes,
+#                    sizes, links, times, xattrs, content, holes, statvfs).
 #   no journal       `e2fsck -fy` may repair; a second `e2fsck -fn` must be clean,
 #                    and every promise must hold.
+# (`-E no_optimize_extents` with -fn too: an extent tree that "could be
+# narrower" is no error; the kernel's ext4 leaves them after a crash as well.)
 # Cases: ext4 4 KiB, ext4 1 KiB, ext4 with a checksum-v3 64-bit journal, ext4
 # with block maps (1 KiB), ext4 without a journal; CRASH_POINTS kill points each.
 #
@@ -25,10 +28,15 @@
 #   CRASH_CASES   names of cases to run (default all: ext4-4k ext4-1k ext4-csum3
 #                 ext4-blockmap nojournal)
 #   CRASH_TARGET  ext4iomap (default: fuservicemount and the sandboxed server),
-#                 ext4iomapd (the server standalone), or kernel: the kernel's
-#                 ext4 with EXT4_IOC_SHUTDOWN (no log flush) as the crash, which
-#                 validates the harness: the same checks must pass on it
+#                 ext4iomapd (the server standalone), or kernel: the harness's
+#                 self-check. The kernel's ext4 runs the same workload and the
+#                 crash is EXT4_IOC_SHUTDOWN without a log flush (nothing more
+#                 reaches the disk, as in a power cut); every check must pass on
+#                 it, which shows that the promises, the strict e2fsck and the
+#                 replay comparison ask nothing a correct jbd2 file system fails.
 #   CRASH_KEEP=1  keep the images, manifests and logs of failed runs
+#   CRASH_BREAK   promised or entry: damage each replayed image (see break_image);
+#                 every kill point must then fail (proves the checks can fail)
 # Reproduce one run: CRASH_CASES=<case> CRASH_SEED=<its seed> CRASH_POINTS=1.
 # Exit: 0 pass, 77 skip (last line says why), anything else fails.
 set -uo pipefail
@@ -43,7 +51,7 @@ SIZE=128M
 
 skip() { echo "$1"; exit 77; }
 [ "$(id -u)" -eq 0 ] || skip "crash: needs root (loop and FUSE mounts)"
-for c in python3 mkfs.ext4 e2fsck dumpe2fs mount losetup cp; do
+for c in python3 mkfs.ext4 e2fsck dumpe2fs debugfs mount losetup cp; do
   command -v "$c" >/dev/null || skip "crash: $c not installed"
 done
 case $KIND in
@@ -103,15 +111,27 @@ fsck_strict() {  # fsck_strict IMG OUT -> 0 clean
 kmount() {  # kmount IMG DIR [OPTS]
   mount -t ext4 -o "loop${3:+,$3}" "$1" "$2"
 }
-kumount() {  # kumount DIR IMG
-  local rc=0 n=0
-  umount "$1" || { umount -l "$1"; rc=1; }
+kumount() {  # kumount DIR IMG: 0, or 1 with the reason printed
+  local n=0 out
+  until out=$(umount "$1" 2>&1); do
+    n=$((n + 1))
+    if [ $n -ge 20 ]; then
+      echo "    umount $1: $out (detached lazily)"; umount -l "$1"; break
+    fi
+    sleep 0.25
+  done
+  n=0
   while [ -n "$(losetup -j "$2")" ]; do
     n=$((n + 1))
-    if [ $n -gt 50 ]; then losetup -j "$2" | cut -d: -f1 | xargs -r -n1 losetup -d; return 1; fi
+    if [ $n -ge 100 ]; then
+      echo "    loop device over $2 still there 10s after the unmount: $(losetup -j "$2") (detached)"
+      losetup -j "$2" | cut -d: -f1 | xargs -r -n1 losetup -d
+      return 1
+    fi
     sleep 0.1
   done
-  return $rc
+  [ $n -lt 20 ] || echo "    (the loop device over $2 took $((n / 10))s to go)"
+  return 0
 }
 
 make_template() {  # make_template CASE -> journaled (1/0) in JOURNALED, or fails
@@ -148,8 +168,11 @@ PROMISES=0
 # One kill point. Returns 0 pass, 1 fail (reasons printed), exits on a broken harness.
 one_run() {  # one_run CASE SEED
   local case=$1 seed=$2
+  # The kill point: once the manifest holds `after` records, `delay` ms later;
+  # one run in five late (0.7-3 s), when the log has filled and started afresh.
   RANDOM=$seed
   local after=$((4 + RANDOM % 140)) delay=$((RANDOM % 700))
+  [ $((RANDOM % 5)) -eq 0 ] && delay=$((700 + RANDOM % 2300))
   echo "-- $case seed $seed: crash after $after manifest records + ${delay} ms"
   rm -f "$IMG" "$KIMG" "$EIMG" "$WORK/manifest"
   cp --sparse=always "$TMPL" "$IMG"
@@ -197,17 +220,24 @@ one_run() {  # one_run CASE SEED
 
   cp --sparse=always "$IMG" "$KIMG"
   cp --sparse=always "$IMG" "$EIMG"
-  local recovery=no
-  dumpe2fs -h "$IMG" 2>/dev/null | grep -q '^Filesystem features:.*needs_recovery' && recovery=yes
-  [ -n "${CRASH_BREAK:-}" ] && break_copy "$CRASH_BREAK"
+  local recovery=no jinfo
+  dumpe2fs -h "$IMG" > "$WORK/dumpe2fs.out" 2>/dev/null
+  grep -q '^Filesystem features:.*needs_recovery' "$WORK/dumpe2fs.out" && recovery=yes
+  jinfo=$(sed -n 's/^Journal sequence: *\(.*\)/sequence \1/p; s/^Journal start: *\(.*\)/start \1/p' "$WORK/dumpe2fs.out" | paste -sd' ')
 
   if [ "$JOURNALED" = 1 ]; then
-    echo "    journal needs recovery: $recovery"
+    echo "    journal needs recovery: $recovery (superblock: $jinfo)"
+    # Where a replay stops (information for whoever reads a failure: a
+    # sequence number higher than the expected one means a gap in the log).
+    [ $recovery = yes ] && debugfs -R logdump "$IMG" 2>/dev/null \
+      | awk '/^Found expected sequence .*commit block/ { n++; last = $4 + 0 } /end of journal/ { e = $0 }
+             END { printf "    log: %d commits replayable (last %s); %s\n", n, last, e }' 
     # The kernel's replay.
     if ! kmount "$KIMG" "$KMNT" > "$WORK/kmount.out" 2>&1; then
       sed 's/^/     | /' "$WORK/kmount.out"; bad+=("the kernel cannot mount the crashed image")
     else
       kumount "$KMNT" "$KIMG" || bad+=("kernel unmount after replay")
+      [ -n "${CRASH_BREAK:-}" ] && break_image "$KIMG"
       echo "    kernel replay: e2fsck -fn"
       fsck_strict "$KIMG" "$WORK/fsck-k.out" || bad+=("e2fsck -fn after the kernel's replay is not clean")
       if kmount "$KIMG" "$KMNT" ro > "$WORK/kmount.out" 2>&1; then
@@ -233,7 +263,6 @@ one_run() {  # one_run CASE SEED
     fsck_strict "$EIMG" "$WORK/fsck-e2.out" || bad+=("e2fsck -fn after e2fsck's replay is not clean")
     if kmount "$EIMG" "$EMNT" ro > "$WORK/emount.out" 2>&1; then
       if [ -s "$WORK/k.json" ]; then
-        # "kernel=" is the kernel's replay, "served=" e2fsck's.
         python3 "$TOOLS/crash_work.py" compare "$EMNT" "$WORK/k.json" > "$WORK/diff.out" 2>&1
         local drc=$?
         sed 's/^/    kernel vs e2fsck replay: /' "$WORK/diff.out"
@@ -249,8 +278,9 @@ one_run() {  # one_run CASE SEED
     local fixes
     fixes=$(grep -cE '\? yes$' "$WORK/fsck-e.out")
     echo "    e2fsck -fy exit $erc, $fixes fixes"
-    [ "$erc" -ne 0 ] && sed 's/^/     | /' "$WORK/fsck-e.out" | head -40
+    [ "$fixes" -gt 0 ] && grep -vE '^(e2fsck [0-9.]+ \(.*\)|Pass [1-5][A-E]?: .*|)$' "$WORK/fsck-e.out" | sed 's/^/     | /' | head -40
     [ $erc -lt 4 ] || bad+=("e2fsck -fy could not repair the file system (exit $erc)")
+    [ -n "${CRASH_BREAK:-}" ] && break_image "$EIMG"
     fsck_strict "$EIMG" "$WORK/fsck-e2.out" || bad+=("not clean after e2fsck -fy")
     if kmount "$EIMG" "$EMNT" ro > "$WORK/emount.out" 2>&1; then
       python3 "$TOOLS/crash_work.py" verify "$EMNT" "$WORK/manifest" > "$WORK/verify.out" 2>&1 \
@@ -279,29 +309,46 @@ one_run() {  # one_run CASE SEED
   return 1
 }
 
-# Harness self-test (CRASH_BREAK): damage the kernel's copy in a way the checks must catch.
-break_copy() {
-  case $1 in
-    no-replay)  # pretend nothing was replayed: drop the journal's contents
-      [ "$JOURNALED" = 1 ] && debugfs -w -R "ssv needs_recovery 0" "$KIMG" >/dev/null 2>&1
-      [ "$JOURNALED" = 1 ] && tune2fs -f -O ^has_journal "$KIMG" > /dev/null 2>&1 ;;
-    promised)  # zero the first block of the last file promised with content
-      python3 - "$WORK/manifest" "$KIMG" "$EIMG" <<'EOF'
+# Harness self-test (CRASH_BREAK=promised|entry): after the replay, damage the
+# replayed image the way lost data would look; the checks must then fail.
+#   promised  16 bytes of 0xff over the start of the newest file promised with
+#             content (and still promised at the crash)
+#   entry     unlink (debugfs) the newest entry promised by a directory fsync
+break_image() {  # break_image IMG
+  python3 - "$CRASH_BREAK" "$WORK/manifest" "$1" <<'EOF'
 import json, subprocess, sys
-recs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-last = [r for r in recs if r["op"] == "data" and r["size"] > 0]
-if last:
-    ino = last[-1]["ino"]
-    for img in sys.argv[2:]:
-        out = subprocess.run(["debugfs", "-R", f"bmap <{ino}> 0", img], capture_output=True, text=True).stdout.split()
-        bs = int(subprocess.run(["dumpe2fs", "-h", img], capture_output=True, text=True).stdout.split("Block size:")[1].split()[0])
-        if out and out[0].isdigit() and int(out[0]) > 0:
+how, manifest, img = sys.argv[1:]
+recs = sorted((json.loads(l) for l in open(manifest) if l.strip()), key=lambda r: r["seq"])
+state, entry = {}, {}
+for r in recs:
+    if r["op"] in ("data", "dirty", "mortal", "dead"):
+        state[r["fid"]] = (r["op"], r)
+    if r["op"] in ("link", "maybe", "gone"):
+        entry[(r["dir"], r["name"])] = r
+def debugfs(cmds, write=False):
+    return subprocess.run(["debugfs"] + (["-w"] if write else []) + ["-f", "-", img], input=cmds,
+                          capture_output=True, text=True).stdout
+if how == "promised":
+    bs = int(debugfs("stats -h\n").split("Block size:")[1].split()[0])
+    for fid, (op, r) in sorted(state.items(), key=lambda t: -t[1][1]["seq"]):
+        if op != "data" or r["size"] == 0:
+            continue
+        blk = debugfs(f"bmap <{r['ino']}> 0\n").split()
+        if blk and blk[-1].isdigit() and int(blk[-1]) > 0:
             with open(img, "r+b") as f:
-                f.seek(int(out[0]) * bs)
+                f.seek(int(blk[-1]) * bs)
                 f.write(b"\xff" * 16)
+            print(f"    CRASH_BREAK: overwrote the start of inode {r['ino']} ({fid}) at block {blk[-1]}")
+            break
+elif how == "entry":
+    dirs = {r["fid"]: r["ino"] for r in recs if r["op"] == "link" and r["type"] == "d"}
+    dirs["root"] = 2
+    for r in sorted(entry.values(), key=lambda r: -r["seq"]):
+        if r["op"] == "link" and r["dir"] in dirs:
+            debugfs(f"cd <{dirs[r['dir']]}>\nunlink {r['name']}\n", write=True)
+            print(f"    CRASH_BREAK: unlinked {r['name']} (inode {r['ino']}) from directory inode {dirs[r['dir']]}")
+            break
 EOF
-      ;;
-  esac
 }
 
 echo "crash: target $KIND, CRASH_SEED=$BASE, $POINTS kill points per case, cases: $CASES"

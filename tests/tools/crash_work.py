@@ -20,13 +20,19 @@
       seconds it crashes regardless of K. The workers stop at the first error
       after the crash; an error before it (the server died on its own, EIO,
       ENOSPC, a read-back that differs from what was written) fails the run.
+      A killed server cannot answer after its death, so every fsync that
+      returned is a promise. EXT4_IOC_SHUTDOWN is no such barrier: an fsync
+      that returns while it runs may or may not have committed, so with
+      `shutdown` a worker records nothing once the crash has begun.
 
       MANIFEST (a file outside the mount; every record is flushed and fsynced
-      before the worker goes on) holds JSON lines, written only after the
-      promise is made:
-        data  fid ino size sha [xattrs]   after fsync/fdatasync of the file returned:
-                                          the inode's exact content (and, after
-                                          fsync, its user.* xattrs)
+      before the worker goes on) holds JSON lines, in order (seq), written only
+      after the promise is made:
+        data  fid ino size sha how xattrs after fsync/fdatasync of the file returned:
+                                          the inode's exact content and, after
+                                          fsync, its user.* xattrs; fsync also
+                                          promises that the inode exists (some name
+                                          refers to it), fdatasync only its data
         dirty fid                         before the worker changes a promised file:
                                           its content is unknown until the next data
         link  dir name fid ino type       after fsync of the directory returned:
@@ -43,16 +49,16 @@
   crash_work.py verify DIR MANIFEST [--snapshot OUT.json]
       With --snapshot, first saves tests/tools/treecompare.py's snapshot of DIR
       (before anything here reads a file: reading changes what SEEK_DATA says
-      about unwritten extents). Then walks the tree (lost+found included) and checks every promise of the
-      manifest: every promised entry (dir inode, name) -> inode, every absent
-      entry absent, every uncertain entry one of its alternatives, and every
-      promised object reachable under some name with its type, and for files the
-      exact size, SHA-256 and user.* xattrs of the last promise. Exit 1 on any
-      broken promise.
+      about unwritten extents). Then walks the tree (lost+found included) and
+      checks every promise of the manifest: every promised entry (dir inode,
+      name) -> inode, every absent entry absent, every uncertain entry one of
+      its alternatives, every promised object reachable under some name with
+      its type, and for files the exact size, SHA-256 and user.* xattrs of the
+      last promise. Exit 1 on any broken promise.
 
   crash_work.py compare DIR SNAPSHOT.json
-      treecompare.py's snapshot of DIR must equal SNAPSHOT.json (printed as
-      "kernel=" for SNAPSHOT, "served=" for DIR). Exit 1 on any difference.
+      treecompare.py's snapshot of DIR (e2fsck's replay) must equal
+      SNAPSHOT.json (the kernel's replay). Exit 1 on any difference.
 
 Python 3 standard library only.
 """
@@ -654,7 +660,7 @@ def treecompare():
 def cmd_compare(a):
     tc = treecompare()
     served = {k: json.loads(json.dumps(v)) for k, v in tc.walk(a.dir).items()}  # as a snapshot reads back
-    return tc.compare(tc.load(a.snapshot), served, 30, set())
+    return tc.compare(tc.load(a.snapshot), served, 30, set(), names=("kernel-replay", "e2fsck-replay"))
 
 
 def cmd_verify(a):
