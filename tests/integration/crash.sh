@@ -161,7 +161,7 @@ make_template() {  # make_template CASE -> journaled (1/0) in JOURNALED, or fail
     | sed -n 's/^Journal features: *\(.*\)/, journal features: \1/p')"
 }
 
-declare -A CASE_PASS=() CASE_FAIL=() CASE_NOTES=()
+declare -A CASE_PASS=() CASE_FAIL=()
 FAILED_RUNS=()
 PROMISES=0
 
