@@ -116,6 +116,7 @@ def content(path, size, want_layout):
         # cache as uptodate zero pages, which its SEEK_DATA reports as data.
         if want_layout:
             out["seek"] = seek_layout(fd, size)
+            os.lseek(fd, 0, os.SEEK_SET)  # SEEK_DATA/SEEK_HOLE moved the file offset
         h = hashlib.sha256()
         n = 0
         try:
@@ -204,25 +205,27 @@ def show(p):
     return os.fsdecode(p).encode("unicode_escape").decode()
 
 
-def compare(A, B, max_diffs, ignore):
+def compare(A, B, max_diffs, ignore, names=("kernel", "served")):
+    """A is the oracle; names label A and B in the output."""
+    a, b = names
     diffs = []
     for p in sorted(set(A) | set(B)):
         if p not in B:
-            diffs.append(f"{show(p)}: only in the kernel's tree")
+            diffs.append(f"{show(p)}: only in the {a} tree")
             continue
         if p not in A:
-            diffs.append(f"{show(p)}: only in the served tree")
+            diffs.append(f"{show(p)}: only in the {b} tree")
             continue
         x, y = A[p], B[p]
         if ("lstat" in x) != ("lstat" in y):
             # One side could not stat the object at all: one line, not one per attribute.
-            diffs.append(f"{show(p)}: lstat: kernel={x.get('lstat', 'ok')!r} served={y.get('lstat', 'ok')!r}")
+            diffs.append(f"{show(p)}: lstat: {a}={x.get('lstat', 'ok')!r} {b}={y.get('lstat', 'ok')!r}")
             continue
         for k in sorted(set(x) | set(y)):
             if k in ignore:
                 continue
             if x.get(k, "<absent>") != y.get(k, "<absent>"):
-                diffs.append(f"{show(p)}: {k}: kernel={x.get(k, '<absent>')!r} served={y.get(k, '<absent>')!r}")
+                diffs.append(f"{show(p)}: {k}: {a}={x.get(k, '<absent>')!r} {b}={y.get(k, '<absent>')!r}")
     files = sum(1 for v in A.values() if v.get("type") == oct(stat.S_IFREG))
     if diffs:
         for d in diffs[:max_diffs]:
@@ -231,7 +234,7 @@ def compare(A, B, max_diffs, ignore):
             print(f"DIFF ... and {len(diffs) - max_diffs} more")
         keys = {}
         for d in diffs:
-            m = re.match(r".*?: ([^:]+): kernel=", d)
+            m = re.match(r".*?: ([^:]+): " + re.escape(a) + "=", d)
             k = m.group(1) if m else "presence"
             keys[k] = keys.get(k, 0) + 1
         summary = ", ".join(f"{k} x{n}" for k, n in sorted(keys.items(), key=lambda t: -t[1]))
