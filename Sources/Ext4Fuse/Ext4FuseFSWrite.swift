@@ -477,8 +477,9 @@ extension Ext4FuseFS {
 
     /// DESTROY, or the end of the session without one. fuservicemount mounts
     /// fuseblk on a block device (its loop device included): the kernel's
-    /// umount sends DESTROY after the last RELEASE and returns only once it
-    /// is answered, and the session answers after this returns. So everything
+    /// umount sends DESTROY and returns only once it is answered, and the
+    /// session answers after this returns (and after the requests that were
+    /// running, RELEASEs among them, finished). So everything
     /// is done here, synchronously: orphans freed, the last transaction
     /// committed, blocks written home, the device flushed, the journal
     /// emptied and the file system marked clean (`Ext4FileSystem.unmount`,
