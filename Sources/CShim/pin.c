@@ -67,3 +67,12 @@ int64_t cshim_pin_mount_id(int fd) {
     if (!(sx.stx_mask & STATX_MNT_ID)) return -EOPNOTSUPP;
     return (int64_t)sx.stx_mnt_id;
 }
+
+int cshim_pin_dev(int fd, uint32_t *major, uint32_t *minor) {
+    struct statx sx;
+    memset(&sx, 0, sizeof(sx));
+    if (statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, 0, &sx) < 0) return -errno;
+    *major = sx.stx_dev_major;
+    *minor = sx.stx_dev_minor;
+    return 0;
+}

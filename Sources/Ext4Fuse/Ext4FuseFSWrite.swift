@@ -475,8 +475,16 @@ extension Ext4FuseFS {
         }
     }
 
-    /// DESTROY, or the end of the session without one: a plain (non-fuseblk)
-    /// FUSE unmount sends no DESTROY, so the serving code calls this when the
+    /// DESTROY, or the end of the session without one. fuservicemount mounts
+    /// fuseblk on a block device (its loop device included): the kernel's
+    /// umount sends DESTROY and returns only once it is answered, and the
+    /// session answers after this returns (and after the requests that were
+    /// running, RELEASEs among them, finished). So everything
+    /// is done here, synchronously: orphans freed, the last transaction
+    /// committed, blocks written home, the device flushed, the journal
+    /// emptied and the file system marked clean (`Ext4FileSystem.unmount`,
+    /// which flushes the device again after the superblock). A plain FUSE
+    /// unmount sends no DESTROY, so the serving code also calls this when the
     /// session ends. Runs once.
     public func destroy() {
         guard destroyed.withLock({ d -> Bool in let first = !d; d = true; return first }) else { return }

@@ -47,6 +47,8 @@ public final class FuseSession: @unchecked Sendable {
     private let state = Mutex(State())
     private let drained = NSCondition()
     private var inFlightCount = 0  // guarded by `drained`
+    /// DESTROY has arrived: later requests are not run (guarded by `drained`).
+    private var destroying = false
 
     public init(transport: any FuseTransport, fileSystem: any FuseFileSystem,
                 options: FuseSessionOptions = FuseSessionOptions(), logger: Logger) {
@@ -173,7 +175,21 @@ public final class FuseSession: @unchecked Sendable {
                 _ = ch.send([FuseReplyEncoder.error(unique: h.unique, errno: -f.errno)])
             }
         case .success(let (h, req)):
-            drained.lock(); inFlightCount += 1; drained.unlock()
+            // Once DESTROY is in, nothing else reaches the file system: what
+            // was already running is waited for (`waitForOthers`), anything
+            // later (a FORGET racing the unmount on another worker) would touch
+            // a file system that is being, or has been, unmounted.
+            drained.lock()
+            let late = destroying
+            if !late {
+                inFlightCount += 1
+                if case .destroy = req { destroying = true }
+            }
+            drained.unlock()
+            if late {
+                if h.opcode?.expectsReply ?? true { _ = ch.send([FuseReplyEncoder.error(unique: h.unique, errno: EIO)]) }
+                return
+            }
             let reply = dispatch(h, req)
             drained.lock(); inFlightCount -= 1; drained.broadcast(); drained.unlock()
             if let reply {
@@ -311,7 +327,10 @@ public final class FuseSession: @unchecked Sendable {
         return FuseReplyEncoder.ok(unique: u, value)
     }
 
-    /// DESTROY must not be answered while other requests (RELEASEs) still run.
+    /// DESTROY must not be answered while other requests (RELEASEs) still run:
+    /// its answer is what lets umount(2) return, so the file system is
+    /// unmounted (`FuseFileSystem.destroy()`) only after they finished, and
+    /// the answer goes out only after that.
     private func waitForOthers() {
         drained.lock()
         while inFlightCount > 1 { drained.wait() }

@@ -132,6 +132,18 @@ public final class HelperSession {
     var fuseFD: Int32 = -1
     /// The mount this session made (fsmount fd, or an O_PATH fd on its root).
     var mountFD: Int32 = -1
+    /// The source as handed to the server, when it went out as a block device
+    /// (the device itself, or this helper's loop device over the image) with
+    /// an ext4 superblock: the mount is then `fuseblk` on it.
+    var sourceBlock: BlockSource?
+    /// The helper's own exclusive open of that device, held from the hand-out
+    /// until just before the mount, when the kernel claims it for the mount
+    /// (the server's fd is not exclusive: the kernel's claim would fail).
+    var sourceClaimFD: Int32 = -1
+    /// A non-exclusive fd on this helper's loop device, to detach it when the
+    /// mount is undone.
+    var loopFD: Int32 = -1
+    var undone = false
     var mountpointGiven = false
     var fsopenSeen = false
     var sourceSeen = false
@@ -164,16 +176,18 @@ public final class HelperSession {
         self.log = log
     }
 
-    deinit {
-        FD.close(fuseFD)
-        FD.close(mountFD)
-    }
+    deinit { close() }
 
     /// Run the whole conversation. On any error before a goodbye, a mount made
     /// in this session is detached again, so no half-made mount stays behind.
     public func run() throws(BrokerError) -> HelperOutcome {
         do {
-            let outcome = try converse()
+            var outcome = try converse()
+            if case .goodbye(let code, true) = outcome, code != 0 {
+                // The server failed after the mount was made: take it down.
+                undoMount()
+                outcome = .goodbye(exitCode: code, mounted: false)
+            }
             close()
             return outcome
         } catch {
@@ -185,20 +199,34 @@ public final class HelperSession {
 
     func close() {
         FD.close(fuseFD); fuseFD = -1
+        // The last reference to an undone mount goes here: its superblock is
+        // released (and the kernel's claim on the device with it).
         FD.close(mountFD); mountFD = -1
+        FD.close(sourceClaimFD); sourceClaimFD = -1
+        if loopFD >= 0 && undone { LoopDevice.detach(fd: loopFD) }
+        FD.close(loopFD); loopFD = -1
         pinned = nil
     }
 
     /// Detach the mount this session made, through its own fd: a path swapped
-    /// since cannot make the helper detach anything else.
+    /// since cannot make the helper detach anything else. The FUSE connection
+    /// is aborted first: releasing a fuseblk superblock sends DESTROY and
+    /// waits for the answer, which a failed (or hostile) server may never
+    /// give. The loop device is detached in `close()`, once the mount's last
+    /// reference is gone.
     func undoMount() {
         guard mounted else { return }
         if mountFD >= 0 {
+            if let dev = DeviceNumber.of(fd: mountFD) {
+                let e = FuseBlock.abortConnection(dev: dev)
+                if e != 0 { log("could not abort the FUSE connection \(dev) of the half-made mount: \(strerrorString(e))") }
+            }
             let r = cshim_pin_umount_fd(mountFD, Int32(MNT_DETACH))
             if r < 0 { log("could not detach the half-made mount: \(strerrorString(-r))") }
         }
         if !config.noMtab { Utab.remove(target: config.mountpoint) }
         mounted = false
+        undone = true
     }
 
     static func monotonicMs() -> Int64 { Int64(monotonicNanoseconds() / 1_000_000) }
@@ -215,8 +243,9 @@ public final class HelperSession {
         Transport.dropPassRights(sock)
         // A server that stops reading cannot park the helper in sendmsg.
         _ = cshim_pin_send_timeout(sock, Int32(clamping: max(1, config.receiveTimeoutMs)))
-        // FUSEBLK is never offered: the kernel would open a block device by a
-        // name, and the server's device fds are exclusive anyway.
+        // FUSEBLK is not offered: the helper itself decides when a mount is
+        // fuseblk (the source handed out as a block device), and a server's
+        // TYPE only gets an error for any other source.
         try Transport.send(sock, .hello(minVersion: ServiceProtocol.minVersion, maxVersion: ServiceProtocol.maxVersion,
                                         flags: getuid() == 0 ? [.allowOther] : []))
         let reply = try receive()
@@ -327,9 +356,13 @@ public final class HelperSession {
             try handleIomap(mode)
         case .fsopen(let f):
             if fsopenSeen { return try fail("TYPE respecified", EINVAL) }
-            // The kernel would open a block device by name for a fuseblk mount;
-            // the helper never lets a server choose one.
-            if f.contains(.fuseblk) { return try fail("fuseblk mounts are not supported; use fuse", EOPNOTSUPP) }
+            // The helper decides the mount type: fuseblk exactly when the
+            // source went out as a block device (its own loop device included),
+            // and the kernel's source is then that device, never a name the
+            // server chose. Asking for fuseblk on any other source is refused.
+            if f.contains(.fuseblk) && sourceBlock == nil {
+                return try fail("fuseblk needs the source handed out as a block device first", EOPNOTSUPP)
+            }
             fsopenSeen = true
             try reply(0)
         case .source(let s):
@@ -418,25 +451,29 @@ public final class HelperSession {
 
         // O_NOFOLLOW and O_EXCL mean nothing for a pinned inode; the rest is the request's.
         let passFlags = Int32(bitPattern: r.openFlags) & ~(O_NOFOLLOW | O_EXCL | O_CLOEXEC)
+        // Block devices are opened exclusively: a device in use (mounted,
+        // claimed) is refused here, and nobody can claim it after.
         let fd = file.open(flags: passFlags)
         if fd < 0 {
             if -fd == EBUSY { return try refuse("device is busy (mounted or in exclusive use)", EBUSY) }
             if -fd == ESTALE { return try refuse("the pinned file changed", ESTALE) }
             return try refuse("open failed", -fd)
         }
-        defer { FD.close(fd) }
+        // fds this call opened and still owns when it returns.
+        var owned: [Int32] = [fd]
+        defer { for f in owned { FD.close(f) } }
 
         var sendFD = fd
-        var loopFD: Int32 = -1
-        defer { FD.close(loopFD) }
+        var loop: AttachedLoop?
         if r.requestFlags.contains(.loopDevice) && file.isRegular {
             do {
-                let loop = try LoopDevice.attach(backingFD: fd, options: LoopAttachOptions(
+                let l = try LoopDevice.attach(backingFD: fd, options: LoopAttachOptions(
                     readOnly: acc == O_RDONLY,
                     blockSize: r.blockSize != 0 ? r.blockSize : config.defaultLoopBlockSize))
-                loopFD = loop.fd
-                sendFD = loop.fd
-                log("attached \(r.path) to \(loop.path)")
+                owned.append(l.fd)
+                loop = l
+                sendFD = l.fd
+                log("attached \(r.path) to \(l.path)")
             } catch {
                 if error.errno == EBUSY { return try refuse("\(error)", EBUSY) }
                 // Any other loop failure: hand out the plain file; the server runs without a bdev.
@@ -444,19 +481,50 @@ public final class HelperSession {
             }
         }
         if r.kind == .blockDevice {
-            if sendFD == fd && !file.isBlockDevice { return try refuse("not a block device", ENOTBLK) }
-            if r.blockSize != 0 && sendFD == fd {
+            if loop == nil && !file.isBlockDevice { return try refuse("not a block device", ENOTBLK) }
+            if r.blockSize != 0 && loop == nil {
                 do { try BlockDevice.setBlockSize(fd: fd, r.blockSize) } catch {
                     return try refuse("BLKBSZSET failed", error.errno)
                 }
+            }
+        }
+        // The source as a block device: the mount will be fuseblk on it. The
+        // helper keeps the exclusive fd (sendFD) as its claim until the mount,
+        // and the server gets a non-exclusive one, as the kernel opens the
+        // device exclusively itself when it mounts.
+        var block: BlockSource?
+        var claim: Int32 = -1
+        if file === pinned?.source && (loop != nil || file.isBlockDevice) {
+            switch FuseBlock.source(path: loop?.path ?? file.path, fd: sendFD) {
+            case .success(let b):
+                let shared = cshim_pin_reopen(sendFD, passFlags)
+                if shared >= 0 {
+                    owned.append(shared)
+                    block = b
+                    claim = sendFD
+                    sendFD = shared
+                } else {
+                    log("\(b.path): no second, non-exclusive open (\(strerrorString(-shared))); mounting as plain fuse")
+                }
+            case .failure(let why):
+                log("\(loop?.path ?? file.path): \(why); mounting as plain fuse (umount will not wait for the server)")
             }
         }
         do {
             try sendFile(error: 0, path: r.path, fd: sendFD)
             handedOut.insert(r.path)
         } catch {
-            if loopFD >= 0 { LoopDevice.detach(fd: loopFD) }
+            if let l = loop { LoopDevice.detach(fd: l.fd) }
             throw error
+        }
+        if let b = block {
+            sourceBlock = b
+            sourceClaimFD = claim
+            owned.removeAll { $0 == claim }
+            if loop != nil {
+                loopFD = sendFD
+                owned.removeAll { $0 == sendFD }
+            }
         }
     }
 
@@ -508,14 +576,20 @@ public final class HelperSession {
         }
         let tuning = MountOptions.tokens(serverOptions ?? "").filter { !Self.helperAccessOptions.contains($0) }
         let request = KernelMount.Request(
-            subtype: config.subtype, source: config.source,
+            subtype: config.subtype, source: sourceBlock?.path ?? config.source,
             options: tuning + Self.helperAccessOptions, fuseFD: fuseFD,
             rootMode: UInt32(mp.stat.st_mode & S_IFMT),
-            uid: getuid(), gid: getgid(), msFlags: flags, targetFD: mp.fd, targetPath: config.mountpoint)
+            uid: getuid(), gid: getgid(), msFlags: flags, targetFD: mp.fd, targetPath: config.mountpoint,
+            blockDevice: sourceBlock)
         if config.fake {
             try reply(0)
             return
         }
+        // The kernel claims a fuseblk source exclusively for the mount: let go
+        // of the helper's claim now (a claim taken by someone else in between
+        // makes the mount fail with EBUSY).
+        FD.close(sourceClaimFD)
+        sourceClaimFD = -1
         switch KernelMount.mount(request) {
         case .failure(let err):
             return try fail(err.description, err.errno)
@@ -524,7 +598,7 @@ public final class HelperSession {
             mountFD = fd
         }
         if !config.noMtab {
-            Utab.add(source: config.source, target: config.mountpoint, fstype: request.fstype,
+            Utab.add(source: request.source, target: config.mountpoint, fstype: request.fstype,
                      options: mtabOptions ?? (flags & MS.rdonly != 0 ? "ro" : "rw"), log: log)
         }
         try reply(0)

@@ -20,11 +20,16 @@ enum KernelMount {
         var msFlags: UInt32
         var targetFD: Int32
         var targetPath: String
+        /// Set: a `fuseblk` mount on this block device (the kernel opens it
+        /// itself, sends DESTROY at umount and waits for the answer); `source`
+        /// is then its path. nil: a plain `fuse` mount.
+        var blockDevice: BlockSource? = nil
 
-        var baseType: String { "fuse" }
+        var baseType: String { blockDevice == nil ? "fuse" : "fuseblk" }
         var fstype: String { "\(baseType).\(subtype)" }
         var helperOptions: [String] {
             ["fd=\(fuseFD)", "rootmode=\(String(rootMode, radix: 8))", "user_id=\(uid)", "group_id=\(gid)"]
+                + (blockDevice.map { ["blksize=\($0.blockSize)"] } ?? [])
         }
     }
 
@@ -40,12 +45,34 @@ enum KernelMount {
     static let fuseSuperMagic: Int64 = 0x6573_5546
 
     static func mount(_ r: Request) -> Outcome {
-        switch newAPI(r) {
-        case .success(let fd): return .success(fd)
-        case .failure(let f) where f.errno == ENOSYS || f.errno == ENOPARAM_:
-            return legacy(r)
-        case .failure(let f): return .failure(f)
+        if let b = r.blockDevice, !FuseBlock.pathNames(b.path, device: b.device) {
+            return .failure(Failure(description: "\(b.path) is no longer the block device handed to the server", errno: ESTALE))
         }
+        let outcome: Outcome
+        switch newAPI(r) {
+        case .failure(let f) where f.errno == ENOSYS || f.errno == ENOPARAM_:
+            outcome = legacy(r)
+        case let other:
+            outcome = other
+        }
+        // The kernel opened the source by path: the mount must be on the
+        // device the server was given, else it is taken down again. (A legacy
+        // mount whose root could not be found again, fd -1, cannot be checked.)
+        guard case .success(let fd) = outcome, fd >= 0, let b = r.blockDevice else { return outcome }
+        let got = DeviceNumber.of(fd: fd)
+        if got == b.device { return outcome }
+        abortAndDetach(fd, dev: got ?? b.device)
+        FD.close(fd)
+        return .failure(Failure(description: "the fuseblk mount is not on \(b.path)", errno: ESTALE))
+    }
+
+    /// Take down a mount this helper made and cannot keep: abort its FUSE
+    /// connection first (a fuseblk superblock sends DESTROY when it goes, and
+    /// waits for the server's answer; an aborted connection fails it at
+    /// once), then detach it through its own fd. The caller closes `fd`.
+    static func abortAndDetach(_ fd: Int32, dev: DeviceNumber) {
+        FuseBlock.abortConnection(dev: dev)
+        _ = cshim_pin_umount_fd(fd, Int32(MNT_DETACH))
     }
 
     static let ENOPARAM_: Int32 = 519 // kernel-internal ENOPARAM leaks as 519 from fsconfig
@@ -94,11 +121,19 @@ enum KernelMount {
             if let e = cfgString(kv[0], kv[1]) { return .failure(e) }
         }
         let c = cshim_fsconfig(fsfd, 6, nil, nil, 0) // FSCONFIG_CMD_CREATE
-        if c < 0 { return .failure(Failure(description: contextError(fsfd) ?? "creating the fuse superblock", errno: -c)) }
+        if c < 0 { return .failure(Failure(description: contextError(fsfd) ?? "creating the \(r.baseType) superblock", errno: -c)) }
+        // From here a superblock exists. Letting go of a fuseblk one sends
+        // DESTROY and waits for the server, which is itself waiting for this
+        // helper's answer to DOIT: abort the connection before any fd on it
+        // is closed (a plain fuse superblock sends nothing).
         let mfd = cshim_fsmount(fsfd, 1, attrs) // FSMOUNT_CLOEXEC
-        if mfd < 0 { return .failure(Failure(description: contextError(fsfd) ?? "fsmount", errno: -mfd)) }
+        if mfd < 0 {
+            if let b = r.blockDevice { FuseBlock.abortConnection(dev: b.device) }
+            return .failure(Failure(description: contextError(fsfd) ?? "fsmount", errno: -mfd))
+        }
         let mv = cshim_move_mount(mfd, "", r.targetFD, "", 0x4 | 0x40) // F_EMPTY_PATH | T_EMPTY_PATH
         if mv < 0 {
+            if let b = r.blockDevice { FuseBlock.abortConnection(dev: DeviceNumber.of(fd: mfd) ?? b.device) }
             FD.close(mfd)
             return .failure(Failure(description: "move_mount onto \(r.targetPath)", errno: -mv))
         }
@@ -120,6 +155,11 @@ enum KernelMount {
 
     // MARK: mount(2)
 
+    /// For fuseblk this one call both creates and attaches the superblock: a
+    /// failure inside it after the superblock was made would have the kernel
+    /// wait for DESTROY from a server that waits for DOIT. Kernels with
+    /// fuseblk and FUSE_DEV_IOC_* all have the new API, so this path is only
+    /// taken on an fsconfig that refuses a parameter (ENOPARAM).
     static func legacy(_ r: Request) -> Outcome {
         let data = (r.options + r.helperOptions).joined(separator: ",")
         let target = "/proc/self/fd/\(r.targetFD)"

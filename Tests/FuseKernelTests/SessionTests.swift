@@ -2,6 +2,7 @@ import Foundation
 import FuseKernel
 import FuseTestSupport
 import Glibc
+import Synchronization
 import Testing
 
 /// Sessions driven over real transports. Serialized: they count live worker
@@ -130,6 +131,43 @@ extension LiveSessions {
         _ = Glibc.close(k.kernelFD)
         k.transport.close()
         #expect(openFDs { $0.hasPrefix("socket:") }.count == before)
+    }
+
+    /// DESTROY is answered only once destroy() has returned, and a request
+    /// that arrives while it runs (another worker read it) is not run: it
+    /// would reach a file system that is being unmounted.
+    @Test func nothingRunsAfterDestroy() throws {
+        final class SlowDestroyFS: FuseFileSystem, @unchecked Sendable {
+            let entered = DispatchSemaphore(value: 0)
+            let release = DispatchSemaphore(value: 0)
+            let statfsCalls = Mutex(0)
+            func destroy() {
+                entered.signal()
+                release.wait()
+            }
+            func statfs(_ c: FuseContext) throws(FuseError) -> FuseKstatfs {
+                statfsCalls.withLock { $0 += 1 }
+                return FuseKstatfs(bsize: 4096, namelen: 255)
+            }
+        }
+        let fs = SlowDestroyFS()
+        let k = try TestKernel(fs: fs, workers: 4)
+        _ = try k.initialize(flags: [.initExt])
+        let (e0, _) = try k.call(.statfs)
+        #expect(e0 == 0 && fs.statfsCalls.withLock { $0 } == 1)
+        k.sendRaw(FuseRequestEncoder.encode(FuseRequestHeader(opcodeRaw: 0, unique: 1000, nodeid: 1), .destroy))
+        #expect(fs.entered.wait(timeout: .now() + 5) == .success)
+        k.sendRaw(FuseRequestEncoder.encode(FuseRequestHeader(opcodeRaw: 0, unique: 1002, nodeid: 1), .statfs))
+        let late = try #require(k.receive())
+        #expect(try FuseOutHeader.decode(Array(late.prefix(16))) == FuseOutHeader(len: 16, error: -EIO, unique: 1002))
+        #expect(k.receive(timeout: 200) == nil, "DESTROY answered before destroy() returned")
+        fs.release.signal()
+        let r = try #require(k.receive())
+        #expect(try FuseOutHeader.decode(Array(r.prefix(16))) == FuseOutHeader(len: 16, error: 0, unique: 1000))
+        #expect(fs.statfsCalls.withLock { $0 } == 1)
+        #expect(k.waitForEnd())
+        _ = Glibc.close(k.kernelFD)
+        k.transport.close()
     }
 
     @Test func peerCloseEndsTheSession() throws {

@@ -73,14 +73,17 @@ server_pids() {
 }
 
 # Abort the FUSE connection of $MNT (a hung server): every waiting request fails.
+# The connection is named by the superblock's device number in the kernel's
+# encoding, major << 20 | minor: 0:N (N) for fuse, the block device for fuseblk.
 abort_fuse() {
-  local mm minor
-  mm=$(findmnt -rn -o MAJ:MIN "$MNT" 2>/dev/null | head -1) || return 0
-  minor=${mm#*:}
+  local mm conn
+  mm=$(findmnt -rn -o MAJ:MIN "$MNT" 2>/dev/null | head -1)
+  [ -n "$mm" ] || return 0
+  conn=$(( (${mm%%:*} << 20) | ${mm#*:} ))
   [ -d /sys/fs/fuse/connections ] || return 0
-  [ -e /sys/fs/fuse/connections/"$minor"/abort ] ||
+  [ -e /sys/fs/fuse/connections/"$conn"/abort ] ||
     mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null || true
-  [ -e /sys/fs/fuse/connections/"$minor"/abort ] && echo 1 > /sys/fs/fuse/connections/"$minor"/abort
+  [ -e /sys/fs/fuse/connections/"$conn"/abort ] && echo 1 > /sys/fs/fuse/connections/"$conn"/abort
 }
 
 # Alive = exists and is not a zombie. The server runs in its own PID namespace and

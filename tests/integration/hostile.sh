@@ -16,7 +16,8 @@
 #
 #   flags-*     DOIT flags 0: setuid-root binary and device node in the image
 #   opts-*      OPTS outside the allow-list; the helper's own allow_other
-#   fuseblk-*   TYPE fuseblk + NAME of another loop device
+#   fuseblk-*   TYPE fuseblk + NAME of another loop device (the mount is fuseblk
+#               on the helper's own loop device, never on the one named)
 #   name-*      server-chosen NAME and MTAB (mountinfo, utab)
 #   kind-*      FIFO, /dev/zero, directory as source
 #   once-*      the same source opened twice
@@ -124,6 +125,9 @@ not() { ! "$@"; }
 gave_up() { [ "$MS" -lt "$1" ] && [ "$RC" != 0 ] && [ "$RC" != 124 ] && [ "$RC" != 137 ]; }
 nonzero_number() { [[ $1 =~ ^[0-9]+$ && $1 != 0 ]]; }
 utab_source_ok() { [ -z "$1" ] || grep -q "^SRC=$2 " <<<"$1"; }
+# The kernel's source for a mount of image IMG: the helper mounts fuseblk on
+# its own loop device over IMG (the only loop device over it), else IMG itself.
+kernel_source() { local l; l=$(losetup -j "$1" -O NAME -n 2>/dev/null | head -1); echo "${l:-$1}"; }
 user_opens() { as_user sh -c "exec 3$2\"\$1\"" - "$1" 2>/dev/null; }
 decoy_in_mountinfo() {
   awk -v d="$DECOY" -v n="$DECOY_MAJ:$DECOY_MIN" '$3 == n || $0 ~ (" " d " ")' /proc/self/mountinfo | grep -q .
@@ -356,7 +360,10 @@ fuseblk_case() {
   check "no mount names $DECOY or its device number" not decoy_in_mountinfo
   if mounted "$C/mnt"; then
     note "mountinfo: $(mnt_fstype "$C/mnt") $(mnt_source "$C/mnt")"
-    check "mount source is the configured $C/img (got $(mnt_source "$C/mnt"))" [ "$(mnt_source "$C/mnt")" = "$C/img" ]
+    local want; want=$(kernel_source "$C/img")
+    check "mount source is the helper's loop device over the configured $C/img, $want (got $(mnt_source "$C/mnt"))" \
+      [ "$(mnt_source "$C/mnt")" = "$want" ]
+    check "the helper's loop device is not $DECOY" [ "$want" != "$DECOY" ]
   fi
   end_case
 }
@@ -373,12 +380,13 @@ name_case() {
   check "MTAB with user=/uhelper= refused with EINVAL (reply: $(rerr rewrite:MTAB))" [ "$(rerr rewrite:MTAB)" = EINVAL ]
   check "mounted" mounted "$C/mnt"
   if mounted "$C/mnt"; then
-    check "mountinfo source is the configured $C/img (got $(mnt_source "$C/mnt"))" [ "$(mnt_source "$C/mnt")" = "$C/img" ]
+    check "mountinfo source is the helper's loop device over the configured $C/img (got $(mnt_source "$C/mnt"))" \
+      [ "$(mnt_source "$C/mnt")" = "$(kernel_source "$C/img")" ]
   fi
   local u; u=$(grep -s " TARGET=$C/mnt " /run/mount/utab; grep -s "TARGET=$C/mnt\$" /run/mount/utab)
   note "utab: ${u:-(no entry)}"
   check "utab has no server-chosen options (user=, uhelper=)" not grep -qE "(user|uhelper)=" <<<"$u"
-  check "utab names no source but the configured one" utab_source_ok "$u" "$C/img"
+  check "utab names no source but the mount's own" utab_source_ok "$u" "$(kernel_source "$C/img")"
   end_case
 }
 

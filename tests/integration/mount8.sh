@@ -116,12 +116,15 @@ head -c 4M /dev/zero > "$BAD"
 if mount -t fuse.ext4 -o ro "$IMG" "$MNT" 2>"$work/mount.err"; then pass "mount -t fuse.ext4 -o ro IMG DIR"
 else cat "$work/mount.err"; echo "FAIL mount -t fuse.ext4 -o ro (exit $?)"; exit 1; fi
 read -r fstype source opts <<<"$(findmnt -n -o FSTYPE,SOURCE,OPTIONS --mountpoint "$MNT")"
-check "findmnt: fstype fuse.ext4 ($fstype)" [ "$fstype" = fuse.ext4 ]
-check "findmnt: source is the image ($source)" [ "$source" = "$IMG" ]
-check "findmnt: read-only ($opts)" [ "${opts%%,*}" = ro ]
-check "mount(8) lists it" grep -qF "$IMG on $MNT type fuse.ext4 (ro," <(mount)
 LOOP=$(losetup -j "$IMG" -O NAME -n | head -1)
 check "a loop device backs the image ($LOOP)" [ -n "$LOOP" ]
+# A block device source (here the helper's loop device) is mounted fuseblk:
+# the kernel then waits for the server at umount (umount-durable.sh).
+check "findmnt: fstype fuseblk.ext4 ($fstype)" [ "$fstype" = fuseblk.ext4 ]
+check "findmnt: source is the loop device over the image ($source)" [ "$source" = "${LOOP:-none}" ]
+check "findmnt: read-only ($opts)" [ "${opts%%,*}" = ro ]
+# mount(8) names an auto-clearing loop device by its backing file.
+check "mount(8) lists it" grep -qF "$IMG on $MNT type fuseblk.ext4 (ro," <(mount)
 check "the loop device is read-only (RO=$(losetup -n -O RO "$LOOP" | tr -d ' '))" [ "$(losetup -n -O RO "$LOOP" | tr -d ' ')" = 1 ]
 SPID=$(server_of "$LOOP")
 # The same file, not the same name: the server's root is emptied after HELLO,

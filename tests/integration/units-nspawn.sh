@@ -7,7 +7,11 @@
 # socket-activated ext4iomap@.service instance (DynamicUser, the unit's sandbox
 # plus the server's own seccomp) serves the mount. The test reads files, checks
 # the instance from systemctl and /proc, unmounts, and checks the instance ended
-# cleanly. The container's exit status is the test result.
+# cleanly. Then a read-write mount of a second block device: a tree is copied
+# in, and right after umount returns e2fsck -fn finds the device clean and the
+# kernel's ext4 reads the whole tree back (the mount is fuseblk, so umount
+# waited for the instance to commit and flush). The container's exit status is
+# the test result.
 # Recipe: ../shared/docs/systemd-testing.md (c).
 # Exit 0 pass, 77 skip (last line says why), anything else fail.
 set -uo pipefail
@@ -25,10 +29,12 @@ work=$(mktemp -d /tmp/ext4iomap-nspawn.XXXXXX)
 machine=ext4iomap-test-$$
 CG=ext4iomap-nspawn.$$
 LOOP=
+RWLOOP=
 created_run=()
 for d in /run/systemd/nspawn /run/systemd/nspawn-root; do [ -e "$d" ] || created_run+=("$d"); done
 cleanup() {
   [ -n "$LOOP" ] && losetup -d "$LOOP" 2>/dev/null
+  [ -n "$RWLOOP" ] && losetup -d "$RWLOOP" 2>/dev/null
   for h in systemd unified; do
     [ -d "/sys/fs/cgroup/$h/$CG" ] && find "/sys/fs/cgroup/$h/$CG" -depth -type d -exec rmdir {} \; 2>/dev/null
   done
@@ -53,6 +59,8 @@ seq 1 30000 > "$work/tree/docs/numbers.txt"
 mkfs.ext4 -q -F -L nspawn -d "$work/tree" "$work/image.img" 32M || { echo "mkfs.ext4 failed"; exit 1; }
 sum=$(md5sum < "$work/tree/docs/numbers.txt" | cut -d' ' -f1)
 LOOP=$(losetup -r -f --show "$work/image.img") || { echo "skip: cannot create a loop device"; LOOP=; exit 77; }
+mkfs.ext4 -q -F -L nspawn-rw "$work/rw.img" 64M || { echo "mkfs.ext4 failed"; exit 1; }
+RWLOOP=$(losetup -f --show "$work/rw.img") || { echo "skip: cannot create a loop device"; RWLOOP=; exit 77; }
 
 # `systemctl enable ext4iomap.socket`, done ahead of boot (/etc/systemd/system is bound read-only).
 ln -s /usr/lib/systemd/system/ext4iomap.socket "$work/harness/etc/sockets.target.wants/ext4iomap.socket"
@@ -95,7 +103,8 @@ mkdir -p /mnt/e4
 if mount -t fuse.ext4 -o ro /dev/ext4test-blk /mnt/e4; then pass "mount -t fuse.ext4 -o ro (through mount(8))"
 else fail "mount -t fuse.ext4 -o ro"; systemctl --no-pager status 'ext4iomap@*' 2>&1 | tail -20; journalctl --no-pager -u 'ext4iomap@*' | tail -20; exit 1; fi
 findmnt /mnt/e4
-check "findmnt: fuse.ext4, ro" [ "$(findmnt -n -o FSTYPE,OPTIONS /mnt/e4 | cut -d, -f1)" = "fuse.ext4 ro" ]
+# A block device source is mounted fuseblk (the kernel waits for the server at umount).
+check "findmnt: fuseblk.ext4, ro" [ "$(findmnt -n -o FSTYPE,OPTIONS /mnt/e4 | cut -d, -f1)" = "fuseblk.ext4 ro" ]
 check "read a file" [ "$(cat /mnt/e4/hello.txt)" = "served by a socket-activated instance" ]
 check "read a larger file" [ "$(md5sum < /mnt/e4/docs/numbers.txt | cut -d' ' -f1)" = "$SUM" ]
 check "no server was spawned by the helper" [ -z "$(pgrep -f -- '--service-fd')" ]
@@ -135,6 +144,30 @@ check "the server confined itself (landlock + seccomp)" grep -q "sandboxed: no_n
 check "no seccomp denial logged" bash -c '! grep -q "seccomp: denied" /tmp/unit.log'
 check "instance ended without failure" bash -c '! systemctl --no-legend --plain list-units --failed | grep -q ext4iomap@'
 check "nothing mounted" [ -z "$(findmnt -n /mnt/e4)" ]
+
+# Read-write: umount returns only after the instance has committed and flushed.
+mkdir -p /mnt/rw /mnt/k /tmp/tree
+cp -a /usr/include/linux /tmp/tree/ && seq 1 200000 > /tmp/tree/numbers.txt
+if mount -t fuse.ext4 /dev/ext4test-rw /mnt/rw; then pass "mount -t fuse.ext4 (read-write)"
+else fail "mount -t fuse.ext4 (read-write)"; journalctl --no-pager -u 'ext4iomap@*' | tail -20; exit 1; fi
+check "findmnt: fuseblk.ext4, rw" [ "$(findmnt -n -o FSTYPE,OPTIONS /mnt/rw | cut -d, -f1)" = "fuseblk.ext4 rw" ]
+rwunit=$(systemctl list-units --no-legend --plain 'ext4iomap@*.service' | cut -d' ' -f1 | head -1)
+rwpid=$(systemctl show -P MainPID "$rwunit")
+cp -a /tmp/tree/. /mnt/rw/ && pass "cp -a a tree onto the mount" || fail "cp -a a tree onto the mount"
+umount /mnt/rw && pass "umount (read-write)" || fail "umount (read-write)"
+# At once, without waiting for the instance:
+if e2fsck -fn /dev/ext4test-rw > /tmp/fsck.log 2>&1; then pass "e2fsck -fn clean right after umount"
+else fail "e2fsck -fn right after umount"; tail -8 /tmp/fsck.log; fi
+dumpe2fs -h /dev/ext4test-rw 2>/dev/null > /tmp/dumpe2fs.txt
+check "state clean, no needs_recovery (the journal was emptied before umount returned)" \
+  bash -c 'grep -q "^Filesystem state: *clean$" /tmp/dumpe2fs.txt && ! grep "^Filesystem features:" /tmp/dumpe2fs.txt | grep -qw needs_recovery'
+if mount -t ext4 -o ro /dev/ext4test-rw /mnt/k; then
+  check "the kernel's ext4 reads back the whole tree" diff -r --no-dereference -x lost+found /tmp/tree /mnt/k
+  umount /mnt/k
+else fail "kernel ext4 mount of the device"; fi
+for _ in $(seq 50); do kill -0 "$rwpid" 2>/dev/null || break; sleep 0.1; done
+check "the read-write instance exited" [ ! -d "/proc/$rwpid" ]
+check "no instance failed" bash -c '! systemctl --no-legend --plain list-units --failed | grep -q ext4iomap@'
 echo "CT result: $fails failure(s)"
 [ $fails -eq 0 ]
 EOF
@@ -155,7 +188,7 @@ SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 bash -c 'for h in systemd unified; do [ -d /s
     "${binds[@]}" \
     --bind-ro="$work/harness/etc":/etc/systemd/system \
     --bind-ro="$work/harness":/ext4test \
-    --bind=/dev/fuse --bind="$LOOP":/dev/ext4test-blk \
+    --bind=/dev/fuse --bind="$LOOP":/dev/ext4test-blk --bind="$RWLOOP":/dev/ext4test-rw \
     -b systemd.firstboot=off > "$work/nspawn.log" 2>&1
 rc=$?
 t1=$(date +%s.%N)

@@ -32,6 +32,12 @@ int64_t cshim_pin_fs_type(int fd);
 /// statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID): the mount id, or -errno.
 int64_t cshim_pin_mount_id(int fd);
 
+/// The device number (major, minor) of the file system `fd` is on, from
+/// statx with AT_STATX_DONT_SYNC: on a FUSE mount this asks the server
+/// nothing (a plain fstat would send GETATTR, which waits for a server that
+/// may not have answered INIT yet). 0 or -errno.
+int cshim_pin_dev(int fd, uint32_t *major, uint32_t *minor);
+
 #ifdef __cplusplus
 }
 #endif
