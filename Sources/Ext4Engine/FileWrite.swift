@@ -247,15 +247,24 @@ extension Ext4FileSystem {
                 if dm.isImmutable || dm.isAppendOnly { throw .permission }
                 var done: UInt64 = 0
                 let chunk: UInt64 = 1 << 20
+                // Each chunk is stored as it is written, as a WRITE would be;
+                // a failure after some progress is a short copy.
                 while done < want {
-                    let ri = src == dst ? try rawInodeFrom(dm) : try rawInode(src)
-                    if ri.isDir { throw .isDirectory }
-                    let data = try readData(ri, offset: inOffset + done, count: Int(min(chunk, want - done)))
-                    if data.isEmpty { break }
-                    try withBytes(data) { (p) throws(Ext4Error) in try writeLocked(&dm, offset: outOffset + done, p) }
-                    done += UInt64(data.count)
+                    do throws(Ext4Error) {
+                        let ri = src == dst ? try rawInodeFrom(dm) : try rawInode(src)
+                        if ri.isDir { throw .isDirectory }
+                        let data = try readData(ri, offset: inOffset + done, count: Int(min(chunk, want - done)))
+                        if data.isEmpty { break }
+                        var next = dm
+                        try withBytes(data) { (p) throws(Ext4Error) in try writeLocked(&next, offset: outOffset + done, p) }
+                        try storeInode(next)
+                        dm = next
+                        done += UInt64(data.count)
+                    } catch {
+                        if done > 0 { return done }
+                        throw error
+                    }
                 }
-                if done > 0 { try storeInode(dm) }
                 return done
             }
         }
@@ -314,6 +323,9 @@ extension Ext4FileSystem {
                 if let u = c.uid { m.uid = u }
                 if let g = c.gid { m.gid = g }
                 if c.killSuidgid, let k = Ext4FileSystem.suidgidKilled(m.mode) { m.mode = k }
+                // The access ACL follows a chmod; before the size, so that a
+                // failure here (its xattr block may need copying) changes nothing.
+                if c.mode != nil { try chmodACL(&m, mode: m.mode) }
                 if let s = c.size {
                     guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("size of non-file") }
                     guard s <= maxFileSize else { throw .fileTooBig }
@@ -327,7 +339,6 @@ extension Ext4FileSystem {
                 if let t = c.atime { m.setTime(.atime, resolve(t)) }
                 if let t = c.mtime { m.setTime(.mtime, resolve(t)) }
                 m.setTime(.ctime, c.ctime.map(resolve) ?? now)
-                if c.mode != nil { try chmodACL(&m, mode: m.mode) }
                 m.bumpVersion()
                 try storeInode(m)
                 return try publicInode(m)
