@@ -335,6 +335,33 @@ struct WriteRequestOpsTests {
         #expect(try ro.inodeFlags(try resolve(ro, "f")) == appendFL | nodumpFL | extentsFL)
     }
 
+    @Test func copyRangeIsOneOperation() throws {
+        let tmp = try TempDir()
+        let img = try makeImage(tmp, writeVariants[0])
+        let fs = try openRW(img)
+        let src = try fs.mknod(parent: root, name: b("src"), fileMode)
+        let dst = try fs.mknod(parent: root, name: b("dst"), fileMode)
+        let data = pattern(3 << 20, seed: 5)
+        try fs.put(src.ino, 0, data)
+        let n = try oneOp(fs, "copy_file_range", sections: 1) {
+            try fs.copyRange(from: src.ino, at: 0, to: dst.ino, at: 100, length: 1 << 30)
+        }
+        #expect(n == UInt64(data.count), "short at the source's end")
+        #expect(try fs.read(dst.ino, offset: 100, count: data.count) == data)
+        // At most maxCopyCount per operation: the caller gets a short count.
+        var grow = AttrChange(); grow.size = Ext4FileSystem.maxCopyCount + (1 << 20)
+        _ = try fs.setattr(src.ino, grow)
+        #expect(try fs.copyRange(from: src.ino, at: 0, to: dst.ino, at: 0, length: 1 << 30) == Ext4FileSystem.maxCopyCount)
+        // Within one file, and into an append-only one (refused).
+        #expect(try fs.copyRange(from: src.ino, at: 0, to: src.ino, at: 10 << 20, length: 4096) == 4096)
+        #expect(try fs.read(src.ino, offset: 10 << 20, count: 4096) == Array(data.prefix(4096)))
+        _ = try fs.setInodeFlags(dst.ino, appendFL)
+        expectEPERM("copy into an append-only file") { _ = try fs.copyRange(from: src.ino, at: 0, to: dst.ino, at: 0, length: 10) }
+        _ = try fs.setInodeFlags(dst.ino, 0)
+        try fs.unmount()
+        try fsckClean(img, "copy range")
+    }
+
     @Test func fileMapQueries() throws {
         let tmp = try TempDir()
         let img = try makeImage(tmp, writeVariants[0])
