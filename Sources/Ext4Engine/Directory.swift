@@ -233,6 +233,21 @@ extension Ext4FileSystem {
         }
     }
 
+    /// The bad-blocks inode: no directory entry may name it.
+    static let badBlocksIno: UInt32 = 1
+
+    /// LOOKUP: the inode `name` in `dir` names. Names longer than ext4
+    /// allows are `.nameTooLong`; an entry naming the bad-blocks inode is
+    /// corruption.
+    public func lookupInode(dir: UInt32, name: [UInt8]) throws(Ext4Error) -> Inode {
+        guard name.count <= 255 else { throw .nameTooLong }
+        let ino = try lookup(dir: dir, name: name)
+        guard ino != Ext4FileSystem.badBlocksIno else {
+            throw corrupt("directory \(dir) names inode 1 (the bad-blocks inode)")
+        }
+        return try inode(ino)
+    }
+
     private func linearLookup(_ ri: RawInode, name: [UInt8], blocks: UInt64) throws(Ext4Error) -> UInt32 {
         stats.linear()
         guard blocks > 0 else { throw .notFound }

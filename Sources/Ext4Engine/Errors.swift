@@ -23,6 +23,10 @@ public enum Ext4Error: Error, Equatable, Sendable {
     case permission
     case busy
     case crossDevice
+    /// The operation would have to wait (allocate, do IO) and was asked not to.
+    case wouldBlock
+    /// SEEK_DATA / SEEK_HOLE: no such offset at or past the one asked for.
+    case noSuchOffset
 
     public var errno: Int32 {
         switch self {
@@ -46,6 +50,8 @@ public enum Ext4Error: Error, Equatable, Sendable {
         case .permission: return EPERM
         case .busy: return EBUSY
         case .crossDevice: return EXDEV
+        case .wouldBlock: return EAGAIN
+        case .noSuchOffset: return ENXIO
         }
     }
 }

@@ -2,6 +2,8 @@ import Foundation
 
 public enum TimeChange: Sendable { case now, set(Timespec) }
 
+/// One SETATTR: every field that is set changes. `.set` times are clamped
+/// to what the inodes can hold.
 public struct AttrChange: Sendable {
     public var mode: UInt16?
     public var uid: UInt32?
@@ -10,6 +12,15 @@ public struct AttrChange: Sendable {
     public var atime: TimeChange?
     public var mtime: TimeChange?
     public var ctime: TimeChange?
+    /// Clear set-user-ID, and set-group-ID when group-execute is set (a
+    /// chown or truncate by a caller without CAP_FSETID), after `mode`.
+    public var killSuidgid = false
+    /// The times are ones a cache kept for writes it absorbed, written back
+    /// (not a utimes): allowed on an append-only file.
+    public var cachedTimes = false
+    /// The caller zeroes partial blocks itself and has written the file back
+    /// (iomap): a size change only changes the map, no data block is touched.
+    public var mapOnly = false
     public init() {}
 }
 
@@ -171,7 +182,10 @@ extension Ext4FileSystem {
         return out
     }
 
-    public func write(_ ino: UInt32, offset: UInt64, data: UnsafeRawBufferPointer) throws(Ext4Error) -> Int {
+    /// WRITE as one operation: the data, the size, the times and, with
+    /// `killSuidgid` (a writer without CAP_FSETID), the set-ID bits it clears.
+    public func write(_ ino: UInt32, offset: UInt64, data: UnsafeRawBufferPointer,
+                      killSuidgid: Bool = false) throws(Ext4Error) -> Int {
         return try withHandle { () throws(Ext4Error) -> Int in
             let w = try wstate
             guard data.count > 0 else { return 0 }
@@ -179,17 +193,79 @@ extension Ext4FileSystem {
             guard !o, end <= maxFileSize else { throw .fileTooBig }
             return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> Int in
                 var m = try loadInode(ino)
-                guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a regular file") }
-                if m.flags & 0x10 != 0 { throw .permission }
-                if m.flags & 0x20 != 0 && offset != m.size { throw .permission }
-                if m.hasInline { try convertInlineFile(&m) }
-                try writeData(&m, offset: offset, data)
-                if end > m.size { m.size = end }
-                let now = nowSpec()
-                m.setTime(.mtime, now); m.setTime(.ctime, now)
-                m.bumpVersion()
+                try writeLocked(&m, offset: offset, data)
+                if killSuidgid, let k = Ext4FileSystem.suidgidKilled(m.mode) { m.mode = k }
                 try storeInode(m)
                 return data.count
+            }
+        }
+    }
+
+    /// Write into a regular file (in memory and its blocks): the flags'
+    /// rules, the data, the size and times. Caller holds the lock and stores `m`.
+    func writeLocked(_ m: inout MInode, offset: UInt64, _ data: UnsafeRawBufferPointer) throws(Ext4Error) {
+        guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a regular file") }
+        try m.mayWrite(at: offset)
+        guard data.count > 0 else { return }
+        let (end, o) = offset.addingReportingOverflow(UInt64(data.count))
+        guard !o, end <= maxFileSize else { throw .fileTooBig }
+        if m.hasInline { try convertInlineFile(&m) }
+        try writeData(&m, offset: offset, data)
+        if end > m.size { m.size = end }
+        let now = nowSpec()
+        m.setTime(.mtime, now); m.setTime(.ctime, now)
+        m.bumpVersion()
+    }
+
+    /// `mode` without set-user-ID, and without set-group-ID when
+    /// group-execute is set (set-group-ID without it marks mandatory locking
+    /// and stays); nil when that changes nothing.
+    public static func suidgidKilled(_ mode: UInt16) -> UInt16? {
+        var m = mode & ~modeSetUID
+        if m & 0o010 != 0 { m &= ~modeSetGID }
+        return m == mode ? nil : m
+    }
+
+    /// The most one copy_file_range operation copies; the caller gets a
+    /// short count and asks again (as copy_file_range allows).
+    public static let maxCopyCount: UInt64 = 16 << 20
+
+    /// COPY_FILE_RANGE as one operation, under both inodes' locks: up to
+    /// `maxCopyCount` bytes of `src` from `inOffset` written into `dst` at
+    /// `outOffset`. Returns the bytes copied (short at the source's end).
+    public func copyRange(from src: UInt32, at inOffset: UInt64, to dst: UInt32, at outOffset: UInt64,
+                          length: UInt64) throws(Ext4Error) -> UInt64 {
+        try withHandle { () throws(Ext4Error) -> UInt64 in
+            let w = try wstate
+            let want = min(length, Ext4FileSystem.maxCopyCount)
+            let (_, o1) = inOffset.addingReportingOverflow(want)
+            let (_, o2) = outOffset.addingReportingOverflow(want)
+            guard !o1, !o2 else { throw .invalid("range overflows") }
+            return try w.inodeLocks.withLocks([UInt64(src), UInt64(dst)]) { () throws(Ext4Error) -> UInt64 in
+                var dm = try loadInode(dst)
+                guard dm.fileType == .regular else { throw dm.isDir ? .isDirectory : .invalid("not a regular file") }
+                if dm.isImmutable || dm.isAppendOnly { throw .permission }
+                var done: UInt64 = 0
+                let chunk: UInt64 = 1 << 20
+                // Each chunk is stored as it is written, as a WRITE would be;
+                // a failure after some progress is a short copy.
+                while done < want {
+                    do throws(Ext4Error) {
+                        let ri = src == dst ? try rawInodeFrom(dm) : try rawInode(src)
+                        if ri.isDir { throw .isDirectory }
+                        let data = try readData(ri, offset: inOffset + done, count: Int(min(chunk, want - done)))
+                        if data.isEmpty { break }
+                        var next = dm
+                        try withBytes(data) { (p) throws(Ext4Error) in try writeLocked(&next, offset: outOffset + done, p) }
+                        try storeInode(next)
+                        dm = next
+                        done += UInt64(data.count)
+                    } catch {
+                        if done > 0 { return done }
+                        throw error
+                    }
+                }
+                return done
             }
         }
     }
@@ -233,35 +309,80 @@ extension Ext4FileSystem {
         m.size = newSize
     }
 
+    /// SETATTR as one operation: the flags' rules, mode (and with an access
+    /// ACL, its entries), owner, the set-ID bits a chown or truncate clears,
+    /// size, times. Returns the inode as it is afterwards.
     public func setattr(_ ino: UInt32, _ c: AttrChange) throws(Ext4Error) -> Inode {
         return try withHandle { () throws(Ext4Error) -> Inode in
             let w = try wstate
-            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+            return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> Inode in
                 var m = try loadInode(ino)
+                try m.mayChange(c)
                 let now = nowSpec()
-                if m.flags & 0x10 != 0 && (c.mode != nil || c.uid != nil || c.gid != nil || c.size != nil || c.mtime != nil) {
-                    throw .permission
-                }
                 if let mode = c.mode { m.mode = (m.mode & 0xF000) | (mode & 0x0FFF) }
                 if let u = c.uid { m.uid = u }
                 if let g = c.gid { m.gid = g }
+                if c.killSuidgid, let k = Ext4FileSystem.suidgidKilled(m.mode) { m.mode = k }
+                // The access ACL follows a chmod; before the size, so that a
+                // failure here (its xattr block may need copying) changes nothing.
+                if c.mode != nil { try chmodACL(&m, mode: m.mode) }
                 if let s = c.size {
                     guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("size of non-file") }
                     guard s <= maxFileSize else { throw .fileTooBig }
-                    if m.flags & 0x20 != 0 && s < m.size { throw .permission }
-                    if s != m.size || true {
-                        try truncateInode(&m, s)
-                        if c.mtime == nil { m.setTime(.mtime, now) }
-                    }
+                    if c.mapOnly { try truncateMapOnly(&m, s) } else { try truncateInode(&m, s) }
+                    if c.mtime == nil { m.setTime(.mtime, now) }
                 }
-                func resolve(_ t: TimeChange) -> Timespec { if case .set(let x) = t { return x }; return now }
+                func resolve(_ t: TimeChange) -> Timespec {
+                    if case .set(let x) = t { return clampTimestamp(x) }
+                    return now
+                }
                 if let t = c.atime { m.setTime(.atime, resolve(t)) }
                 if let t = c.mtime { m.setTime(.mtime, resolve(t)) }
                 m.setTime(.ctime, c.ctime.map(resolve) ?? now)
                 m.bumpVersion()
                 try storeInode(m)
+                return try publicInode(m)
             }
-            return try inode(ino)
+        }
+    }
+
+    /// OPEN as one operation: the flags' rules for the access asked for
+    /// (`Inode.mayOpen`) and, with `truncate` (open with O_TRUNC, the
+    /// server's to do with FUSE_ATOMIC_O_TRUNC), a regular file cut to zero
+    /// bytes, which with `killSuidgid` (an opener without CAP_FSETID) also
+    /// loses its set-ID bits; immutable and append-only files refuse that.
+    /// Other file types are not truncated. Only a truncating open changes
+    /// anything (one handle); the others read. Returns the inode.
+    public func open(_ ino: UInt32, forWriting: Bool, appending: Bool, truncate: Bool,
+                     killSuidgid: Bool = false) throws(Ext4Error) -> Inode {
+        guard truncate else {
+            return try withReadLock(ino) { () throws(Ext4Error) -> Inode in
+                let i = try rawInode(ino).pub
+                try i.mayOpen(forWriting: forWriting, appending: appending)
+                return i
+            }
+        }
+        return try withHandle { () throws(Ext4Error) -> Inode in
+            let w = try wstate
+            return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> Inode in
+                var m = try loadInode(ino)
+                if m.isDir { throw .isDirectory }
+                try InodeFlag.mayOpen(m.flags, forWriting: forWriting, appending: appending)
+                guard m.fileType == .regular else { return try publicInode(m) }
+                try m.mayTruncate()
+                var changed = false
+                if m.size > 0 {
+                    try truncateInode(&m, 0)
+                    m.setTime(.mtime, nowSpec())
+                    changed = true
+                }
+                if killSuidgid, let k = Ext4FileSystem.suidgidKilled(m.mode) { m.mode = k; changed = true }
+                guard changed else { return try publicInode(m) }
+                m.setTime(.ctime, nowSpec())
+                m.bumpVersion()
+                try storeInode(m)
+                return try publicInode(m)
+            }
         }
     }
 
@@ -280,20 +401,25 @@ extension Ext4FileSystem {
         return (end, keepSize, punch, zero)
     }
 
-    /// The inode fallocate works on: a regular file, neither immutable nor append-only.
-    func loadForFallocate(_ ino: UInt32) throws(Ext4Error) -> MInode {
+    /// The inode fallocate works on: a regular file its flags let `mode` change.
+    func loadForFallocate(_ ino: UInt32, mode: UInt32) throws(Ext4Error) -> MInode {
         let m = try loadInode(ino)
         guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a file") }
-        if m.flags & 0x30 != 0 { throw .permission }
+        try m.mayFallocate(mode: mode)
         return m
     }
 
-    public func fallocate(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
+    /// FALLOCATE as one operation. `mapOnly`: the caller zeroes partial
+    /// blocks itself (iomap), so PUNCH_HOLE and ZERO_RANGE change whole
+    /// blocks of the map only (`fallocateMapped`).
+    public func fallocate(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64,
+                          mapOnly: Bool = false) throws(Ext4Error) {
+        if mapOnly { return try fallocateMapped(ino, mode: mode, offset: offset, length: length) }
         try withHandle { () throws(Ext4Error) -> Void in
             let w = try wstate
             let (end, keepSize, punch, zero) = try checkFallocate(mode: mode, offset: offset, length: length)
             try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-                var m = try loadForFallocate(ino)
+                var m = try loadForFallocate(ino, mode: mode)
                 if m.hasInline { try convertInlineFile(&m) }
                 // Block maps cannot describe unwritten blocks: like the kernel, only
                 // PUNCH_HOLE works on them.

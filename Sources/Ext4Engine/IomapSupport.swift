@@ -11,6 +11,23 @@ extension Ext4FileSystem {
     /// The `huge_file` feature: without it a file's i_blocks (512-byte units) is 32 bits.
     public var hasHugeFileFeature: Bool { sb.has(roCompat: RoCompat.hugeFile) }
 
+    /// The timestamps the inodes hold: seconds from `min` to `max`, in steps
+    /// of `granularity` nanoseconds. 128-byte inodes have no extra fields:
+    /// whole seconds in 32 bits; larger ones add 2 epoch bits and nanoseconds.
+    public var timestampLimits: (min: Int64, max: Int64, granularity: UInt32) {
+        let lo = Int64(Int32.min)
+        if sb.inodeSize > 128 { return (lo, lo + (Int64(1) << 34) - 1, 1) }
+        return (lo, Int64(Int32.max), 1_000_000_000)
+    }
+
+    /// A timestamp clamped to what the inodes hold (the kernel's timestamp_truncate).
+    public func clampTimestamp(_ t: Timespec) -> Timespec {
+        let l = timestampLimits
+        if t.sec < l.min { return Timespec(sec: l.min, nsec: 0) }
+        if t.sec > l.max { return Timespec(sec: l.max, nsec: 0) }
+        return Timespec(sec: t.sec, nsec: l.granularity == 1 ? min(t.nsec, 999_999_999) : 0)
+    }
+
     /// The `extent` feature.
     public var hasExtentsFeature: Bool { sb.has(incompat: Incompat.extents) }
 

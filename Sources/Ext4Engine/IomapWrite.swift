@@ -29,40 +29,122 @@ extension Ext4FileSystem {
                                  maxBlocks: UInt64 = 32767) throws(Ext4Error) -> [Extent] {
         return try withHandle { () throws(Ext4Error) -> [Extent] in
             let w = try wstate
-            guard length > 0, maxBlocks > 0 else { return [] }
-            let (end, o) = offset.addingReportingOverflow(length)
-            guard !o, offset < maxFileSize else { throw .fileTooBig }
-            let bs = UInt64(blockSize)
-            let first = offset / bs
-            let lastByte = min(end, maxFileSize) - 1
-            let last = min(lastByte / bs, first + maxBlocks - 1)
             return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> [Extent] in
                 var m = try loadInode(ino)
                 guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("not a regular file") }
-                if m.flags & 0x10 != 0 { throw .permission }
-                guard !m.hasInline else { throw .invalid("inline-data file has no block map") }
-                // Only the range is looked up; new blocks continue the mapping before it.
-                let ri = try rawInodeFrom(m)
-                var local = try mapRange(ri, from: first, count: last - first + 1)
-                let goal = try goalBefore(ri, first, m)
-                let allocated = try allocateHoles(m, &local, first: first, last: last, unwritten: m.hasExtents,
-                                                  fallbackGoal: goal)
-                guard !allocated.isEmpty else { return [] }
-                do throws(Ext4Error) {
-                    if !m.hasExtents {
-                        // The zeroes must be on the device before the map points at
-                        // the blocks: a crash then exposes zeroes, never stale data.
-                        for x in allocated { try zeroBlocks(x.physical, x.length) }
-                        try dev.flush()
-                    }
-                    try putExtents(&m, allocated, from: first, to: last + 1, newBlocks: allocated.reduce(0) { $0 + $1.length })
-                } catch {
-                    for x in allocated { try? freeBlocks(x.physical, x.length) }
-                    throw error
-                }
+                try m.mayAllocate()
+                return try allocateLocked(&m, offset: offset, length: length, maxBlocks: maxBlocks)
+            }
+        }
+    }
+
+    /// `allocateForWrite` on a loaded regular file; stores `m` when it
+    /// allocated. Caller holds the lock and a handle.
+    func allocateLocked(_ m: inout MInode, offset: UInt64, length: UInt64, maxBlocks: UInt64) throws(Ext4Error) -> [Extent] {
+        guard length > 0, maxBlocks > 0 else { return [] }
+        let (end, o) = offset.addingReportingOverflow(length)
+        guard !o, offset < maxFileSize else { throw .fileTooBig }
+        let bs = UInt64(blockSize)
+        let first = offset / bs
+        let lastByte = min(end, maxFileSize) - 1
+        let last = min(lastByte / bs, first + maxBlocks - 1)
+        guard !m.hasInline else { throw .invalid("inline-data file has no block map") }
+        // Only the range is looked up; new blocks continue the mapping before it.
+        let ri = try rawInodeFrom(m)
+        var local = try mapRange(ri, from: first, count: last - first + 1)
+        let goal = try goalBefore(ri, first, m)
+        let allocated = try allocateHoles(m, &local, first: first, last: last, unwritten: m.hasExtents,
+                                          fallbackGoal: goal)
+        guard !allocated.isEmpty else { return [] }
+        do throws(Ext4Error) {
+            if !m.hasExtents {
+                // The zeroes must be on the device before the map points at
+                // the blocks: a crash then exposes zeroes, never stale data.
+                for x in allocated { try zeroBlocks(x.physical, x.length) }
+                try dev.flush()
+            }
+            try putExtents(&m, allocated, from: first, to: last + 1, newBlocks: allocated.reduce(0) { $0 + $1.length })
+        } catch {
+            for x in allocated { try? freeBlocks(x.physical, x.length) }
+            throw error
+        }
+        m.bumpVersion()
+        try storeInode(m)
+        return allocated
+    }
+
+    /// What a write-class mapping request got.
+    public struct WriteMapping: Sendable {
+        public var mapping: FileMapping
+        /// The runs allocated for it (empty when nothing was a hole).
+        public var allocated: [Extent] = []
+        /// The allocated blocks were zeroed through the device (block maps
+        /// cannot describe unwritten blocks) and flushed.
+        public var zeroedOnDevice = false
+    }
+
+    /// The most one write mapping allocates on a block-mapped file (its new
+    /// blocks are zeroed on the device before the map names them).
+    static let maxZeroedAllocation: UInt64 = 8 << 20
+
+    /// A write-class iomap BEGIN as one operation: the mapping at `pos` for a
+    /// write of `count` bytes, after making storage there when `allocate` and
+    /// `pos` is in a hole: exactly the hole's part of the range, at most one
+    /// maximal unwritten extent (block maps: `maxZeroedAllocation` bytes of
+    /// zeroed blocks). `nowait`: `.wouldBlock` instead of allocating. Without
+    /// `allocate` (zeroing, unsharing) nothing changes and no handle is taken.
+    /// Immutable files refuse; appends to append-only ones are the caller's
+    /// to check. Returns the mapping and the runs allocated.
+    public func mapForWrite(_ ino: UInt32, at pos: UInt64, count: UInt64, limit: UInt64, allocate: Bool,
+                            nowait: Bool) throws(Ext4Error) -> WriteMapping {
+        guard allocate else {
+            return try withReadLock(ino) { () throws(Ext4Error) -> WriteMapping in
+                let ri = try rawInode(ino)
+                guard ri.pub.fileType == .regular else { throw .invalid("not a regular file") }
+                if ri.flags & InodeFlag.immutable != 0 { throw .permission }
+                guard pos < maxFileBytes(extents: ri.hasExtents) else { throw .fileTooBig }
+                return WriteMapping(mapping: try fileMapping(ri, at: pos, count: count, limit: limit))
+            }
+        }
+        return try withHandle { () throws(Ext4Error) -> WriteMapping in
+            let w = try wstate
+            return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> WriteMapping in
+                var m = try loadInode(ino)
+                guard m.fileType == .regular else { throw .invalid("not a regular file") }
+                try m.mayAllocate()
+                guard pos < maxFileBytes(extents: m.hasExtents) else { throw .fileTooBig }
+                let before = try fileMapping(try rawInodeFrom(m), at: pos, count: count, limit: limit)
+                guard case .hole(_, let holeEnd) = before else { return WriteMapping(mapping: before) }
+                if nowait { throw .wouldBlock }
+                let bs = UInt64(blockSize)
+                let (reqEnd, o) = pos.addingReportingOverflow(max(count, 1))
+                let (holeEndByte, o2) = holeEnd.multipliedReportingOverflow(by: bs)
+                let stop = min(o2 ? UInt64.max : holeEndByte, o ? UInt64.max : reqEnd)
+                guard stop > pos else { return WriteMapping(mapping: before) }
+                let cap = m.hasExtents ? Ext4FileSystem.maxUnwrittenLen : max(1, Ext4FileSystem.maxZeroedAllocation / bs)
+                let runs = try allocateLocked(&m, offset: pos, length: stop - pos, maxBlocks: cap)
+                guard !runs.isEmpty else { return WriteMapping(mapping: before) }
+                return WriteMapping(mapping: try fileMapping(try rawInodeFrom(m), at: pos, count: count, limit: limit),
+                                    allocated: runs, zeroedOnDevice: !m.hasExtents)
+            }
+        }
+    }
+
+    /// An iomap END for a buffered write that grew a block-mapped file to
+    /// `end`: its new blocks are written (zeroed) ones, and e2fsck forbids
+    /// those past i_size, so the size is committed now. Extent files (their
+    /// new blocks are unwritten, the size comes at IOEND) and inline files
+    /// are left alone. One operation.
+    public func endBufferedWrite(_ ino: UInt32, end: UInt64) throws(Ext4Error) {
+        try withHandle { () throws(Ext4Error) -> Void in
+            let w = try wstate
+            guard end <= maxFileSize else { throw .fileTooBig }
+            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
+                var m = try loadInode(ino)
+                guard m.fileType == .regular, !m.hasExtents, !m.hasInline, end > m.size else { return }
+                m.size = end
                 m.bumpVersion()
                 try storeInode(m)
-                return allocated
             }
         }
     }
@@ -136,38 +218,23 @@ extension Ext4FileSystem {
         }
     }
 
-    /// Set the size of a file whose partial blocks the kernel zeroes itself:
-    /// like a truncating setattr, but no data block is read or written. Blocks
-    /// past the new end are freed when shrinking.
-    public func truncateMapped(_ ino: UInt32, size newSize: UInt64) throws(Ext4Error) {
-        try withHandle { () throws(Ext4Error) -> Void in
-            let w = try wstate
-            guard newSize <= maxFileSize else { throw .fileTooBig }
-            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-                var m = try loadInode(ino)
-                guard m.fileType == .regular else { throw m.isDir ? .isDirectory : .invalid("size of non-file") }
-                if m.flags & 0x10 != 0 { throw .permission }
-                if m.flags & 0x20 != 0 && newSize < m.size { throw .permission }
-                if m.hasInline {
-                    try truncateInode(&m, newSize)
-                } else if newSize < m.size {
-                    let bs = UInt64(blockSize)
-                    var exts = try allExtents(m)
-                    let meta = try mapMetaBlocks(m)
-                    let keep = newSize / bs + (newSize % bs == 0 ? 0 : 1)
-                    let removed = Ext4FileSystem.cut(&exts, from: keep, count: UInt64.max - keep)
-                    if !removed.isEmpty {
-                        try storeMap(&m, exts, oldMeta: meta)
-                        for x in removed { try freeBlocks(x.physical, x.length) }
-                    }
-                    m.size = newSize
-                } else {
-                    m.size = newSize
-                }
-                m.bumpVersion()
-                try storeInode(m)
+    /// Set the size of a file whose partial blocks the caller zeroes itself:
+    /// like a truncate, but no data block is read or written. Blocks past the
+    /// new end are freed when shrinking. Caller holds the lock and stores `m`.
+    func truncateMapOnly(_ m: inout MInode, _ newSize: UInt64) throws(Ext4Error) {
+        if m.hasInline { return try truncateInode(&m, newSize) }
+        if newSize < m.size {
+            let bs = UInt64(blockSize)
+            var exts = try allExtents(m)
+            let meta = try mapMetaBlocks(m)
+            let keep = newSize / bs + (newSize % bs == 0 ? 0 : 1)
+            let removed = Ext4FileSystem.cut(&exts, from: keep, count: UInt64.max - keep)
+            if !removed.isEmpty {
+                try storeMap(&m, exts, oldMeta: meta)
+                for x in removed { try freeBlocks(x.physical, x.length) }
             }
         }
+        m.size = newSize
     }
 
     /// fallocate for a file whose partial blocks the kernel zeroes itself:
@@ -175,13 +242,13 @@ extension Ext4FileSystem {
     /// zero makes them unwritten, and zero also allocates unwritten space over
     /// holes of the range, partial edge blocks included). Other modes are the
     /// engine's `fallocate`, which touches no data.
-    public func fallocateMapped(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
+    func fallocateMapped(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
         try withHandle { () throws(Ext4Error) -> Void in
             guard mode & 0x12 != 0 else { return try fallocate(ino, mode: mode, offset: offset, length: length) }
             let w = try wstate
             let (end, keepSize, punch, zero) = try checkFallocate(mode: mode, offset: offset, length: length)
             try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-                var m = try loadForFallocate(ino)
+                var m = try loadForFallocate(ino, mode: mode)
                 if m.hasInline {
                     // Not an iomap file: the classic fallocate converts and zeroes.
                     return try fallocate(ino, mode: mode, offset: offset, length: length)

@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 
 /*
  Lock order of the ext4 engine's write side, outermost first. A thread may
@@ -58,6 +59,55 @@ final class Striped<Lock: NSLocking & AnyObject>: @unchecked Sendable {
 
 typealias StripedLocks = Striped<NSLock>
 typealias RecursiveStripedLocks = Striped<NSRecursiveLock>
+
+/// The inode locks: recursive stripes that also count lock sections, the
+/// times a thread holding no inode lock takes one or several (re-entering a
+/// held stripe is not a new section). One request is one engine operation
+/// when it makes one section; tests read the count.
+final class InodeLocks: @unchecked Sendable {
+    private let stripes: RecursiveStripedLocks
+    private var depthKey = pthread_key_t()
+    private let counter = NSLock()
+    // counter
+    private var count = 0
+
+    init(_ n: Int) {
+        stripes = RecursiveStripedLocks(n)
+        pthread_key_create(&depthKey, nil)
+    }
+
+    deinit { pthread_key_delete(depthKey) }
+
+    private func enter() {
+        let d = Int(bitPattern: pthread_getspecific(depthKey))
+        if d == 0 { counter.with { count += 1 } }
+        pthread_setspecific(depthKey, UnsafeRawPointer(bitPattern: d + 1))
+    }
+
+    private func leave() {
+        let d = Int(bitPattern: pthread_getspecific(depthKey))
+        pthread_setspecific(depthKey, UnsafeRawPointer(bitPattern: max(0, d - 1)))
+    }
+
+    /// Lock sections begun so far, by all threads.
+    var sections: Int { counter.with { count } }
+
+    func withLocks<R, E: Error>(_ keys: [UInt64], _ body: () throws(E) -> R) throws(E) -> R {
+        try stripes.withLocks(keys) { () throws(E) -> R in
+            enter()
+            defer { leave() }
+            return try body()
+        }
+    }
+
+    func withLock<R, E: Error>(_ key: UInt64, _ body: () throws(E) -> R) throws(E) -> R {
+        try stripes.withLock(key) { () throws(E) -> R in
+            enter()
+            defer { leave() }
+            return try body()
+        }
+    }
+}
 
 extension Striped where Lock == NSLock {
     convenience init(_ n: Int) { self.init(n, make: { NSLock() }) }

@@ -5,8 +5,15 @@ public struct NewInode: Sendable {
     public var uid: UInt32
     public var gid: UInt32
     public var rdev: (major: UInt32, minor: UInt32)
-    public init(mode: UInt16, uid: UInt32, gid: UInt32, rdev: (major: UInt32, minor: UInt32) = (0, 0)) {
-        self.mode = mode; self.uid = uid; self.gid = gid; self.rdev = rdev
+    /// The creating process's umask when the inode is made as the kernel
+    /// makes one for a process: it takes the group of a set-group-ID
+    /// directory (a new directory also its set-group-ID bit) and the
+    /// directory's default ACL, or without one the umask (ACL.swift). nil:
+    /// exactly the mode and owner given.
+    public var umask: UInt16?
+    public init(mode: UInt16, uid: UInt32, gid: UInt32, rdev: (major: UInt32, minor: UInt32) = (0, 0),
+                umask: UInt16? = nil) {
+        self.mode = mode; self.uid = uid; self.gid = gid; self.rdev = rdev; self.umask = umask
     }
 }
 
@@ -142,23 +149,49 @@ extension Ext4FileSystem {
         try rawInode(m.ino, checkLive: false).pub
     }
 
+    /// Owner, group and mode of a new inode in `pm`, and the ACLs it
+    /// inherits, for a process with `umask` (nil: as given).
+    func newInodeOwnership(_ pm: MInode, mode: UInt16, gid: UInt32, umask: UInt16?) throws(Ext4Error)
+        -> (mode: UInt16, gid: UInt32, acl: InheritedACL?) {
+        guard let umask else { return (mode, gid, nil) }
+        var mode = mode, gid = gid
+        if pm.mode & Ext4FileSystem.modeSetGID != 0 {
+            gid = pm.gid
+            if mode & 0xF000 == 0x4000 { mode |= Ext4FileSystem.modeSetGID }
+        }
+        let acl = try inheritACL(from: pm, mode: mode, umask: umask)
+        return (acl.mode, gid, acl)
+    }
+
+    /// S_ISUID, S_ISGID.
+    static let modeSetUID: UInt16 = 0o4000
+    static let modeSetGID: UInt16 = 0o2000
+
+    /// Make a new inode and its name in `parent` as one operation, under the
+    /// parent's lock: the inode gets its inherited ACLs before the name is
+    /// added, so nobody ever sees it without them.
     func createEntry(parent: UInt32, name: [UInt8], mode: UInt16, uid: UInt32, gid: UInt32,
-                     rdev: (UInt32, UInt32), symlink: [UInt8]?) throws(Ext4Error) -> Inode {
+                     rdev: (UInt32, UInt32), symlink: [UInt8]?, umask: UInt16?) throws(Ext4Error) -> Inode {
         let w = try wstate
         try checkName(name)
         if Ext4FileSystem.isDots(name) { throw .exists }
         return try w.inodeLocks.withLock(UInt64(parent)) { () throws(Ext4Error) -> Inode in
             var pm = try loadInode(parent)
             guard pm.isDir else { throw .notDirectory }
-            try checkMutable(pm)
+            try pm.mayAddEntry()
             if let _ = try? lookup(dir: parent, name: name) { throw .exists }
             let isDir = mode & 0xF000 == 0x4000
             if isDir && pm.links + 1 >= linkMax && !sb.has(roCompat: RoCompat.dirNlink) { throw .tooManyLinks }
+            let own = try newInodeOwnership(pm, mode: mode, gid: gid, umask: umask)
             let now = nowSpec()
-            var m = try makeInode(parent: parent, mode: mode, uid: uid, gid: gid, rdev: rdev, symlink: symlink,
+            var m = try makeInode(parent: parent, mode: own.mode, uid: uid, gid: own.gid, rdev: rdev, symlink: symlink,
                                   links: isDir ? 2 : 1, now: now)
             do throws(Ext4Error) {
-                try dirAdd(&pm, name: name, ino: m.ino, ftype: ftypeCode(mode))
+                if let acl = own.acl, acl.access != nil || acl.defaultACL != nil {
+                    try storeInherited(&m, acl)
+                    try storeInode(m)
+                }
+                try dirAdd(&pm, name: name, ino: m.ino, ftype: ftypeCode(own.mode))
             } catch {
                 try? releaseInodeStorage(&m)
                 try? freeInodeBit(m.ino, isDir: isDir)
@@ -177,40 +210,53 @@ extension Ext4FileSystem {
             let t = n.mode & 0xF000
             guard t != 0x4000, t != 0xA000 else { throw .invalid("use mkdir/symlink") }
             return try createEntry(parent: parent, name: name, mode: t == 0 ? n.mode | 0x8000 : n.mode, uid: n.uid, gid: n.gid,
-                                   rdev: (n.rdev.major, n.rdev.minor), symlink: nil)
+                                   rdev: (n.rdev.major, n.rdev.minor), symlink: nil, umask: n.umask)
         }
     }
 
     public func mkdir(parent: UInt32, name: [UInt8], _ n: NewInode) throws(Ext4Error) -> Inode {
         return try withHandle { () throws(Ext4Error) -> Inode in
             try createEntry(parent: parent, name: name, mode: 0x4000 | (n.mode & 0x0FFF), uid: n.uid, gid: n.gid,
-                            rdev: (0, 0), symlink: nil)
+                            rdev: (0, 0), symlink: nil, umask: n.umask)
         }
     }
 
-    public func symlink(parent: UInt32, name: [UInt8], target: [UInt8], uid: UInt32, gid: UInt32) throws(Ext4Error) -> Inode {
+    /// `asCaller`: as for a process (the group of a set-group-ID directory).
+    public func symlink(parent: UInt32, name: [UInt8], target: [UInt8], uid: UInt32, gid: UInt32,
+                        asCaller: Bool = false) throws(Ext4Error) -> Inode {
         return try withHandle { () throws(Ext4Error) -> Inode in
             guard !target.contains(0) else { throw .invalid("NUL in symlink") }
             guard target.count < blockSize, target.count < 4096 else { throw .nameTooLong }
-            return try createEntry(parent: parent, name: name, mode: 0xA1FF, uid: uid, gid: gid, rdev: (0, 0), symlink: target)
+            return try createEntry(parent: parent, name: name, mode: 0xA1FF, uid: uid, gid: gid, rdev: (0, 0), symlink: target,
+                                   umask: asCaller ? 0 : nil)
         }
     }
 
+    /// An unnamed regular file in `parent` (O_TMPFILE), on the orphan list
+    /// until it is linked or forgotten; one operation under the parent's lock.
     public func tmpfile(parent: UInt32, _ n: NewInode) throws(Ext4Error) -> Inode {
         return try withHandle { () throws(Ext4Error) -> Inode in
             let w = try wstate
-            let p = try inode(parent)
-            guard p.fileType == .directory else { throw .notDirectory }
             let mode = (n.mode & 0xF000) == 0 ? n.mode | 0x8000 : n.mode
             guard mode & 0xF000 == 0x8000 else { throw .invalid("tmpfile must be regular") }
-            var m = try makeInode(parent: parent, mode: mode, uid: n.uid, gid: n.gid, rdev: (0, 0), symlink: nil,
-                                  links: 0, now: nowSpec())
-            try w.inodeLocks.withLock(UInt64(m.ino)) { () throws(Ext4Error) in
-                try addOrphan(m.ino)
-                try storeInode(m)
+            return try w.inodeLocks.withLock(UInt64(parent)) { () throws(Ext4Error) -> Inode in
+                let pm = try loadInode(parent)
+                guard pm.isDir else { throw .notDirectory }
+                try pm.mayAddEntry()
+                let own = try newInodeOwnership(pm, mode: mode, gid: n.gid, umask: n.umask)
+                var m = try makeInode(parent: parent, mode: own.mode, uid: n.uid, gid: own.gid, rdev: (0, 0), symlink: nil,
+                                      links: 0, now: nowSpec())
+                do throws(Ext4Error) {
+                    if let acl = own.acl { try storeInherited(&m, acl) }
+                    try addOrphan(m.ino)
+                    try storeInode(m)
+                } catch {
+                    try? releaseInodeStorage(&m)
+                    try? freeInodeBit(m.ino, isDir: false)
+                    throw error
+                }
+                return try publicInode(m)
             }
-            m = try loadInode(m.ino, checkLive: false)
-            return try publicInode(m)
         }
     }
 
@@ -222,10 +268,10 @@ extension Ext4FileSystem {
             return try w.inodeLocks.withLocks([UInt64(parent), UInt64(ino)]) { () throws(Ext4Error) -> Inode in
                 var pm = try loadInode(parent)
                 guard pm.isDir else { throw .notDirectory }
-                try checkMutable(pm)
+                try pm.mayAddEntry()
                 var m = try loadInode(ino, checkLive: false)
                 guard !m.isDir else { throw .permission }
-                try checkMutable(m)
+                try m.mayLink()
                 guard m.links < linkMax else { throw .tooManyLinks }
                 if m.links == 0 && !w.orphanMapLock.with({ w.orphanNext[ino] != nil }) { throw .notFound }
                 if let _ = try? lookup(dir: parent, name: name) { throw .exists }
@@ -264,10 +310,10 @@ extension Ext4FileSystem {
             if Ext4FileSystem.isDots(name) { throw .isDirectory }
             return try withEntry(parent: parent, name: name) { (child) throws(Ext4Error) -> UInt32 in
                 var pm = try loadInode(parent)
-                try checkMutable(pm)
+                try pm.mayRemoveEntry()
                 var m = try loadInode(child)
                 if m.isDir { throw .isDirectory }
-                try checkMutable(m)
+                try m.mayRemoveEntry()
                 _ = try dirRemove(&pm, name: name)
                 let now = nowSpec()
                 touchDir(&pm, now)
@@ -288,10 +334,10 @@ extension Ext4FileSystem {
             if name == [0x2E, 0x2E] { throw .notEmpty }
             try withEntry(parent: parent, name: name) { (child) throws(Ext4Error) in
                 var pm = try loadInode(parent)
-                try checkMutable(pm)
+                try pm.mayRemoveEntry()
                 var m = try loadInode(child)
                 guard m.isDir else { throw .notDirectory }
-                try checkMutable(m)
+                try m.mayRemoveEntry()
                 guard try dirIsEmpty(m) else { throw .notEmpty }
                 _ = try dirRemove(&pm, name: name)
                 let now = nowSpec()
@@ -369,9 +415,11 @@ extension Ext4FileSystem {
         let sm = try get(src)
         let pm = try get(parent), npm = try get(newParent)
         guard pm.isDir, npm.isDir else { throw .notDirectory }
-        try checkMutable(pm); try checkMutable(npm); try checkMutable(sm)
+        // The name leaves `parent`; at `newParent` it is added, or replaces
+        // (removes) the name there.
+        try pm.mayRemoveEntry(); try sm.mayRemoveEntry()
         let dm: MInode? = try dst.map { (d) throws(Ext4Error) -> MInode in try get(d) }
-        if let dm { try checkMutable(dm) }
+        if let dm { try npm.mayRemoveEntry(); try dm.mayRemoveEntry() } else { try npm.mayAddEntry() }
         if let dm, !exchange {
             if sm.isDir && !dm.isDir { throw .notDirectory }
             if !sm.isDir && dm.isDir { throw .isDirectory }
@@ -433,24 +481,5 @@ extension Ext4FileSystem {
         try mod(parent) { (m) throws(Ext4Error) in touchDir(&m, now) }
         try mod(newParent) { (m) throws(Ext4Error) in touchDir(&m, now) }
         for (_, m) in ms { try storeInode(m) }
-    }
-
-    public func setInodeFlags(_ ino: UInt32, _ flags: UInt32) throws(Ext4Error) -> Inode {
-        return try withHandle { () throws(Ext4Error) -> Inode in
-            let w = try wstate
-            let settable: UInt32 = 0x1 | 0x2 | 0x8 | 0x10 | 0x20 | 0x40 | 0x80 | 0x10000 | 0x20000
-            try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-                var m = try loadInode(ino)
-                let fixedNow = m.flags & InodeFlag.userVisible & ~settable
-                let fixedReq = flags & InodeFlag.userVisible & ~settable
-                guard fixedNow == fixedReq || (flags & ~settable) == 0 else { throw .unsupported("flags not settable") }
-                guard flags & ~InodeFlag.userVisible == 0 else { throw .unsupported("unknown flags") }
-                m.flags = (m.flags & ~settable) | (flags & settable)
-                m.setTime(.ctime, nowSpec())
-                m.bumpVersion()
-                try storeInode(m)
-            }
-            return try inode(ino)
-        }
     }
 }

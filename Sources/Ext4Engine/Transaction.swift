@@ -24,6 +24,8 @@ final class Transactions: @unchecked Sendable {
     private var wanted: UInt64 = 0
     private var aborted: Ext4Error? = nil
     private var wakeCommitter = false
+    /// Outermost handles opened so far (tests count them per request).
+    private var begun = 0
 
     private var depthKey = pthread_key_t()
 
@@ -61,6 +63,7 @@ final class Transactions: @unchecked Sendable {
         while closing && aborted == nil { cond.wait() }
         if aborted != nil { cond.unlock(); throw .readOnly }
         handles += 1
+        begun += 1
         let t = running
         cond.unlock()
         depth = 1
@@ -155,6 +158,7 @@ final class Transactions: @unchecked Sendable {
     var wantedTid: UInt64 { cond.lock(); defer { cond.unlock() }; return wanted }
     var committedTid: UInt64 { cond.lock(); defer { cond.unlock() }; return committed }
     var runningTid: UInt64 { cond.lock(); defer { cond.unlock() }; return running }
+    var handlesBegun: Int { cond.lock(); defer { cond.unlock() }; return begun }
 }
 
 extension Ext4FileSystem {
@@ -204,5 +208,14 @@ extension Ext4FileSystem {
         guard let w else { return }
         let t = w.txn.runningTid
         w.dirtyLock.with { w.inodeTid[ino] = t }
+    }
+}
+
+extension Ext4FileSystem {
+    /// Tests: outermost transaction handles opened and inode-lock sections
+    /// begun so far, by every thread (zero on read-only mounts).
+    var operationCounts: (handles: Int, lockSections: Int) {
+        guard let w else { return (0, 0) }
+        return (w.txn.handlesBegun, w.inodeLocks.sections)
     }
 }

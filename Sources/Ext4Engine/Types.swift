@@ -104,17 +104,3 @@ public struct Extent: Sendable, Equatable {
         self.logical = logical; self.physical = physical; self.length = length; self.unwritten = unwritten
     }
 }
-
-/// Inode flag bits.
-enum InodeFlag {
-    static let index: UInt32 = 0x1000
-    static let encrypt: UInt32 = 0x800
-    static let hugeFile: UInt32 = 0x40000
-    static let extents: UInt32 = 0x80000
-    static let verity: UInt32 = 0x100000
-    static let eaInode: UInt32 = 0x200000
-    static let inlineData: UInt32 = 0x10000000
-    static let casefold: UInt32 = 0x40000000
-    /// EXT4_FL_USER_VISIBLE
-    static let userVisible: UInt32 = 0x705B_DFFF
-}

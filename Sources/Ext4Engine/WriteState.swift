@@ -23,7 +23,7 @@ extension Array where Element == UInt8 {
 /// Mutable state of a read-write mount. See Locks.swift for the lock order.
 final class WriteState: @unchecked Sendable {
     let renameLock = NSLock()
-    let inodeLocks = RecursiveStripedLocks(1024)
+    let inodeLocks = InodeLocks(1024)
     let metaLocks = StripedLocks(256)
     let orphanLock = NSLock()
     let orphanMapLock = NSLock()

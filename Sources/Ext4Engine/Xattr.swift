@@ -113,15 +113,15 @@ extension Ext4FileSystem {
         case XattrIndex.user: return bytes("user.") + e.name
         case XattrIndex.trusted: return bytes("trusted.") + e.name
         case XattrIndex.security: return bytes("security.") + e.name
-        case XattrIndex.aclAccess: return bytes("system.posix_acl_access")
-        case XattrIndex.aclDefault: return bytes("system.posix_acl_default")
+        case XattrIndex.aclAccess: return PosixACL.accessName
+        case XattrIndex.aclDefault: return PosixACL.defaultName
         default: return nil // system.data and unknown indices are not listed (as the kernel)
         }
     }
 
     static func splitName(_ name: [UInt8]) throws(Ext4Error) -> (UInt8, [UInt8]) {
-        if name == bytes("system.posix_acl_access") { return (XattrIndex.aclAccess, []) }
-        if name == bytes("system.posix_acl_default") { return (XattrIndex.aclDefault, []) }
+        if name == PosixACL.accessName { return (XattrIndex.aclAccess, []) }
+        if name == PosixACL.defaultName { return (XattrIndex.aclDefault, []) }
         for (p, i) in [("user.", XattrIndex.user), ("trusted.", XattrIndex.trusted), ("security.", XattrIndex.security)] {
             let pb = bytes(p)
             if name.count >= pb.count && Array(name[0..<pb.count]) == pb {
@@ -152,42 +152,12 @@ extension Ext4FileSystem {
             for e in try allXattrs(ri) where e.index == idx && e.name == suffix {
                 let v = try xattrValue(e, owner: ino)
                 if idx == XattrIndex.aclAccess || idx == XattrIndex.aclDefault {
-                    return try convertACL(v, ino: ino)
+                    return try aclXattr(v, ino: ino)
                 }
                 return v
             }
             throw .noData
         }
-    }
-
-    /// ext4 on-disk ACL (version 1, short entries for *_OBJ/MASK/OTHER) ->
-    /// VFS xattr ACL (version 2, 8-byte entries).
-    func convertACL(_ v: [UInt8], ino: UInt32) throws(Ext4Error) -> [UInt8] {
-        guard v.count >= 4, v.le32(0) == 1 else { throw corrupt("inode \(ino): bad ACL header") }
-        var out = leBytes32(2)
-        var off = 4
-        var n = 0
-        while off < v.count {
-            guard off + 4 <= v.count else { throw corrupt("inode \(ino): truncated ACL entry") }
-            let tag = v.le16(off)
-            let perm = v.le16(off + 2)
-            var id: UInt32 = 0xFFFF_FFFF
-            switch tag {
-            case 0x01, 0x04, 0x10, 0x20:
-                off += 4
-            case 0x02, 0x08:
-                guard off + 8 <= v.count else { throw corrupt("inode \(ino): truncated ACL entry") }
-                id = v.le32(off + 4)
-                off += 8
-            default:
-                throw corrupt("inode \(ino): unknown ACL tag \(tag)")
-            }
-            out += [UInt8(truncatingIfNeeded: tag), UInt8(truncatingIfNeeded: tag >> 8),
-                    UInt8(truncatingIfNeeded: perm), UInt8(truncatingIfNeeded: perm >> 8)] + leBytes32(id)
-            n += 1
-        }
-        if n == 0 { throw .noData }
-        return out
     }
 
     /// Inline data: i_block followed by the system.data value.

@@ -212,56 +212,82 @@ extension Ext4FileSystem {
         }
     }
 
-    /// VFS ACL (version 2) -> ext4 on-disk ACL (version 1).
-    func aclToDisk(_ v: [UInt8]) throws(Ext4Error) -> [UInt8] {
-        guard v.count >= 4, v.le32(0) == 2, (v.count - 4) % 8 == 0 else { throw .invalid("bad ACL") }
-        var out = leBytes32(1)
-        var off = 4
-        while off < v.count {
-            let tag = v.le16(off), perm = v.le16(off + 2), id = v.le32(off + 4)
-            out += [UInt8(truncatingIfNeeded: tag), UInt8(truncatingIfNeeded: tag >> 8),
-                    UInt8(truncatingIfNeeded: perm), UInt8(truncatingIfNeeded: perm >> 8)]
-            switch tag {
-            case 0x01, 0x04, 0x10, 0x20: break
-            case 0x02, 0x08: out += leBytes32(id)
-            default: throw .invalid("bad ACL tag")
-            }
-            off += 8
+    /// XATTR_CREATE, XATTR_REPLACE (setxattr flags).
+    static let xattrCreate: UInt32 = 1
+    static let xattrReplace: UInt32 = 2
+
+    /// The value of `m`'s xattr (index, suffix) as stored, nil when it has
+    /// none. Caller holds its lock.
+    func xattrValueLocked(_ m: MInode, index: UInt8, suffix: [UInt8]) throws(Ext4Error) -> [UInt8]? {
+        let ri = try rawInodeFrom(m)
+        for e in try allXattrs(ri) where e.index == index && e.name == suffix {
+            return try xattrValue(e, owner: m.ino)
         }
-        return out
+        return nil
     }
 
-    public func setxattr(_ ino: UInt32, name: [UInt8], value: [UInt8], flags: UInt32) throws(Ext4Error) {
+    /// Set one xattr of `m` (the stored form of its value): in the inode when
+    /// it fits, else in the xattr block. Changes `m` in memory and writes the
+    /// xattr block; the caller holds the lock, checks the inode's flags and
+    /// stores `m`.
+    func setXattrLocked(_ m: inout MInode, index idx: UInt8, suffix: [UInt8], value val: [UInt8],
+                        flags: UInt32) throws(Ext4Error) {
+        guard val.count <= 65536 else { throw .rangeTooLarge }
+        if m.hasInline && m.isDir { try convertInlineDir(&m) }
+        var ib = try ibodyList(m)
+        var bl = try blockList(m)
+        let inIb = ib.contains { $0.index == idx && $0.name == suffix }
+        let inBl = bl.contains { $0.index == idx && $0.name == suffix }
+        if flags & Ext4FileSystem.xattrCreate != 0 && (inIb || inBl) { throw .exists }
+        if flags & Ext4FileSystem.xattrReplace != 0 && !(inIb || inBl) { throw .noData }
+        let e = XattrEntry(index: idx, name: suffix, valueInum: 0, valueSize: UInt32(val.count), value: val)
+        ib.removeAll { $0.index == idx && $0.name == suffix }
+        let blChanged = inBl
+        bl.removeAll { $0.index == idx && $0.name == suffix }
+        let saved = m
+        do throws(Ext4Error) {
+            try setIbody(&m, ib + [e])
+            if blChanged { try setBlockXattrs(&m, bl) }
+        } catch {
+            guard case .noSpace = error else { throw error }
+            m = saved
+            try setIbody(&m, ib)
+            guard xattrBlockBytes(bl + [e], blk: 0, refcount: 1) != nil else { throw .noSpace }
+            try setBlockXattrs(&m, bl + [e])
+        }
+    }
+
+    /// Remove one xattr of `m`; `.noData` when it has none. Same contract as `setXattrLocked`.
+    func removeXattrLocked(_ m: inout MInode, index idx: UInt8, suffix: [UInt8]) throws(Ext4Error) {
+        var ib = try ibodyList(m)
+        var bl = try blockList(m)
+        let n = ib.count + bl.count
+        ib.removeAll { $0.index == idx && $0.name == suffix }
+        bl.removeAll { $0.index == idx && $0.name == suffix }
+        guard ib.count + bl.count < n else { throw .noData }
+        try setIbody(&m, ib)
+        if bl.count != (try blockList(m)).count { try setBlockXattrs(&m, bl) }
+    }
+
+    /// SETXATTR as one operation. system.posix_acl_access is an ACL in the
+    /// VFS xattr form and sets the mode bits it implies (ACL.swift;
+    /// `killSgid` also clears set-group-ID); system.posix_acl_default is
+    /// stored in the on-disk ACL form. Immutable and append-only inodes refuse.
+    public func setxattr(_ ino: UInt32, name: [UInt8], value: [UInt8], flags: UInt32,
+                         killSgid: Bool = false) throws(Ext4Error) {
         try withHandle { () throws(Ext4Error) -> Void in
             let w = try wstate
             let (idx, suffix) = try Ext4FileSystem.splitName(name)
             var val = value
-            if idx == XattrIndex.aclAccess || idx == XattrIndex.aclDefault { val = try aclToDisk(value) }
+            if idx == XattrIndex.aclDefault { val = try Ext4FileSystem.defaultACLDisk(value) }
             guard val.count <= 65536 else { throw .rangeTooLarge }
             try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
                 var m = try loadInode(ino)
-                try checkMutable(m)
-                if m.hasInline && m.isDir { try convertInlineDir(&m) }
-                var ib = try ibodyList(m)
-                var bl = try blockList(m)
-                let inIb = ib.contains { $0.index == idx && $0.name == suffix }
-                let inBl = bl.contains { $0.index == idx && $0.name == suffix }
-                if flags & 1 != 0 && (inIb || inBl) { throw .exists }
-                if flags & 2 != 0 && !(inIb || inBl) { throw .noData }
-                let e = XattrEntry(index: idx, name: suffix, valueInum: 0, valueSize: UInt32(val.count), value: val)
-                ib.removeAll { $0.index == idx && $0.name == suffix }
-                let blChanged = inBl
-                bl.removeAll { $0.index == idx && $0.name == suffix }
-                let saved = m
-                do throws(Ext4Error) {
-                    try setIbody(&m, ib + [e])
-                    if blChanged { try setBlockXattrs(&m, bl) }
-                } catch {
-                    guard case .noSpace = error else { throw error }
-                    m = saved
-                    try setIbody(&m, ib)
-                    guard xattrBlockBytes(bl + [e], blk: 0, refcount: 1) != nil else { throw .noSpace }
-                    try setBlockXattrs(&m, bl + [e])
+                try m.mayChangeXattrs()
+                if idx == XattrIndex.aclAccess {
+                    try setAccessACL(&m, xattr: value, flags: flags, killSgid: killSgid)
+                } else {
+                    try setXattrLocked(&m, index: idx, suffix: suffix, value: val, flags: flags)
                 }
                 m.setTime(.ctime, nowSpec())
                 m.bumpVersion()
@@ -276,15 +302,8 @@ extension Ext4FileSystem {
             let (idx, suffix) = try Ext4FileSystem.splitName(name)
             try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
                 var m = try loadInode(ino)
-                try checkMutable(m)
-                var ib = try ibodyList(m)
-                var bl = try blockList(m)
-                let n = ib.count + bl.count
-                ib.removeAll { $0.index == idx && $0.name == suffix }
-                bl.removeAll { $0.index == idx && $0.name == suffix }
-                guard ib.count + bl.count < n else { throw .noData }
-                try setIbody(&m, ib)
-                if bl.count != (try blockList(m)).count { try setBlockXattrs(&m, bl) }
+                try m.mayChangeXattrs()
+                try removeXattrLocked(&m, index: idx, suffix: suffix)
                 m.setTime(.ctime, nowSpec())
                 m.bumpVersion()
                 try storeInode(m)
@@ -301,9 +320,5 @@ extension Ext4FileSystem {
     /// Release all xattr storage of an inode being freed.
     func freeXattrs(_ m: inout MInode) throws(Ext4Error) {
         if m.fileACL(sb.is64) != 0 { try setBlockXattrs(&m, []) }
-    }
-
-    func checkMutable(_ m: MInode) throws(Ext4Error) {
-        if m.flags & (0x10 | 0x20) != 0 { throw .permission } // immutable, append-only
     }
 }

@@ -17,6 +17,9 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
     /// stay valid until we change them ourselves.
     let timeout: UInt64 = 86_400
     let destroyed = Mutex(false)
+    /// Whether INIT negotiated the writeback cache (the kernel then sends the
+    /// times of the writes it cached with SETATTR).
+    let writebackCacheNegotiated = Mutex(false)
     /// The iomap data path's connection state (Iomap.swift).
     public let iomapState = IomapState()
 
@@ -62,15 +65,13 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         }
     }
 
-    // ext4 i_flags bits that the VFS mirrors.
-    static let syncFL: UInt32 = 0x8, immutableFL: UInt32 = 0x10, appendFL: UInt32 = 0x20
-    static let nodumpFL: UInt32 = 0x40, noatimeFL: UInt32 = 0x80, inlineDataFL: UInt32 = 0x1000_0000
+    var writebackCacheOn: Bool { writebackCacheNegotiated.withLock { $0 } }
 
     func attr(_ i: Inode) -> FuseAttr {
         var flags = FuseAttrFlags()
-        if i.flags & Self.syncFL != 0 { flags.insert(.sync) }
-        if i.flags & Self.immutableFL != 0 { flags.insert(.immutable) }
-        if i.flags & Self.appendFL != 0 { flags.insert(.append) }
+        if i.isSync { flags.insert(.sync) }
+        if i.isImmutable { flags.insert(.immutable) }
+        if i.isAppendOnly { flags.insert(.append) }
         if !flags.isEmpty { flags.insert(.exclusive) }
         flags.formUnion(iomapAttrFlags(i))
         return FuseAttr(ino: UInt64(i.ino), size: i.size, blocks: i.blocks512,
@@ -119,6 +120,7 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
     }
 
     public func initialized(_ info: FuseConnectionInfo, channel: any FuseChannel) {
+        writebackCacheNegotiated.withLock { $0 = info.flags.contains(.writebackCache) }
         iomapInitialized(info, channel: channel)
     }
 
@@ -127,18 +129,13 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
 
     public func lookup(_ c: FuseContext, parent: UInt64, name: FuseName) throws(FuseError) -> FuseEntryOut {
         let dir = try Self.ino(parent)
-        guard name.count <= 255 else { throw .nametoolong }
-        let ino: UInt32
-        do { ino = try fs.lookup(dir: dir, name: name) } catch {
+        let i: Inode
+        do { i = try fs.lookupInode(dir: dir, name: name) } catch {
             // Negative entries can be cached for as long as the file system is read-only.
             if error == .notFound && readOnly { return FuseEntryOut(nodeid: 0, entryValid: timeout) }
+            if case .corrupted(let why) = error { logger.error("lookup in directory \(dir): \(why)") }
             throw FuseError(error.errno)
         }
-        guard ino != 1 else {
-            logger.error("directory \(dir) names inode 1 (the bad-blocks inode)")
-            throw .uclean
-        }
-        let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
         return referenced(i)
     }
 
@@ -152,16 +149,11 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         let ino = try Self.ino(c.nodeid)
         let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
         let t = { (ts: Timespec) in FuseSxTime(tvSec: ts.sec, tvNsec: ts.nsec) }
-        // STATX_BASIC_STATS (0x7ff) plus STATX_BTIME (0x800) when the inode has a creation time.
-        var mask: UInt32 = 0x7ff
-        if i.crtime != nil { mask |= 0x800 }
-        var attributes: UInt64 = 0
-        if i.flags & Self.immutableFL != 0 { attributes |= 0x10 }  // STATX_ATTR_IMMUTABLE
-        if i.flags & Self.appendFL != 0 { attributes |= 0x20 }  // STATX_ATTR_APPEND
-        if i.flags & Self.nodumpFL != 0 { attributes |= 0x40 }  // STATX_ATTR_NODUMP
-        let sx = FuseStatx(mask: mask, blksize: UInt32(fs.blockSize), attributes: attributes, nlink: i.links,
-                           uid: i.uid, gid: i.gid, mode: i.mode, ino: UInt64(i.ino), size: i.size,
-                           blocks: i.blocks512, attributesMask: 0x10 | 0x20 | 0x40 | 0x4 | 0x800 | 0x100000,
+        var mask = Statx.basicStats
+        if i.crtime != nil { mask |= Statx.btime }
+        let sx = FuseStatx(mask: mask, blksize: UInt32(fs.blockSize), attributes: Statx.attributes(i.attributes),
+                           nlink: i.links, uid: i.uid, gid: i.gid, mode: i.mode, ino: UInt64(i.ino), size: i.size,
+                           blocks: i.blocks512, attributesMask: Statx.attributes(InodeAttributes.supported),
                            atime: t(i.atime), btime: t(i.crtime ?? Timespec(sec: 0, nsec: 0)),
                            ctime: t(i.ctime), mtime: t(i.mtime), rdevMajor: i.rdev.major, rdevMinor: i.rdev.minor)
         return FuseStatxOut(attrValid: timeout, stat: sx)
@@ -177,19 +169,16 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         if readOnly && (a.flags & UInt32(O_ACCMODE) != UInt32(O_RDONLY) || a.flags & UInt32(O_TRUNC) != 0) {
             throw .rofs
         }
-        let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
-        guard i.fileType != .directory else { throw .isdir }
-        // FUSE_ATOMIC_O_TRUNC: the truncation of open(O_TRUNC) is ours to do.
-        // With FUSE_OPEN_KILL_SUIDGID the same change also clears set-ID bits.
-        if a.flags & UInt32(O_TRUNC) != 0 && i.fileType == .regular {
-            var ch = AttrChange()
-            if i.size > 0 { ch.size = 0 }
-            if a.openFlags & Self.openKillSuidgid != 0 { ch.mode = Self.suidgidKilled(i.mode) }
-            if ch.size != nil || ch.mode != nil {
-                try mutable(i)
-                _ = try engine { () throws(Ext4Error) in try fs.setattr(ino, ch) }
-            }
+        // One engine operation: the inode flags' rules for this access and,
+        // with FUSE_ATOMIC_O_TRUNC, the truncation of open(O_TRUNC), which
+        // with FUSE_OPEN_KILL_SUIDGID also clears the set-ID bits.
+        let writing = Self.forWriting(a.flags), appending = a.flags & UInt32(O_APPEND) != 0
+        let truncate = a.flags & UInt32(O_TRUNC) != 0
+        let kill = a.openFlags & FuseMiscFlags.openKillSuidgid != 0
+        let i = try engine { () throws(Ext4Error) in
+            try fs.open(ino, forWriting: writing, appending: appending, truncate: truncate, killSuidgid: kill)
         }
+        guard i.fileType != .directory else { throw .isdir }
         if !readOnly && i.fileType == .regular { fs.fileOpened(ino, forWriting: Self.forWriting(a.flags)) }
         return FuseOpenOut(fh: 0, openFlags: FuseOpenOutFlags.keepCache.rawValue)
     }
@@ -261,47 +250,16 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
     public func bmap(_ c: FuseContext, _ a: FuseBmapIn) throws(FuseError) -> UInt64 {
         let ino = try Self.ino(c.nodeid)
         guard a.blocksize == UInt32(fs.blockSize) else { throw .inval }
-        let m = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: a.block, maxBlocks: 1) }
-        guard let x = m.first, x.logical <= a.block, a.block - x.logical < x.length, !x.unwritten else { return 0 }
-        return x.physical + (a.block - x.logical)
+        return try engine { () throws(Ext4Error) in try fs.bmap(ino, block: a.block) }
     }
 
     public func lseek(_ c: FuseContext, _ a: FuseLseekIn) throws(FuseError) -> UInt64 {
         let ino = try Self.ino(c.nodeid)
-        let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
+        // SEEK_DATA, SEEK_HOLE.
         let seekData: UInt32 = 3, seekHole: UInt32 = 4
         guard a.whence == seekData || a.whence == seekHole else { throw .inval }
-        guard a.offset < i.size else { throw FuseError(ENXIO) }
-        if i.flags & Self.inlineDataFL != 0 {
-            return a.whence == seekData ? a.offset : i.size
-        }
-        let bs = UInt64(fs.blockSize)
-        var block = a.offset / bs
-        let lastBlock = (i.size - 1) / bs
-        // Walk the written extents from the offset's block on, a window at a time.
-        while block <= lastBlock {
-            let window = min(lastBlock - block + 1, 1 << 20)
-            let maps = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: block, maxBlocks: window) }
-                .filter { !$0.unwritten }
-            var cursor = block
-            for x in maps {
-                let end = x.logical + x.length
-                guard end > cursor else { continue }
-                if x.logical > cursor {
-                    // A hole lies at [cursor, x.logical).
-                    if a.whence == seekHole { return max(a.offset, cursor * bs) }
-                }
-                if a.whence == seekData { return max(a.offset, max(x.logical, cursor) * bs) }
-                cursor = end
-            }
-            let windowEnd = block + window
-            if cursor < windowEnd {
-                if a.whence == seekHole { return min(i.size, max(a.offset, cursor * bs)) }
-            }
-            block = windowEnd
-        }
-        if a.whence == seekHole { return i.size }
-        throw FuseError(ENXIO)
+        let data = a.whence == seekData
+        return try engine { () throws(Ext4Error) in try fs.seek(ino, from: a.offset, data: data) }
     }
 
     // MARK: ioctl
@@ -321,35 +279,18 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         case Self.fsIocGetversion, Self.fsIoc32Getversion:
             w.u32(try engine { () throws(Ext4Error) in try fs.inode(ino) }.generation)
         case Self.fsIocFsgetxattr:
-            let f = try engine { () throws(Ext4Error) in try fs.inodeFlags(ino) }
-            var x: UInt32 = 0
-            if f & Self.syncFL != 0 { x |= 0x20 }
-            if f & Self.immutableFL != 0 { x |= 0x8 }
-            if f & Self.appendFL != 0 { x |= 0x10 }
-            if f & Self.nodumpFL != 0 { x |= 0x80 }
-            if f & Self.noatimeFL != 0 { x |= 0x40 }
-            if f & 0x2000_0000 != 0 { x |= 0x200 }  // PROJINHERIT
-            w.u32(x); w.zeros(24)
+            // struct fsxattr: fsx_xflags, then extent size hints, extent
+            // count, project id, CoW hint and padding, all zero here.
+            w.u32(try engine { () throws(Ext4Error) in try fs.inode(ino) }.fsxattrFlags); w.zeros(24)
         case Self.fsIocSetflags, Self.fsIoc32Setflags:
             try writable()
-            guard input.count >= 4 else { throw .inval }
-            let f = UInt32(input[0]) | UInt32(input[1]) << 8 | UInt32(input[2]) << 16 | UInt32(input[3]) << 24
-            _ = try engine { () throws(Ext4Error) in try fs.setInodeFlags(ino, f) }
+            let f = try Self.u32(input)
+            // The kernel checked CAP_LINUX_IMMUTABLE (fileattr_set_prepare) before sending this.
+            _ = try engine { () throws(Ext4Error) in try fs.setInodeFlags(ino, f, capLinuxImmutable: true) }
         case Self.fsIocFssetxattr:
             try writable()
-            guard input.count >= 4 else { throw .inval }
-            let x = UInt32(input[0]) | UInt32(input[1]) << 8 | UInt32(input[2]) << 16 | UInt32(input[3]) << 24
-            // Keep the flags that fsxattr does not describe; map the ones it does.
-            let old = try engine { () throws(Ext4Error) in try fs.inodeFlags(ino) }
-            let described = Self.syncFL | Self.immutableFL | Self.appendFL | Self.nodumpFL | Self.noatimeFL | 0x2000_0000
-            var f = old & ~described
-            if x & 0x20 != 0 { f |= Self.syncFL }
-            if x & 0x8 != 0 { f |= Self.immutableFL }
-            if x & 0x10 != 0 { f |= Self.appendFL }
-            if x & 0x80 != 0 { f |= Self.nodumpFL }
-            if x & 0x40 != 0 { f |= Self.noatimeFL }
-            if x & 0x200 != 0 { f |= 0x2000_0000 }
-            _ = try engine { () throws(Ext4Error) in try fs.setInodeFlags(ino, f) }
+            let x = try Self.u32(input)
+            _ = try engine { () throws(Ext4Error) in try fs.setFsxattrFlags(ino, x, capLinuxImmutable: true) }
         case Self.fsIocFiemap:
             return FuseIoctlReply(result: 0, output: try fiemap(ino, input, outSize: Int(a.outSize)))
         default:
@@ -357,6 +298,12 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         }
         guard w.count <= Int(a.outSize) else { throw .inval }
         return FuseIoctlReply(result: 0, output: w.bytes)
+    }
+
+    /// The first 4 bytes of an ioctl argument, little-endian.
+    static func u32(_ input: [UInt8]) throws(FuseError) -> UInt32 {
+        guard input.count >= 4 else { throw .inval }
+        return UInt32(input[0]) | UInt32(input[1]) << 8 | UInt32(input[2]) << 16 | UInt32(input[3]) << 24
     }
 
     /// FS_IOC_FIEMAP: struct fiemap (32 bytes) then fiemap_extent records (56 bytes each).
@@ -367,43 +314,55 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
             (0..<n).reduce(UInt64(0)) { $0 | UInt64(input[off + $1]) << (8 * UInt64($1)) }
         }
         let hdr = (start: le(0, 8), length: le(8, 8), flags: UInt32(le(16, 4)), count: UInt32(le(24, 4)))
-        // Only FIEMAP_FLAG_SYNC (1) is meaningful here; XATTR (2) and CACHE (4) are not supported.
-        guard hdr.flags & ~UInt32(1) == 0 else { throw .opnotsupp }
-        let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
-        let bs = UInt64(fs.blockSize)
-        var records: [(UInt64, UInt64, UInt64, UInt32)] = []
-        if i.flags & Self.inlineDataFL != 0 {
-            // DATA_INLINE | NOT_ALIGNED | LAST, at the byte address of the inode's i_block.
-            if i.size > 0 && hdr.start < i.size {
-                let addr = try engine { () throws(Ext4Error) in try fs.inlineDataAddress(ino) }
-                records.append((0, addr, i.size, 0x200 | 0x100 | 0x1))
-            }
-        } else if hdr.length > 0 {
-            // ext4 logical block numbers are 32-bit; the request may ask for up to ~0.
-            let maxBlocks = UInt64(UInt32.max) + 1
-            let (endByte, ovf) = hdr.start.addingReportingOverflow(hdr.length)
-            let end = ovf ? UInt64.max : endByte
-            let first = hdr.start / bs
-            let last = min(end / bs + (end % bs == 0 ? 0 : 1), maxBlocks)
-            if last > first {
-                let maps = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: first, maxBlocks: last - first) }
-                // Block-mapped files report runs merged from several blocks, as the kernel does.
-                let merged: UInt32 = i.flags & 0x80000 == 0 ? 0x1000 : 0
-                for x in maps {
-                    records.append((x.logical * bs, x.physical * bs, x.length * bs, (x.unwritten ? 0x800 : 0) | merged))
-                }
-                // Like the kernel, the last record reported for the range is flagged LAST.
-                if !records.isEmpty { records[records.count - 1].3 |= 0x1 }
-            }
-        }
+        // Only FIEMAP_FLAG_SYNC is meaningful here; XATTR and CACHE are not supported.
+        guard hdr.flags & ~Fiemap.flagSync == 0 else { throw .opnotsupp }
+        let records = try engine { () throws(Ext4Error) in try fs.fiemap(ino, start: hdr.start, length: hdr.length) }
         var w = WireWriter()
         let room = max(0, (outSize - 32) / 56)
         let emit = hdr.count == 0 ? 0 : min(records.count, Int(hdr.count), room)
         w.u64(hdr.start); w.u64(hdr.length); w.u32(hdr.flags)
         w.u32(UInt32(hdr.count == 0 ? records.count : emit)); w.u32(hdr.count); w.u32(0)
         for r in records.prefix(emit) {
-            w.u64(r.0); w.u64(r.1); w.u64(r.2); w.zeros(16); w.u32(r.3); w.zeros(12)
+            w.u64(r.logical); w.u64(r.physical); w.u64(r.length); w.zeros(16); w.u32(Fiemap.flags(r)); w.zeros(12)
         }
         return w.bytes
+    }
+}
+
+/// statx numbers (<linux/stat.h>): the VFS's, not ext4's.
+enum Statx {
+    /// STATX_BASIC_STATS.
+    static let basicStats: UInt32 = 0x7ff
+    static let btime: UInt32 = 0x800
+
+    /// STATX_ATTR_* for an inode's attributes.
+    static func attributes(_ a: InodeAttributes) -> UInt64 {
+        var x: UInt64 = 0
+        if a.contains(.compressed) { x |= 0x4 }
+        if a.contains(.immutable) { x |= 0x10 }
+        if a.contains(.appendOnly) { x |= 0x20 }
+        if a.contains(.noDump) { x |= 0x40 }
+        if a.contains(.encrypted) { x |= 0x800 }
+        if a.contains(.verity) { x |= 0x100000 }
+        return x
+    }
+}
+
+/// FIEMAP numbers (<linux/fiemap.h>).
+enum Fiemap {
+    static let flagSync: UInt32 = 0x1
+    static let extentLast: UInt32 = 0x1
+    static let extentNotAligned: UInt32 = 0x100
+    static let extentDataInline: UInt32 = 0x200
+    static let extentUnwritten: UInt32 = 0x800
+    static let extentMerged: UInt32 = 0x1000
+
+    static func flags(_ r: FileExtentRecord) -> UInt32 {
+        var f: UInt32 = 0
+        if r.last { f |= extentLast }
+        if r.inline { f |= extentDataInline | extentNotAligned }
+        if r.unwritten { f |= extentUnwritten }
+        if r.merged { f |= extentMerged }
+        return f
     }
 }

@@ -95,7 +95,7 @@ extension Ext4FuseFS {
 
     /// FUSE_ATTR_IOMAP|EXCLUSIVE for regular files whose data is in blocks.
     func iomapAttrFlags(_ i: Inode) -> FuseAttrFlags {
-        guard i.fileType == .regular, i.flags & Self.inlineDataFL == 0 else { return [] }
+        guard i.fileType == .regular, !i.hasInlineData else { return [] }
         let on = iomapState.state.withLock { $0.negotiated && $0.deviceID != nil && !$0.shutdown }
         return on ? [.iomap, .exclusive] : []
     }
@@ -217,15 +217,10 @@ extension Ext4FuseFS {
         var sid = Array(iomapSourceName().utf8.prefix(31))
         sid += [UInt8](repeating: 0, count: 32 - sid.count)
         out.sId = sid
-        // ext4: 128-byte inodes have no *_extra fields: second granularity, 32-bit times.
-        if fs.onDiskInodeSize > 128 {
-            out.sTimeGran = 1
-            out.sTimeMax = (Int64(1) << 34) - 1 + Int64(Int32.min)  // EXT4_EXTRA_TIMESTAMP_MAX
-        } else {
-            out.sTimeGran = 1_000_000_000
-            out.sTimeMax = Int64(Int32.max)
-        }
-        out.sTimeMin = Int64(Int32.min)
+        let times = fs.timestampLimits
+        out.sTimeGran = times.granularity
+        out.sTimeMin = times.min
+        out.sTimeMax = times.max
         out.sMaxbytes = Int64(maxBytes)
         return out
     }
@@ -247,48 +242,38 @@ extension Ext4FuseFS {
         let ino = try Self.ino(c.nodeid)
         guard a.attrIno == UInt64(ino) else { throw .inval }
         let op = FuseIomap.OpFlags(rawValue: a.opflags)
-        var i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
-        guard i.fileType == .regular else { throw .inval }
-        guard a.pos < st.maxBytes else { throw .fbig }
         let bs = st.blockSize
         let writeClass = op.isWriteClass || op.contains(.atomic)
         var flags: FuseIomap.MappingFlags = []
         var allocated: (first: UInt64, end: UInt64)? = nil
+        let mapping: FileMapping
+        let pos = a.pos, count = a.count, limit = st.maxBytes
         if writeClass {
             if readOnly { throw .rofs }
-            if i.flags & Self.immutableFL != 0 { throw .perm }
-            let extents = i.flags & 0x80000 != 0
-            guard a.pos < fs.maxFileBytes(extents: extents) else { throw .fbig }
-            // ZERO and UNSHARE take what is there (the kernel skips holes and
-            // unwritten blocks when zeroing; ext4 shares nothing). Every other
-            // write-class op needs storage under `pos` before the data moves.
-            if !op.contains(.zero) && !op.contains(.unshare) {
-                let m0 = try iomapReadMapping(ino, i, pos: a.pos, count: a.count, st, dev: dev)
-                if m0.type == FuseIomap.MappingType.hole.rawValue {
-                    if op.contains(.nowait) { throw FuseError(EAGAIN) }
-                    // Exactly the hole's part of the requested range, at most one
-                    // maximal unwritten extent (block maps: 8 MiB, zeroed now).
-                    let (reqEnd, o) = a.pos.addingReportingOverflow(max(a.count, 1))
-                    let stop = min(m0.offset + m0.length, o ? UInt64.max : reqEnd)
-                    let cap: UInt64 = extents ? 32767 : max(1, (8 << 20) / bs)
-                    let pos = a.pos
-                    let runs = try engine { () throws(Ext4Error) in
-                        try fs.allocateForWrite(ino, offset: pos, length: stop - pos, maxBlocks: cap)
-                    }
-                    if let lo = runs.map(\.logical).min(), let hi = runs.map({ $0.logical + $0.length }).max() {
-                        flags.insert(.dirty)
-                        allocated = (lo, hi)
-                        iomapState.state.withLock { $0.upcalls.allocations += 1 }
-                        if !extents {
-                            // Zeroed through the device's page cache and flushed: drop those pages.
-                            for r in runs { iomapDevInval(r.physical, r.length) }
-                        }
-                    }
-                    i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
+            // One engine operation. ZERO and UNSHARE take what is there (the
+            // kernel skips holes and unwritten blocks when zeroing; ext4
+            // shares nothing); every other write-class op needs storage under
+            // `pos` before the data moves, allocated by the engine when it is
+            // a hole (NOWAIT: EAGAIN instead).
+            let allocate = !op.contains(.zero) && !op.contains(.unshare)
+            let nowait = op.contains(.nowait)
+            let w = try engine { () throws(Ext4Error) in
+                try fs.mapForWrite(ino, at: pos, count: count, limit: limit, allocate: allocate, nowait: nowait)
+            }
+            mapping = w.mapping
+            if let lo = w.allocated.map(\.logical).min(), let hi = w.allocated.map({ $0.logical + $0.length }).max() {
+                flags.insert(.dirty)
+                allocated = (lo, hi)
+                iomapState.state.withLock { $0.upcalls.allocations += 1 }
+                if w.zeroedOnDevice {
+                    // Zeroed through the device's page cache and flushed: drop those pages.
+                    for r in w.allocated { iomapDevInval(r.physical, r.length) }
                 }
             }
+        } else {
+            mapping = try engine { () throws(Ext4Error) in try fs.mapping(ino, at: pos, count: count, limit: limit) }.1
         }
-        var m = try iomapReadMapping(ino, i, pos: a.pos, count: a.count, st, dev: dev)
+        var m = try Self.iomapIo(mapping, blockSize: bs, dev: dev)
         m.flags |= flags.rawValue
         if writeClass && !op.contains(.zero) && !op.contains(.unshare) {
             // Writes, writeback and direct writes into a hole would lose data.
@@ -333,11 +318,6 @@ extension Ext4FuseFS {
                     type: FuseIomap.MappingType.pureOverwrite.rawValue, flags: 0, dev: FuseIomap.devNull)
     }
 
-    static func hole(_ start: UInt64, _ end: UInt64, _ bs: UInt64) -> FuseIomapIo {
-        FuseIomapIo(offset: start * bs, length: (end - start) * bs, addr: FuseIomap.nullAddr,
-                    type: FuseIomap.MappingType.hole.rawValue, flags: 0, dev: FuseIomap.devNull)
-    }
-
     /// The server-side copy of the kernel's checks on a BEGIN mapping.
     static func iomapMappingValid(_ m: FuseIomapIo, pos: UInt64, blockSize bs: UInt64, maxBytes: UInt64,
                                   deviceSize: UInt64) -> Bool {
@@ -357,66 +337,27 @@ extension Ext4FuseFS {
         }
     }
 
-    /// Where the data at `pos` lives now: one ext4 extent (or one contiguous
-    /// run of a block map), or the hole up to the next one.
-    func iomapReadMapping(_ ino: UInt32, _ i: Inode, pos: UInt64, count: UInt64, _ st: IomapState.Snapshot,
-                          dev: UInt32) throws(FuseError) -> FuseIomapIo {
-        let bs = st.blockSize
-        let b = pos / bs
-        let maxBlock = UInt64(1) << 32  // ext4 logical block numbers are 32 bits
-        // "Hole to EOF": up to max(pos+count, i_size) rounded up to a block, at least one block.
-        let (reqEnd, ro) = pos.addingReportingOverflow(count)
-        let eofBytes = max(ro ? UInt64.max : reqEnd, i.size)
-        let capBlocks = (st.maxBytes - 1) / bs + 1  // pos < maxBytes, so b < capBlocks
-        let eofBlock = min(max(eofBytes / bs + (eofBytes % bs == 0 ? 0 : 1), b + 1), capBlocks)
-
-        if i.flags & Self.inlineDataFL != 0 {
+    /// The wire form of an engine mapping.
+    static func iomapIo(_ m: FileMapping, blockSize bs: UInt64, dev: UInt32) throws(FuseError) -> FuseIomapIo {
+        switch m {
+        case .inline:
             // Not offered iomap (no FUSE_ATTR_IOMAP), answered sanely anyway.
-            if b == 0 {
-                return FuseIomapIo(offset: 0, length: bs, addr: FuseIomap.nullAddr,
-                                   type: FuseIomap.MappingType.inline.rawValue, flags: 0, dev: FuseIomap.devNull)
-            }
-            return Self.hole(b, eofBlock, bs)
-        }
-        guard b < maxBlock else { return Self.hole(b, eofBlock, bs) }
-        let extents = i.flags & 0x80000 != 0
-        let countBlocks = max(1, min(eofBlock, maxBlock) - b)
-        // An extent is at most 32768 blocks, so a 32768-block window never clips
-        // the extent at `b`; block maps are scanned at most 4096 blocks ahead.
-        let window = min(countBlocks, extents ? 32768 : 4096, maxBlock - b)
-        var maps = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: b, maxBlocks: window) }
-        if extents, let x = maps.first, x.logical == b {
-            // The whole extent under b, not just its part from b on: an extent
-            // is at most 32768 blocks, so it starts no earlier than b - 32767.
-            // (A whole extent is what the mapping cache wants to hold.)
-            let lo = b - min(b, 32767)
-            let w = min(b - lo + 32768, maxBlock - lo)
-            let around = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: lo, maxBlocks: w) }
-            if let y = around.first(where: { $0.logical <= b && b < $0.logical + $0.length }) { maps = [y] }
-        }
-        if let x = maps.first {
-            if x.logical > b { return Self.hole(b, x.logical, bs) }
-            let (addr, o) = x.physical.multipliedReportingOverflow(by: bs)
-            guard !o, x.length > 0 else { throw .uclean }
-            var flags: FuseIomap.MappingFlags = []
-            if !extents && x.length > 1 { flags.insert(.merged) }
+            return FuseIomapIo(offset: 0, length: bs, addr: FuseIomap.nullAddr,
+                               type: FuseIomap.MappingType.inline.rawValue, flags: 0, dev: FuseIomap.devNull)
+        case .hole(let start, let end):
+            let (o, o1) = start.multipliedReportingOverflow(by: bs), (e, o2) = end.multipliedReportingOverflow(by: bs)
+            guard !o1, !o2, e > o else { throw .uclean }
+            return FuseIomapIo(offset: o, length: e - o, addr: FuseIomap.nullAddr,
+                               type: FuseIomap.MappingType.hole.rawValue, flags: 0, dev: FuseIomap.devNull)
+        case .mapped(let x, let merged):
+            let (addr, o1) = x.physical.multipliedReportingOverflow(by: bs)
+            let (off, o2) = x.logical.multipliedReportingOverflow(by: bs)
+            let (len, o3) = x.length.multipliedReportingOverflow(by: bs)
+            guard !o1, !o2, !o3, len > 0 else { throw .uclean }
+            let flags: FuseIomap.MappingFlags = merged ? [.merged] : []
             let type: FuseIomap.MappingType = x.unwritten ? .unwritten : .mapped
-            return FuseIomapIo(offset: x.logical * bs, length: x.length * bs, addr: addr, type: type.rawValue,
-                               flags: flags.rawValue, dev: dev)
+            return FuseIomapIo(offset: off, length: len, addr: addr, type: type.rawValue, flags: flags.rawValue, dev: dev)
         }
-        // A hole at b: find where the next mapped block starts, searching
-        // windows of doubling size, but no further than the hole-to-EOF end.
-        var lo = b + window
-        var w = window
-        let limit = min(eofBlock, maxBlock)
-        while lo < limit {
-            w = min(w * 2, 1 << 22, limit - lo)
-            let from = lo, n = w
-            let m = try engine { () throws(Ext4Error) in try fs.mappings(ino, fromBlock: from, maxBlocks: n) }
-            if let x = m.first { return Self.hole(b, x.logical, bs) }
-            lo += w
-        }
-        return Self.hole(b, max(eofBlock, b + 1), bs)
     }
 
     // MARK: IOMAP_END, IOMAP_IOEND
@@ -437,9 +378,7 @@ extension Ext4FuseFS {
         else { return }
         let (end, o) = a.pos.addingReportingOverflow(UInt64(a.written))
         guard !o else { throw .inval }
-        let i = try engine { () throws(Ext4Error) in try fs.inode(ino) }
-        guard i.fileType == .regular, i.flags & 0x80000 == 0, i.flags & Self.inlineDataFL == 0, end > i.size else { return }
-        _ = try engine { () throws(Ext4Error) in try fs.convertUnwritten(ino, offset: 0, length: 0, newSize: end) }
+        try engine { () throws(Ext4Error) in try fs.endBufferedWrite(ino, end: end) }
     }
 
     /// Write IO completion: make the unwritten blocks under [pos, pos+written)

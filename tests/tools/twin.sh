@@ -1,5 +1,5 @@
 # Sourced by integration scripts that compare our read-write mount with the
-# kernel's ext4 on a copy of the same image (acl-inherit.sh, killpriv.sh).
+# kernel's ext4 on a copy of the same image (acl-inherit.sh, killpriv.sh, iflags.sh).
 # Needs TOOLS set. Defines WORK, A/B (our image, the kernel's copy), AM/BM
 # (their mount points), fail(), and a trap that unmounts, detaches and removes
 # everything on every path.
