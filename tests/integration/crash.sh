@@ -108,8 +108,20 @@ fsck_strict() {  # fsck_strict IMG OUT -> 0 clean
 
 # The kernel's mounts (plain mount(8): a Python helper per mount costs too much
 # time here). `-o loop` sets autoclear: the loop device goes with the unmount.
+# A loop device freed a moment ago by a dead fuseblk mount can be handed out
+# again while the kernel still drops that mount's claim on it (EBUSY, "already
+# mounted"); such a mount is retried a few times.
 kmount() {  # kmount IMG DIR [OPTS]
-  mount -t ext4 -o "loop${3:+,$3}" "$1" "$2"
+  local n=0 out
+  until out=$(mount -t ext4 -o "loop${3:+,$3}" "$1" "$2" 2>&1); do
+    n=$((n + 1))
+    if [ $n -ge 10 ] || ! grep -q "already mounted or mount point busy" <<< "$out"; then
+      echo "$out"; return 1
+    fi
+    echo "    (kernel mount: $out; retrying)" >&2
+    sleep 0.3
+  done
+  return 0
 }
 kumount() {  # kumount DIR IMG: 0, or 1 with the reason printed
   local n=0 out
