@@ -76,7 +76,10 @@ final class Transactions: @unchecked Sendable {
         guard d == 0 else { return }
         cond.lock()
         handles -= 1
-        if handles == 0 { cond.broadcast() }
+        // Only a closing commit waits for the last handle; waking everyone
+        // on the condition (the committer, fsync waiters) after every
+        // operation cost a context switch per request.
+        if handles == 0 && closing { cond.broadcast() }
         cond.unlock()
     }
 
