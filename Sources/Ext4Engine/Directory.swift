@@ -1,4 +1,7 @@
-/// Directories: linear blocks, htree index, inline data.
+// Directories: linear blocks, htree index, inline data.
+
+/// A live directory entry as the read side returns it: where its record
+/// starts, and the record's fields with its name.
 struct RawDirent {
     let off: Int
     let ino: UInt32
@@ -14,40 +17,45 @@ extension Ext4FileSystem {
     /// Directory blocks fetched per positioned read when not cached.
     static let dirReadahead: UInt64 = 16
 
-    func decodeRecLen(_ v: UInt16) -> Int {
-        if blockSize < 65536 { return Int(v) }
-        if v == 65535 || v == 0 { return blockSize }
-        return Int(v & 65532) | (Int(v & 3) << 16)
+    func decodeRecLen(_ v: UInt16) -> Int { DirEntryRecord.decodeRecLen(v, blockSize: blockSize) }
+
+    /// Walk every record, live or unused, in `[start, end)` of `b`,
+    /// validating each (header inside, rec_len shape, inode number in range),
+    /// and call `visit(offset, record)` until it returns false. The one
+    /// parser of directory blocks, for the read and the write side.
+    func walkDirRecords(_ b: [UInt8], start: Int, end: Int, what: @autoclosure () -> String,
+                        _ visit: (Int, DirEntryRecord) -> Bool) throws(Ext4Error) {
+        let end = min(end, b.count)
+        var off = max(0, start)
+        while off < end {
+            guard off + DirEntryRecord.headerSize <= end,
+                  let d = try? DirEntryRecord(decoding: b, at: off, blockSize: blockSize) else {
+                throw corrupt("\(what()): directory entry header past end at \(off)")
+            }
+            guard d.fits(at: off, end: end) else {
+                throw corrupt("\(what()): bad rec_len \(d.recLen) at offset \(off)")
+            }
+            guard d.inode <= sb.inodesCount else { throw corrupt("\(what()): inode \(d.inode) out of range at offset \(off)") }
+            if !visit(off, d) { return }
+            off += d.recLen
+        }
     }
 
-    /// Walk the dirents in `[start, end)` of `b`, validating every record, and
-    /// call `visit(offset, ino, recLen, nameLen, ftype)` for each live one
-    /// (ino != 0, non-empty name) until it returns false. Allocates nothing.
+    /// Walk the live dirents (inode != 0, non-empty name) in `[start, end)`
+    /// of `b` until `visit` returns false. Allocates nothing.
     func scanDirents(_ b: [UInt8], start: Int, end: Int, what: @autoclosure () -> String,
-                     _ visit: (Int, UInt32, Int, Int, UInt8) -> Bool) throws(Ext4Error) {
-        let end = min(end, b.count)
-        var off = start
-        while off < end {
-            guard off + 8 <= end else { throw corrupt("\(what()): directory entry header past end at \(off)") }
-            let ino = b.le32(off)
-            let recLen = decodeRecLen(b.le16(off + 4))
-            let nameLen = Int(b.u8(off + 6))
-            let ftype = b.u8(off + 7)
-            guard recLen >= 12, recLen % 4 == 0, recLen >= (8 + nameLen + 3) & ~3, recLen <= end - off else {
-                throw corrupt("\(what()): bad rec_len \(recLen) at offset \(off)")
-            }
-            guard ino <= sb.inodesCount else { throw corrupt("\(what()): inode \(ino) out of range at offset \(off)") }
-            if ino != 0, nameLen > 0, !visit(off, ino, recLen, nameLen, ftype) { return }
-            off += recLen
+                     _ visit: (Int, DirEntryRecord) -> Bool) throws(Ext4Error) {
+        try walkDirRecords(b, start: start, end: end, what: what()) { off, d in
+            d.inode == 0 || d.nameLen == 0 || visit(off, d)
         }
     }
 
     /// Parse dirents in `[start, end)` of `b`, validating every record.
     func parseDirents(_ b: [UInt8], start: Int, end: Int, what: @autoclosure () -> String) throws(Ext4Error) -> [RawDirent] {
         var out: [RawDirent] = []
-        try scanDirents(b, start: start, end: end, what: what()) { off, ino, recLen, nameLen, ftype in
-            if let name = b.sub(off + 8, nameLen) {
-                out.append(RawDirent(off: off, ino: ino, recLen: recLen, name: name, ftype: ftype))
+        try scanDirents(b, start: start, end: end, what: what()) { off, d in
+            if let name = d.name(in: b, at: off) {
+                out.append(RawDirent(off: off, ino: d.inode, recLen: d.recLen, name: name, ftype: d.fileType))
             }
             return true
         }
@@ -59,9 +67,8 @@ extension Ext4FileSystem {
     func findInBlock(_ ri: RawInode, _ b: [UInt8], logical: UInt64, name: [UInt8]) throws(Ext4Error) -> UInt32? {
         guard let (start, end) = try direntArea(ri, b, logical: logical) else { return nil }
         var found: UInt32?
-        try scanDirents(b, start: start, end: end, what: "directory \(ri.ino) block \(logical)") { off, ino, _, nameLen, _ in
-            guard nameLen == name.count, off + 8 + nameLen <= b.count else { return true }
-            if b[(off + 8)..<(off + 8 + nameLen)].elementsEqual(name) { found = ino; return false }
+        try scanDirents(b, start: start, end: end, what: "directory \(ri.ino) block \(logical)") { off, d in
+            if d.nameEquals(name, in: b, at: off) { found = d.inode; return false }
             return true
         }
         return found
@@ -78,14 +85,13 @@ extension Ext4FileSystem {
         }
         var end = blockSize
         if sb.metadataCsum {
-            let t = blockSize - 12
-            guard b.le32(t) == 0, b.le16(t + 4) == 12, b.u8(t + 6) == 0, b.u8(t + 7) == 0xDE else {
+            guard DirLeafTail.isPresent(b, blockSize: blockSize) else {
                 throw corrupt("directory \(ri.ino) block \(logical): missing directory leaf checksum tail")
             }
-            guard crc32c(ri.seed, b[0..<t]) == b.le32(t + 8) else {
+            guard DirLeafTail.matches(b, blockSize: blockSize, seed: ri.seed) else {
                 throw corrupt("directory \(ri.ino) block \(logical): directory block checksum mismatch")
             }
-            end = t
+            end = blockSize - DirLeafTail.size
         }
         return (0, end)
     }
