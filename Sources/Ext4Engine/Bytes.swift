@@ -41,9 +41,7 @@ extension Array where Element == UInt8 {
     /// Same bytes with `[o, o+n)` zeroed (range clipped to the array).
     func zeroing(_ o: Int, _ n: Int) -> [UInt8] {
         var c = self
-        var i = Swift.max(o, 0)
-        let end = Swift.min(o + n, count)
-        while i < end { c[i] = 0; i += 1 }
+        c.zeroRange(o, n)
         return c
     }
 }

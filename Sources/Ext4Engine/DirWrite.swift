@@ -62,18 +62,12 @@ extension Ext4FileSystem {
 
     func finishDx(_ dm: MInode, _ b: inout [UInt8], entries: Int) {
         guard sb.metadataCsum else { return }
-        let limit = Int(b.le16(entries)), count = Int(b.le16(entries + 2))
-        let t = entries + 8 * limit
-        b.putLE32(t, 0)
-        var c = crc32c(inodeSeed(dm.ino, dm.generation), b[0..<(entries + 8 * count)])
-        c = crc32c(c, b[t..<(t + 4)])
-        c = crc32c(c, [0, 0, 0, 0])
-        b.putLE32(t + 4, c)
+        DxTail.seal(&b, entries: entries, seed: inodeSeed(dm.ino, dm.generation))
     }
 
     func emptyLeaf(_ dm: MInode) -> [UInt8] {
         var b = [UInt8](repeating: 0, count: blockSize)
-        b.putLE16(4, encodeRecLen(blockSize - dirTail))
+        DirEntryRecord(inode: 0, recLen: blockSize - dirTail, nameLen: 0, fileType: 0).encode(into: &b, at: 0, blockSize: blockSize)
         finishLeaf(dm, &b)
         return b
     }
@@ -98,13 +92,13 @@ extension Ext4FileSystem {
     }
 
     func dxVersion(_ root: [UInt8]) -> Int {
-        var v = Int(root.u8(28))
+        var v = Int((try? DxRootInfo(decoding: root))?.hashVersion ?? 0)
         if hashUnsigned { v += 3 }
         return v
     }
 
     /// Is logical block `l` of an indexed directory an index block?
-    func isDxNode(_ b: [UInt8]) -> Bool { b.le32(0) == 0 && decodeRecLen(b.le16(4)) == blockSize }
+    func isDxNode(_ b: [UInt8]) -> Bool { DxBlock.isNode(b, blockSize: blockSize) }
 
     // ---- inline -> block conversion --------------------------------------------------
 
@@ -229,22 +223,24 @@ extension Ext4FileSystem {
     func dxLeaf(_ dm: MInode, _ blocks: [UInt64], hash: UInt32) throws(Ext4Error) -> (Int, Int)? {
         guard let p0 = blocks.first else { return nil }
         let root = try block(p0)
-        guard root.u8(29) == 8 else { return nil }
-        let levels = Int(root.u8(30))
+        guard let info = try? DxRootInfo(decoding: root), info.infoLength == DxRootInfo.length else { return nil }
+        let levels = Int(info.indirectLevels)
         guard levels <= 2 else { return nil }
         var node = root
-        var entries = 32
+        var entries = DxBlock.rootEntries
         for depth in 0...levels {
-            let count = Int(node.le16(entries + 2))
-            guard count >= 1 else { return nil }
-            var best = 0
-            for i in 1..<max(1, count) where node.le32(entries + 8 * i) <= hash { best = i }
-            let child = Int(node.le32(entries + 8 * best + 4) & 0x0FFF_FFFF)
-            guard child < blocks.count else { return nil }
+            guard let cl = try? DxCountLimit(decoding: node, at: entries), cl.count >= 1 else { return nil }
+            var best: DxEntry? = try? DxEntry(decoding: node, entries: entries, index: 0)
+            for i in 1..<Int(cl.count) {
+                guard let e = try? DxEntry(decoding: node, entries: entries, index: i) else { return nil }
+                if e.hash <= hash { best = e }
+            }
+            guard let best, Int(best.block) < blocks.count else { return nil }
+            let child = Int(best.block)
             if depth == levels { return (child, levels) }
             node = try block(blocks[child])
             guard isDxNode(node) else { return nil }
-            entries = 8
+            entries = DxBlock.nodeEntries
         }
         return nil
     }
@@ -347,15 +343,16 @@ extension Ext4FileSystem {
                 putRec(&b, off, ino: it.ino, recLen: rl, name: it.name, ftype: it.ftype)
                 off += sz
             }
-            if lf.isEmpty { b.putLE16(4, encodeRecLen(cap)) }
+            if lf.isEmpty {
+                DirEntryRecord(inode: 0, recLen: cap, nameLen: 0, fileType: 0).encode(into: &b, at: 0, blockSize: blockSize)
+            }
             finishLeaf(dm, &b)
             try writeMeta(blocks[firstLeaf + i], b)
         }
         func dxEntries(_ b: inout [UInt8], at e: Int, limit: Int, pairs: [(UInt32, Int)]) {
-            b.putLE16(e, UInt16(limit)); b.putLE16(e + 2, UInt16(pairs.count))
+            DxCountLimit(limit: limit, count: pairs.count).encode(into: &b, at: e)
             for (k, (h, blk)) in pairs.enumerated() {
-                if k > 0 { b.putLE32(e + 8 * k, h) }
-                b.putLE32(e + 8 * k + 4, UInt32(blk))
+                DxEntry(hash: h, block: UInt32(truncatingIfNeeded: blk)).encode(into: &b, entries: e, index: k)
             }
         }
         var level: [(UInt32, Int)] = keys.enumerated().map { ($0.element, firstLeaf + $0.offset) }
@@ -366,9 +363,9 @@ extension Ext4FileSystem {
             while i < level.count {
                 let chunk = Array(level[i..<min(level.count, i + nodeLimit)])
                 var b = [UInt8](repeating: 0, count: blockSize)
-                b.putLE16(4, encodeRecLen(blockSize))
-                dxEntries(&b, at: 8, limit: nodeLimit, pairs: chunk)
-                finishDx(dm, &b, entries: 8)
+                DirEntryRecord(inode: 0, recLen: blockSize, nameLen: 0, fileType: 0).encode(into: &b, at: 0, blockSize: blockSize)
+                dxEntries(&b, at: DxBlock.nodeEntries, limit: nodeLimit, pairs: chunk)
+                finishDx(dm, &b, entries: DxBlock.nodeEntries)
                 try writeMeta(blocks[nextNode], b)
                 up.append((chunk[0].0, nextNode))
                 nextNode += 1
@@ -382,9 +379,9 @@ extension Ext4FileSystem {
         putRec(&root, 12, ino: parent, recLen: blockSize - 12, name: [0x2E, 0x2E], ftype: ft)
         var hv = Int(sb.defHashVersion)
         if hv > DirHash.tea { hv = DirHash.halfMD4 }
-        root[28] = UInt8(hv); root[29] = 8; root[30] = UInt8(levels); root[31] = 0
-        dxEntries(&root, at: 32, limit: rootLimit, pairs: level)
-        finishDx(dm, &root, entries: 32)
+        DxRootInfo(hashVersion: UInt8(truncatingIfNeeded: hv), indirectLevels: UInt8(truncatingIfNeeded: levels)).encode(into: &root)
+        dxEntries(&root, at: DxBlock.rootEntries, limit: rootLimit, pairs: level)
+        finishDx(dm, &root, entries: DxBlock.rootEntries)
         try writeMeta(blocks[0], root)
         dm.flags |= InodeFlag.index
     }
@@ -448,7 +445,7 @@ extension Ext4FileSystem {
                   dd.nameEquals([0x2E, 0x2E], in: b, at: dotdotAt) else { throw corrupt("directory \(dm.ino): bad '..'") }
             dd.inode = ino
             dd.encode(into: &b, at: dotdotAt, blockSize: blockSize)
-            if isIndexedM(dm) { finishDx(dm, &b, entries: 32) } else { finishLeaf(dm, &b) }
+            if isIndexedM(dm) { finishDx(dm, &b, entries: DxBlock.rootEntries) } else { finishLeaf(dm, &b) }
             try writeMeta(p0, b)
             return
         }

@@ -81,7 +81,7 @@ extension Ext4FileSystem {
         if isIndexed(ri) {
             // dx root: "." and ".." followed by index data inside ".."'s record.
             if logical == 0 { return (0, blockSize) }
-            if b.le32(0) == 0 && decodeRecLen(b.le16(4)) == blockSize { return nil } // dx node
+            if DxBlock.isNode(b, blockSize: blockSize) { return nil }
         }
         var end = blockSize
         if sb.metadataCsum {
@@ -262,8 +262,10 @@ extension Ext4FileSystem {
         var entries: Int // byte offset of the count/limit header
         var count: Int
         var at: Int
-        func hash(_ i: Int) -> UInt32 { block.le32(entries + 8 * i) }
-        func child(_ i: Int) -> UInt64 { UInt64(block.le32(entries + 8 * i + 4) & 0x0FFF_FFFF) }
+        // checkNode keeps every entry below count inside the block.
+        func entry(_ i: Int) -> DxEntry { (try? DxEntry(decoding: block, entries: entries, index: i)) ?? DxEntry(hash: 0, block: 0) }
+        func hash(_ i: Int) -> UInt32 { entry(i).hash }
+        func child(_ i: Int) -> UInt64 { UInt64(entry(i).block) }
     }
 
     private func htreeLookup(_ ri: RawInode, name: [UInt8], nblocks: UInt64) throws(Ext4Error) -> DxResult {
@@ -280,34 +282,35 @@ extension Ext4FileSystem {
             }
             return nil
         }
-        let csumSize = sb.metadataCsum ? 8 : 0
         guard let p0 = phys(0) else { return .bad("hole at block 0") }
         let root = try block(p0)
-        guard root.le16(4) == 12, root.u8(6) == 1, root.u8(8) == 0x2E,
-              decodeRecLen(root.le16(16)) == blockSize - 12, root.u8(18) == 2 else {
+        // "." (rec_len 12), then ".." covering the rest of the block, then dx_root_info.
+        let dotdotAt = DirEntryRecord.minSize
+        guard let dotRec = try? DirEntryRecord(decoding: root, at: 0, blockSize: blockSize),
+              dotRec.recLen == DirEntryRecord.minSize, dotRec.nameEquals(dot, in: root, at: 0),
+              let dd = try? DirEntryRecord(decoding: root, at: dotdotAt, blockSize: blockSize),
+              dd.recLen == blockSize - dotdotAt, dd.nameLen == 2,
+              let info = try? DxRootInfo(decoding: root) else {
             return .bad("bad dx root dirents")
         }
-        var version = Int(root.u8(28))
-        let infoLen = Int(root.u8(29))
-        let levels = Int(root.u8(30))
-        let unusedFlags = root.u8(31)
+        var version = Int(info.hashVersion)
+        let levels = Int(info.indirectLevels)
         guard version <= DirHash.tea else { return .bad("unsupported hash version \(version)") }
-        guard infoLen == 8, unusedFlags & 1 == 0 else { return .bad("bad dx root info") }
+        guard info.infoLength == DxRootInfo.length, info.unusedFlags & 1 == 0 else { return .bad("bad dx root info") }
         guard levels < (sb.has(incompat: Incompat.largeDir) ? 3 : 2) else { return .bad("too many levels \(levels)") }
         if hashUnsigned { version += 3 }
         guard let target = DirHash.hash(name, version: version, seed: sb.hashSeed) else { return .bad("hash") }
 
         func checkNode(_ b: [UInt8], entries: Int, what: String) throws(Ext4Error) -> DxFrame? {
-            let limit = Int(b.le16(entries))
-            let count = Int(b.le16(entries + 2))
-            guard limit == (blockSize - entries - csumSize) / 8, count >= 1, count <= limit else { return nil }
+            guard let cl = try? DxCountLimit(decoding: b, at: entries) else { return nil }
+            let limit = Int(cl.limit), count = Int(cl.count)
+            guard limit == DxBlock.limit(blockSize: blockSize, entries: entries, tail: sb.metadataCsum),
+                  count >= 1, count <= limit else { return nil }
             if sb.metadataCsum {
-                let t = entries + 8 * limit
-                guard t + 8 <= blockSize else { return nil }
-                var c = crc32c(ri.seed, b[0..<(entries + 8 * count)])
-                c = crc32c(c, b[t..<(t + 4)])
-                c = crc32c(c, [0, 0, 0, 0])
-                guard c == b.le32(t + 4) else { throw corrupt("directory \(ri.ino): htree \(what) checksum mismatch") }
+                guard DxTail.expected(b, entries: entries, seed: ri.seed) != nil else { return nil }
+                guard DxTail.matches(b, entries: entries, seed: ri.seed) else {
+                    throw corrupt("directory \(ri.ino): htree \(what) checksum mismatch")
+                }
             }
             return DxFrame(block: b, entries: entries, count: count, at: 0)
         }
@@ -319,7 +322,7 @@ extension Ext4FileSystem {
             }
             f.at = best
         }
-        guard var rootFrame = try checkNode(root, entries: 32, what: "root") else { return .bad("bad root limit/count") }
+        guard var rootFrame = try checkNode(root, entries: DxBlock.rootEntries, what: "root") else { return .bad("bad root limit/count") }
         search(&rootFrame)
         var frames = [rootFrame]
         // Descend from frames.last to a leaf, choosing entries by hash (or the first entry).
@@ -329,8 +332,8 @@ extension Ext4FileSystem {
                 let l = f.child(f.at)
                 guard l < nblocks, let p = phys(l) else { return nil }
                 let b = try block(p)
-                guard b.le32(0) == 0, decodeRecLen(b.le16(4)) == blockSize,
-                      var nf = try checkNode(b, entries: 8, what: "node \(l)") else { return nil }
+                guard DxBlock.isNode(b, blockSize: blockSize),
+                      var nf = try checkNode(b, entries: DxBlock.nodeEntries, what: "node \(l)") else { return nil }
                 if byHash { search(&nf) } else { nf.at = 0 }
                 frames.append(nf)
             }

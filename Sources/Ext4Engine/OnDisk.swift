@@ -1,8 +1,9 @@
 /// Typed views of the ext4 on-disk records, one per record, shared by the read
 /// and the write side: the inode, the group descriptor, the extent tree node
 /// (header, leaf entry, index entry, checksum tail), the directory entry (and
-/// the leaf checksum tail), the xattr block header and xattr entry. The jbd2
-/// records are in JournalFormat.swift.
+/// the leaf checksum tail), the htree index (root info, count/limit, entries,
+/// tail), the xattr block header and xattr entry. The jbd2 records are in
+/// JournalFormat.swift.
 ///
 /// Offsets and widths follow the ext4 on-disk format documentation
 /// (Documentation/filesystems/ext4 in the kernel tree); every field is
@@ -18,6 +19,14 @@ enum OnDisk {
         guard off >= 0, len >= 0, off <= count, len <= count - off else {
             throw .corrupted("\(what()): \(len) bytes at offset \(off) do not fit in \(count)")
         }
+    }
+
+    /// `base + stride * index`, or -1 (which no buffer holds) when that overflows.
+    @inline(__always)
+    static func offset(_ base: Int, _ stride: Int, _ index: Int) -> Int {
+        let (m, o1) = stride.multipliedReportingOverflow(by: index)
+        let (r, o2) = base.addingReportingOverflow(m)
+        return o1 || o2 ? -1 : r
     }
 }
 
@@ -85,7 +94,7 @@ struct InodeRecord: Sendable {
 
     /// Does i_extra_isize cover `[off, off + len)`?
     func hasExtra(_ off: Int, _ len: Int) -> Bool {
-        inodeSize > InodeRecord.baseSize && off + len <= InodeRecord.baseSize + extraIsize && off + len <= b.count
+        inodeSize > InodeRecord.baseSize && off &+ len <= InodeRecord.baseSize + extraIsize && off &+ len <= b.count
     }
 
     /// Where the in-inode xattr area starts (nil when the slot has none).
@@ -481,7 +490,7 @@ struct ExtentHeader: Sendable, Equatable {
     static func capacity(nodeBytes: Int) -> Int { Swift.max(0, (nodeBytes - size) / ExtentLeafEntry.size) }
 
     /// Byte offset of entry `i` in a node.
-    static func entryOffset(_ i: Int) -> Int { size + ExtentLeafEntry.size * i }
+    static func entryOffset(_ i: Int) -> Int { OnDisk.offset(size, ExtentLeafEntry.size, i) }
 
     /// The shape every node must have: the magic, eh_max within the node,
     /// eh_entries within eh_max, a depth within `maxDepth`.
@@ -498,7 +507,7 @@ struct ExtentHeader: Sendable, Equatable {
     /// the node has no room for the tail.
     func tailChecksum(_ node: [UInt8], seed: UInt32) -> UInt32? {
         let t = tailOffset
-        guard t + 4 <= node.count else { return nil }
+        guard t &+ 4 <= node.count else { return nil }
         return crc32c(seed, node[0..<t])
     }
 
@@ -546,8 +555,8 @@ struct ExtentLeafEntry: Sendable, Equatable {
     init(decoding node: [UInt8], at o: Int) throws(Ext4Error) {
         try OnDisk.need(node.count, o, ExtentLeafEntry.size, "extent entry")
         logical = node.le32(o)
-        rawLength = node.le16(o + 4)
-        start = UInt64(node.le16(o + 6)) << 32 | UInt64(node.le32(o + 8))
+        rawLength = node.le16(o &+ 4)
+        start = UInt64(node.le16(o &+ 6)) << 32 | UInt64(node.le32(o &+ 8))
     }
 
     var isUnwritten: Bool { rawLength > ExtentLeafEntry.maxInitLength }
@@ -558,9 +567,9 @@ struct ExtentLeafEntry: Sendable, Equatable {
 
     func encode(into node: inout [UInt8], at o: Int) {
         node.putLE32(o, logical)
-        node.putLE16(o + 4, rawLength)
-        node.putLE16(o + 6, UInt16(truncatingIfNeeded: start >> 32))
-        node.putLE32(o + 8, UInt32(truncatingIfNeeded: start))
+        node.putLE16(o &+ 4, rawLength)
+        node.putLE16(o &+ 6, UInt16(truncatingIfNeeded: start >> 32))
+        node.putLE32(o &+ 8, UInt32(truncatingIfNeeded: start))
     }
 }
 
@@ -583,16 +592,16 @@ struct ExtentIndexEntry: Sendable, Equatable {
     init(decoding node: [UInt8], at o: Int) throws(Ext4Error) {
         try OnDisk.need(node.count, o, ExtentIndexEntry.size, "extent index")
         logical = node.le32(o)
-        child = UInt64(node.le16(o + 8)) << 32 | UInt64(node.le32(o + 4))
+        child = UInt64(node.le16(o &+ 8)) << 32 | UInt64(node.le32(o &+ 4))
     }
 
     func encode(into node: inout [UInt8], index: Int) { encode(into: &node, at: ExtentHeader.entryOffset(index)) }
 
     func encode(into node: inout [UInt8], at o: Int) {
         node.putLE32(o, logical)
-        node.putLE32(o + 4, UInt32(truncatingIfNeeded: child))
-        node.putLE16(o + 8, UInt16(truncatingIfNeeded: child >> 32))
-        node.putLE16(o + 10, 0)
+        node.putLE32(o &+ 4, UInt32(truncatingIfNeeded: child))
+        node.putLE16(o &+ 8, UInt16(truncatingIfNeeded: child >> 32))
+        node.putLE16(o &+ 10, 0)
     }
 }
 
@@ -621,9 +630,9 @@ struct DirEntryRecord: Sendable, Equatable {
     init(decoding b: [UInt8], at off: Int, blockSize: Int) throws(Ext4Error) {
         try OnDisk.need(b.count, off, DirEntryRecord.headerSize, "directory entry header")
         inode = b.le32(off)
-        recLen = DirEntryRecord.decodeRecLen(b.le16(off + 4), blockSize: blockSize)
-        nameLen = Int(b.u8(off + 6))
-        fileType = b.u8(off + 7)
+        recLen = DirEntryRecord.decodeRecLen(b.le16(off &+ 4), blockSize: blockSize)
+        nameLen = Int(b.u8(off &+ 6))
+        fileType = b.u8(off &+ 7)
     }
 
     /// Bytes a record for a name of `nameLen` bytes needs.
@@ -649,21 +658,21 @@ struct DirEntryRecord: Sendable, Equatable {
     }
 
     /// The name of the record at `off` (nil when it does not fit in `b`).
-    func name(in b: [UInt8], at off: Int) -> [UInt8]? { b.sub(off + DirEntryRecord.headerSize, nameLen) }
+    func name(in b: [UInt8], at off: Int) -> [UInt8]? { b.sub(off &+ DirEntryRecord.headerSize, nameLen) }
 
     /// Is the name of the record at `off` equal to `name`, compared in place?
     func nameEquals(_ name: [UInt8], in b: [UInt8], at off: Int) -> Bool {
-        let s = off + DirEntryRecord.headerSize
+        let s = off &+ DirEntryRecord.headerSize
         guard nameLen == name.count, s >= 0, s <= b.count, nameLen <= b.count - s else { return false }
-        return b[s..<(s + nameLen)].elementsEqual(name)
+        return b[s..<(s &+ nameLen)].elementsEqual(name)
     }
 
     /// Write the header at `off` (clipped to `b`).
     func encode(into b: inout [UInt8], at off: Int, blockSize: Int) {
         b.putLE32(off, inode)
-        b.putLE16(off + 4, DirEntryRecord.encodeRecLen(recLen, blockSize: blockSize))
-        b.putU8(off + 6, UInt8(truncatingIfNeeded: nameLen))
-        b.putU8(off + 7, fileType)
+        b.putLE16(off &+ 4, DirEntryRecord.encodeRecLen(recLen, blockSize: blockSize))
+        b.putU8(off &+ 6, UInt8(truncatingIfNeeded: nameLen))
+        b.putU8(off &+ 7, fileType)
     }
 
     /// Write a whole record at `off`: header, name, zero padding up to the
@@ -672,8 +681,8 @@ struct DirEntryRecord: Sendable, Equatable {
                       fileType: UInt8, blockSize: Int) {
         DirEntryRecord(inode: inode, recLen: recLen, nameLen: name.count, fileType: fileType)
             .encode(into: &b, at: off, blockSize: blockSize)
-        b.putBytes(off + headerSize, name)
-        b.zeroRange(off + headerSize + name.count, size(nameLen: name.count) - headerSize - name.count)
+        b.putBytes(off &+ headerSize, name)
+        b.zeroRange(off &+ headerSize &+ name.count, size(nameLen: name.count) - headerSize - name.count)
     }
 }
 
@@ -688,7 +697,7 @@ enum DirLeafTail {
     static func isPresent(_ b: [UInt8], blockSize: Int) -> Bool {
         let t = blockSize - size
         guard t >= 0, blockSize <= b.count else { return false }
-        return b.le32(t) == 0 && b.le16(t + 4) == UInt16(size) && b.u8(t + 6) == 0 && b.u8(t + 7) == fileType
+        return b.le32(t) == 0 && b.le16(t &+ 4) == UInt16(size) && b.u8(t &+ 6) == 0 && b.u8(t &+ 7) == fileType
     }
 
     static func checksum(_ b: [UInt8], blockSize: Int, seed: UInt32) -> UInt32 {
@@ -705,10 +714,146 @@ enum DirLeafTail {
         let t = blockSize - size
         guard t >= 0, blockSize <= b.count else { return }
         b.putLE32(t, 0)
-        b.putLE16(t + 4, UInt16(size))
-        b.putU8(t + 6, 0)
-        b.putU8(t + 7, fileType)
-        b.putLE32(t + 8, checksum(b, blockSize: blockSize, seed: seed))
+        b.putLE16(t &+ 4, UInt16(size))
+        b.putU8(t &+ 6, 0)
+        b.putU8(t &+ 7, fileType)
+        b.putLE32(t &+ 8, checksum(b, blockSize: blockSize, seed: seed))
+    }
+}
+
+// MARK: - Htree index
+
+/// The index blocks of an htree directory (dir_index). Logical block 0 is
+/// the root: a "." entry (rec_len 12), a ".." entry whose rec_len covers the
+/// rest of the block, `dx_root_info` at 24 and the index entries at 32. An
+/// interior node is one empty entry (inode 0) spanning the block, with the
+/// entries at 8. The first 8 bytes of an entries array hold limit and count
+/// (and entry 0's block); entry i > 0 is (hash, block). With metadata_csum a
+/// `dx_tail` (reserved word, checksum) follows `limit` entries.
+enum DxBlock {
+    static let rootInfoOffset = 24
+    static let rootEntries = 32
+    static let nodeEntries = 8
+    static let entrySize = 8
+    static let tailSize = 8
+    /// The block number is the low 28 bits of an entry's second word.
+    static let blockMask: UInt32 = 0x0FFF_FFFF
+
+    /// Is `b` an interior node: an empty entry spanning the whole block?
+    static func isNode(_ b: [UInt8], blockSize: Int) -> Bool {
+        guard let d = try? DirEntryRecord(decoding: b, at: 0, blockSize: blockSize) else { return false }
+        return d.inode == 0 && d.recLen == blockSize
+    }
+
+    /// The limit of an entries array at `entries` (room for the tail with metadata_csum).
+    static func limit(blockSize: Int, entries: Int, tail: Bool) -> Int {
+        Swift.max(0, (blockSize - entries - (tail ? tailSize : 0)) / entrySize)
+    }
+}
+
+/// `struct dx_root_info`: 8 bytes at offset 24 of the root.
+struct DxRootInfo: Sendable, Equatable {
+    static let length: UInt8 = 8
+
+    var hashVersion: UInt8
+    var infoLength: UInt8
+    var indirectLevels: UInt8
+    var unusedFlags: UInt8
+
+    init(hashVersion: UInt8, indirectLevels: UInt8) {
+        self.hashVersion = hashVersion; infoLength = DxRootInfo.length
+        self.indirectLevels = indirectLevels; unusedFlags = 0
+    }
+
+    init(decoding root: [UInt8]) throws(Ext4Error) {
+        try OnDisk.need(root.count, DxBlock.rootInfoOffset, Int(DxRootInfo.length), "htree root info")
+        hashVersion = root.u8(DxBlock.rootInfoOffset + 4)
+        infoLength = root.u8(DxBlock.rootInfoOffset + 5)
+        indirectLevels = root.u8(DxBlock.rootInfoOffset + 6)
+        unusedFlags = root.u8(DxBlock.rootInfoOffset + 7)
+    }
+
+    func encode(into root: inout [UInt8]) {
+        root.putLE32(DxBlock.rootInfoOffset, 0)
+        root.putU8(DxBlock.rootInfoOffset + 4, hashVersion)
+        root.putU8(DxBlock.rootInfoOffset + 5, infoLength)
+        root.putU8(DxBlock.rootInfoOffset + 6, indirectLevels)
+        root.putU8(DxBlock.rootInfoOffset + 7, unusedFlags)
+    }
+}
+
+/// `struct dx_countlimit` at the start of an entries array.
+struct DxCountLimit: Sendable, Equatable {
+    var limit: UInt16
+    var count: UInt16
+
+    init(limit: Int, count: Int) {
+        self.limit = UInt16(clamping: limit); self.count = UInt16(clamping: count)
+    }
+
+    init(decoding b: [UInt8], at entries: Int) throws(Ext4Error) {
+        try OnDisk.need(b.count, entries, 4, "htree count/limit")
+        limit = b.le16(entries)
+        count = b.le16(entries + 2)
+    }
+
+    func encode(into b: inout [UInt8], at entries: Int) {
+        b.putLE16(entries, limit)
+        b.putLE16(entries + 2, count)
+    }
+}
+
+/// `struct dx_entry` number `index` of the array at `entries`: a hash (none
+/// for entry 0, whose place count/limit takes) and a logical block.
+struct DxEntry: Sendable, Equatable {
+    var hash: UInt32
+    var block: UInt32
+
+    init(hash: UInt32, block: UInt32) { self.hash = hash; self.block = block & DxBlock.blockMask }
+
+    init(decoding b: [UInt8], entries: Int, index: Int) throws(Ext4Error) {
+        let o = OnDisk.offset(entries, DxBlock.entrySize, index)
+        try OnDisk.need(b.count, o, DxBlock.entrySize, "htree entry \(index)")
+        hash = index == 0 ? 0 : b.le32(o)
+        block = b.le32(o &+ 4) & DxBlock.blockMask
+    }
+
+    func encode(into b: inout [UInt8], entries: Int, index: Int) {
+        let o = OnDisk.offset(entries, DxBlock.entrySize, index)
+        if index > 0 { b.putLE32(o, hash) }
+        b.putLE32(o &+ 4, block)
+    }
+}
+
+/// `struct dx_tail` after `limit` entries: crc32c (the inode's seed) over the
+/// block up to the end of `count` entries, then over the tail with a zero
+/// checksum.
+enum DxTail {
+    /// Where the tail of the array at `entries` lies, and the checksum it
+    /// should hold; nil when count/limit put the tail or the entries outside `b`.
+    static func expected(_ b: [UInt8], entries: Int, seed: UInt32) -> (offset: Int, checksum: UInt32)? {
+        guard let cl = try? DxCountLimit(decoding: b, at: entries) else { return nil }
+        let used = entries + DxBlock.entrySize * Int(cl.count)
+        let t = entries + DxBlock.entrySize * Int(cl.limit)
+        guard used <= b.count, t &+ DxBlock.tailSize <= b.count else { return nil }
+        var c = crc32c(seed, b[0..<used])
+        c = crc32c(c, b[t..<(t &+ 4)])
+        c = crc32c(c, [0, 0, 0, 0])
+        return (t, c)
+    }
+
+    static func matches(_ b: [UInt8], entries: Int, seed: UInt32) -> Bool {
+        guard let (t, c) = expected(b, entries: entries, seed: seed) else { return false }
+        return b.le32(t &+ 4) == c
+    }
+
+    /// Zero the reserved word and write the checksum (nothing when the tail does not fit).
+    static func seal(_ b: inout [UInt8], entries: Int, seed: UInt32) {
+        guard let cl = try? DxCountLimit(decoding: b, at: entries) else { return }
+        let t = entries + DxBlock.entrySize * Int(cl.limit)
+        guard t &+ DxBlock.tailSize <= b.count else { return }
+        b.putLE32(t, 0)
+        if let (_, c) = expected(b, entries: entries, seed: seed) { b.putLE32(t &+ 4, c) }
     }
 }
 
@@ -793,11 +938,11 @@ struct XattrEntryRecord: Sendable, Equatable {
     init(decoding b: [UInt8], at off: Int, end: Int) throws(Ext4Error) {
         try OnDisk.need(Swift.min(end, b.count), off, XattrEntryRecord.headerSize, "xattr entry")
         nameLen = b.u8(off)
-        nameIndex = b.u8(off + 1)
-        valueOffset = b.le16(off + 2)
-        valueInum = b.le32(off + 4)
-        valueSize = b.le32(off + 8)
-        hash = b.le32(off + 12)
+        nameIndex = b.u8(off &+ 1)
+        valueOffset = b.le16(off &+ 2)
+        valueInum = b.le32(off &+ 4)
+        valueSize = b.le32(off &+ 8)
+        hash = b.le32(off &+ 12)
     }
 
     /// Does the table end at `off` (a zero word, or no room for one)?
@@ -809,18 +954,18 @@ struct XattrEntryRecord: Sendable, Equatable {
 
     /// The entry's name, which must lie before `end`.
     func name(in b: [UInt8], at off: Int, end: Int) throws(Ext4Error) -> [UInt8] {
-        try OnDisk.need(Swift.min(end, b.count), off + XattrEntryRecord.headerSize, Int(nameLen), "xattr name")
-        return b.sub(off + XattrEntryRecord.headerSize, Int(nameLen)) ?? []
+        try OnDisk.need(Swift.min(end, b.count), off &+ XattrEntryRecord.headerSize, Int(nameLen), "xattr name")
+        return b.sub(off &+ XattrEntryRecord.headerSize, Int(nameLen)) ?? []
     }
 
     /// Write the entry header and `name` at `off`.
     func encode(into b: inout [UInt8], at off: Int, name: [UInt8]) {
         b.putU8(off, nameLen)
-        b.putU8(off + 1, nameIndex)
-        b.putLE16(off + 2, valueOffset)
-        b.putLE32(off + 4, valueInum)
-        b.putLE32(off + 8, valueSize)
-        b.putLE32(off + 12, hash)
-        b.putBytes(off + XattrEntryRecord.headerSize, name)
+        b.putU8(off &+ 1, nameIndex)
+        b.putLE16(off &+ 2, valueOffset)
+        b.putLE32(off &+ 4, valueInum)
+        b.putLE32(off &+ 8, valueSize)
+        b.putLE32(off &+ 12, hash)
+        b.putBytes(off &+ XattrEntryRecord.headerSize, name)
     }
 }

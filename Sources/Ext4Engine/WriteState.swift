@@ -15,7 +15,8 @@ extension Array where Element == UInt8 {
     }
     mutating func zeroRange(_ o: Int, _ n: Int) {
         var i = Swift.max(0, o)
-        let e = Swift.min(count, o + n)
+        let (end, overflow) = o.addingReportingOverflow(n)
+        let e = Swift.min(count, overflow ? (n > 0 ? Int.max : Int.min) : end)
         while i < e { self[i] = 0; i += 1 }
     }
 }

@@ -303,6 +303,60 @@ struct OnDiskRecordTests {
         #expect(s == b)
     }
 
+    // MARK: htree index
+
+    @Test func htreeRoundTrip() throws {
+        for csum in [false, true] {
+            let bs = 4096
+            var root = [UInt8](repeating: 0, count: bs)
+            DirEntryRecord.write(into: &root, at: 0, inode: 2, recLen: 12, name: [0x2E], fileType: 2, blockSize: bs)
+            DirEntryRecord.write(into: &root, at: 12, inode: 2, recLen: bs - 12, name: [0x2E, 0x2E], fileType: 2, blockSize: bs)
+            DxRootInfo(hashVersion: 1, indirectLevels: 0).encode(into: &root)
+            let limit = DxBlock.limit(blockSize: bs, entries: DxBlock.rootEntries, tail: csum)
+            #expect(limit == (csum ? 507 : 508))
+            DxCountLimit(limit: limit, count: 3).encode(into: &root, at: DxBlock.rootEntries)
+            let entries = [DxEntry(hash: 0, block: 1), DxEntry(hash: 0x1000, block: 2), DxEntry(hash: 0xF000_0000, block: 0xFFFF_FFFF)]
+            for (i, e) in entries.enumerated() { e.encode(into: &root, entries: DxBlock.rootEntries, index: i) }
+            if csum { DxTail.seal(&root, entries: DxBlock.rootEntries, seed: 5) }
+
+            let info = try DxRootInfo(decoding: root)
+            #expect(info == DxRootInfo(hashVersion: 1, indirectLevels: 0) && info.infoLength == 8)
+            #expect(root.u8(28) == 1 && root.u8(29) == 8 && root.u8(30) == 0 && root.u8(31) == 0)
+            let cl = try DxCountLimit(decoding: root, at: DxBlock.rootEntries)
+            #expect(Int(cl.limit) == limit && cl.count == 3 && root.le16(32) == UInt16(limit) && root.le16(34) == 3)
+            for (i, e) in entries.enumerated() {
+                #expect(try DxEntry(decoding: root, entries: DxBlock.rootEntries, index: i) == e)
+            }
+            #expect(try DxEntry(decoding: root, entries: DxBlock.rootEntries, index: 2).block == 0x0FFF_FFFF)
+            #expect(root.le32(40) == 0x1000 && root.le32(44) == 2)
+            #expect(!DxBlock.isNode(root, blockSize: bs))
+            if csum {
+                #expect(DxTail.matches(root, entries: DxBlock.rootEntries, seed: 5))
+                #expect(!DxTail.matches(root, entries: DxBlock.rootEntries, seed: 6))
+                #expect(DxTail.expected(root, entries: DxBlock.rootEntries, seed: 5)?.offset == 32 + 8 * 507)
+            }
+            var node = [UInt8](repeating: 0, count: bs)
+            DirEntryRecord(inode: 0, recLen: bs, nameLen: 0, fileType: 0).encode(into: &node, at: 0, blockSize: bs)
+            #expect(DxBlock.isNode(node, blockSize: bs))
+        }
+    }
+
+    @Test func htreeRejectsBadInput() {
+        expectCorrupt("root info past the end") { _ = try DxRootInfo(decoding: [UInt8](repeating: 0, count: 31)) }
+        let b = [UInt8](repeating: 0xFF, count: 64)
+        expectCorrupt("count/limit past the end") { _ = try DxCountLimit(decoding: b, at: 62) }
+        expectCorrupt("entry past the end") { _ = try DxEntry(decoding: b, entries: 32, index: 4) }
+        expectCorrupt("negative entry") { _ = try DxEntry(decoding: b, entries: 8, index: -2) }
+        // count and limit of 65535 in a small block: no tail, no checksum, no match, no trap.
+        #expect(DxTail.expected(b, entries: 32, seed: 1) == nil && !DxTail.matches(b, entries: 32, seed: 1))
+        var s = b
+        DxTail.seal(&s, entries: 32, seed: 1)
+        #expect(s == b)
+        DxTail.seal(&s, entries: 1 << 40, seed: 1)
+        #expect(s == b && !DxBlock.isNode(b, blockSize: 4096) && !DxBlock.isNode([], blockSize: 4096))
+        #expect(DxBlock.limit(blockSize: 16, entries: 32, tail: true) == 0)
+    }
+
     // MARK: xattrs
 
     @Test func xattrRoundTrip() throws {
@@ -381,6 +435,15 @@ struct OnDiskRecordTests {
                 _ = try? x.name(in: b, at: off, end: n)
             }
             _ = try? XattrBlockHeader(decoding: b)
+            if let i = try? DxRootInfo(decoding: b) { decoded += 1; _ = i.indirectLevels }
+            for entries in [off, DxBlock.nodeEntries, DxBlock.rootEntries] {
+                if let cl = try? DxCountLimit(decoding: b, at: entries) {
+                    for k in 0..<min(Int(cl.count), 8) { _ = try? DxEntry(decoding: b, entries: entries, index: k) }
+                }
+                _ = (DxTail.matches(b, entries: entries, seed: 3), DxBlock.isNode(b, blockSize: n))
+                var m = b
+                DxTail.seal(&m, entries: entries, seed: 3)
+            }
         }
         #expect(decoded > 1000)
     }
