@@ -47,9 +47,8 @@ extension Ext4FileSystem {
 
     /// Load group `g`'s block bitmap (initializing BLOCK_UNINIT groups). Caller holds the group lock.
     func loadBlockBitmap(_ g: Int) throws(Ext4Error) -> [UInt8] {
-        let d = gdSnapshot(g)
-        let flags = d.le16(GD.flags)
-        if (sb.metadataCsum || sb.gdtCsum) && flags & GD.blockUninit != 0 {
+        let d = try gdSnapshot(g)
+        if (sb.metadataCsum || sb.gdtCsum) && d.flags & GroupDescriptorRecord.Flag.blockUninit != 0 {
             var bm = [UInt8](repeating: 0, count: blockSize)
             let start = groupStart(g)
             for (s, n) in fixedMetadata(g) {
@@ -61,7 +60,7 @@ extension Ext4FileSystem {
             // Cross-check against the descriptor before trusting it.
             var used = 0
             for k in 0..<groupBlocks(g) where bitGet(bm, k) { used += 1 }
-            guard groupBlocks(g) - used == Int(gdFree(d, blocks: true)) else {
+            guard groupBlocks(g) - used == Int(d.freeBlocks) else {
                 throw corrupt("group \(g): uninitialized block bitmap does not match free count")
             }
             return bm
@@ -73,14 +72,11 @@ extension Ext4FileSystem {
         try writeMeta(groups[g].blockBitmap, bm)
         let csum = crc32c(csumSeed, bm[0..<(Int(sb.blocksPerGroup) / 8)])
         try updateGD(g) { d in
-            var f = Int64(gdGet32(d, GD.freeBlocksLo, GD.freeBlocksHi)) + Int64(freeDelta)
+            var f = Int64(d.freeBlocks) + Int64(freeDelta)
             if f < 0 { f = 0 }
-            gdPut32(&d, GD.freeBlocksLo, GD.freeBlocksHi, UInt32(clamping: f))
-            d.putLE16(GD.flags, d.le16(GD.flags) & ~GD.blockUninit)
-            if sb.metadataCsum {
-                d.putLE16(GD.bbCsumLo, UInt16(truncatingIfNeeded: csum))
-                if sb.descSize >= 64 { d.putLE16(GD.bbCsumHi, UInt16(truncatingIfNeeded: csum >> 16)) }
-            }
+            d.freeBlocks = UInt32(clamping: f)
+            d.flags &= ~GroupDescriptorRecord.Flag.blockUninit
+            if sb.metadataCsum { d.blockBitmapChecksum = csum }
         }
     }
 
@@ -109,8 +105,7 @@ extension Ext4FileSystem {
         for pass in 0..<2 {
             for k in 0..<ng {
                 let g = (g0 + k) % ng
-                let d = gdSnapshot(g)
-                if gdFree(d, blocks: true) == 0 { continue }
+                if try gdSnapshot(g).freeBlocks == 0 { continue }
                 if let r = try w.groupLocks[g].with({ () throws(Ext4Error) -> (UInt64, Int)? in
                     var bm = try loadBlockBitmap(g)
                     let nb = groupBlocks(g)
@@ -215,8 +210,8 @@ extension Ext4FileSystem {
     // ---- inodes ------------------------------------------------------------------------
 
     func loadInodeBitmap(_ g: Int) throws(Ext4Error) -> [UInt8] {
-        let d = gdSnapshot(g)
-        if (sb.metadataCsum || sb.gdtCsum) && d.le16(GD.flags) & GD.inodeUninit != 0 {
+        let d = try gdSnapshot(g)
+        if (sb.metadataCsum || sb.gdtCsum) && d.flags & GroupDescriptorRecord.Flag.inodeUninit != 0 {
             var bm = [UInt8](repeating: 0, count: blockSize)
             var i = Int(sb.inodesPerGroup)
             while i < blockSize * 8 { bitSet(&bm, i); i += 1 }
@@ -238,9 +233,9 @@ extension Ext4FileSystem {
             let avgI = fi / UInt64(ng), avgB = fb / UInt64(ng)
             var cands: [(Int, UInt32)] = []
             for g in 0..<ng {
-                let d = gdSnapshot(g)
-                if UInt64(gdFree(d, blocks: false)) >= max(avgI, 1) && UInt64(gdFree(d, blocks: true)) >= avgB {
-                    cands.append((g, gdGet32(d, GD.usedDirsLo, GD.usedDirsHi)))
+                let d = try gdSnapshot(g)
+                if UInt64(d.freeInodes) >= max(avgI, 1) && UInt64(d.freeBlocks) >= avgB {
+                    cands.append((g, d.usedDirs))
                 }
             }
             let rot = w.gdLock.with { () -> Int in w.dirRotor = (w.dirRotor + 1) % ng; return w.dirRotor }
@@ -250,8 +245,7 @@ extension Ext4FileSystem {
         for k in 0..<ng { order.append((pg + k) % ng) }
         var tried = Set<Int>()
         for g in order where tried.insert(g).inserted {
-            let d = gdSnapshot(g)
-            if gdFree(d, blocks: false) == 0 { continue }
+            if try gdSnapshot(g).freeInodes == 0 { continue }
             if let ino = try w.groupLocks[g].with({ () throws(Ext4Error) -> UInt32? in
                 var bm = try loadInodeBitmap(g)
                 let first = g == 0 ? Int(sb.firstIno) - 1 : 0
@@ -267,23 +261,15 @@ extension Ext4FileSystem {
                 try writeMeta(groups[g].inodeBitmap, bm)
                 let csum = crc32c(csumSeed, bm[0..<(Int(ipg) / 8)])
                 try updateGD(g) { d in
-                    let f = gdGet32(d, GD.freeInodesLo, GD.freeInodesHi)
-                    gdPut32(&d, GD.freeInodesLo, GD.freeInodesHi, f > 0 ? f - 1 : 0)
-                    if isDir {
-                        gdPut32(&d, GD.usedDirsLo, GD.usedDirsHi, gdGet32(d, GD.usedDirsLo, GD.usedDirsHi) &+ 1)
-                    }
-                    d.putLE16(GD.flags, d.le16(GD.flags) & ~GD.inodeUninit)
+                    let f = d.freeInodes
+                    d.freeInodes = f > 0 ? f - 1 : 0
+                    if isDir { d.usedDirs &+= 1 }
+                    d.flags &= ~GroupDescriptorRecord.Flag.inodeUninit
                     if sb.metadataCsum || sb.gdtCsum {
-                        let unused = gdGet32(d, GD.itableUnusedLo, GD.itableUnusedHi)
-                        let hw = UInt32(ipg) - UInt32(min(UInt64(unused), ipg))
-                        if UInt32(idx) >= hw {
-                            gdPut32(&d, GD.itableUnusedLo, GD.itableUnusedHi, UInt32(ipg) - UInt32(idx) - 1)
-                        }
+                        let hw = UInt32(ipg) - UInt32(min(UInt64(d.itableUnused), ipg))
+                        if UInt32(idx) >= hw { d.itableUnused = UInt32(ipg) - UInt32(idx) - 1 }
                     }
-                    if sb.metadataCsum {
-                        d.putLE16(GD.ibCsumLo, UInt16(truncatingIfNeeded: csum))
-                        if sb.descSize >= 64 { d.putLE16(GD.ibCsumHi, UInt16(truncatingIfNeeded: csum >> 16)) }
-                    }
+                    if sb.metadataCsum { d.inodeBitmapChecksum = csum }
                 }
                 return UInt32(UInt64(g) * ipg + UInt64(idx) + 1)
             }) {
@@ -307,15 +293,12 @@ extension Ext4FileSystem {
             try writeMeta(groups[g].inodeBitmap, bm)
             let csum = crc32c(csumSeed, bm[0..<(Int(ipg) / 8)])
             try updateGD(g) { d in
-                gdPut32(&d, GD.freeInodesLo, GD.freeInodesHi, gdGet32(d, GD.freeInodesLo, GD.freeInodesHi) &+ 1)
+                d.freeInodes &+= 1
                 if isDir {
-                    let u = gdGet32(d, GD.usedDirsLo, GD.usedDirsHi)
-                    gdPut32(&d, GD.usedDirsLo, GD.usedDirsHi, u > 0 ? u - 1 : 0)
+                    let u = d.usedDirs
+                    d.usedDirs = u > 0 ? u - 1 : 0
                 }
-                if sb.metadataCsum {
-                    d.putLE16(GD.ibCsumLo, UInt16(truncatingIfNeeded: csum))
-                    if sb.descSize >= 64 { d.putLE16(GD.ibCsumHi, UInt16(truncatingIfNeeded: csum >> 16)) }
-                }
+                if sb.metadataCsum { d.inodeBitmapChecksum = csum }
             }
         }
     }

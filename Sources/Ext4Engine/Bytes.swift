@@ -25,6 +25,13 @@ extension Array where Element == UInt8 {
         UInt64(le32(o)) | (UInt64(le32(o + 4)) << 32)
     }
 
+    /// Store one byte (nothing when out of range).
+    @inline(__always)
+    mutating func putU8(_ o: Int, _ v: UInt8) {
+        guard o >= 0, o < count else { return }
+        self[o] = v
+    }
+
     /// Copy of `[o, o+n)` or nil when out of range.
     func sub(_ o: Int, _ n: Int) -> [UInt8]? {
         guard o >= 0, n >= 0, o <= count, n <= count - o else { return nil }
@@ -34,9 +41,7 @@ extension Array where Element == UInt8 {
     /// Same bytes with `[o, o+n)` zeroed (range clipped to the array).
     func zeroing(_ o: Int, _ n: Int) -> [UInt8] {
         var c = self
-        var i = Swift.max(o, 0)
-        let end = Swift.min(o + n, count)
-        while i < end { c[i] = 0; i += 1 }
+        c.zeroRange(o, n)
         return c
     }
 }

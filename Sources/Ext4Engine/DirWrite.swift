@@ -2,7 +2,14 @@ import Foundation
 
 /// Directory modification: linear blocks, htree (insert into the hashed leaf,
 /// rebuild the index when a leaf is full), inline directories (converted to blocks).
-struct DirRec { var off: Int; var ino: UInt32; var recLen: Int; var nameLen: Int }
+/// One record of a directory block and where it starts.
+struct DirRec {
+    let off: Int
+    let d: DirEntryRecord
+    var ino: UInt32 { d.inode }
+    var recLen: Int { d.recLen }
+    var nameLen: Int { d.nameLen }
+}
 
 struct DirItem { var name: [UInt8]; var ino: UInt32; var ftype: UInt8; var hash: UInt32 }
 
@@ -21,64 +28,46 @@ extension Ext4FileSystem {
         }
     }
 
-    func encodeRecLen(_ n: Int) -> UInt16 {
-        if blockSize < 65536 { return UInt16(n) }
-        if n == 65536 { return 65535 }
-        return UInt16(n & 65532) | UInt16((n >> 16) & 3)
-    }
+    func encodeRecLen(_ n: Int) -> UInt16 { DirEntryRecord.encodeRecLen(n, blockSize: blockSize) }
 
-    var dirTail: Int { sb.metadataCsum ? 12 : 0 }
+    var dirTail: Int { sb.metadataCsum ? DirLeafTail.size : 0 }
 
-    static func recSize(_ nameLen: Int) -> Int { (8 + nameLen + 3) & ~3 }
+    static func recSize(_ nameLen: Int) -> Int { DirEntryRecord.size(nameLen: nameLen) }
 
     /// All records (including unused ones) of a leaf block.
-    func records(_ b: [UInt8], start: Int = 0, end: Int) throws(Ext4Error) -> [DirRec] {
+    func records(_ b: [UInt8], start: Int = 0, end: Int, dir: UInt32) throws(Ext4Error) -> [DirRec] {
         var out: [DirRec] = []
-        var off = start
-        while off < end {
-            guard off + 8 <= end else { throw corrupt("directory record header past end") }
-            let rl = decodeRecLen(b.le16(off + 4))
-            let nl = Int(b.u8(off + 6))
-            guard rl >= 12, rl % 4 == 0, rl <= end - off, rl >= Ext4FileSystem.recSize(nl) else {
-                throw corrupt("bad directory rec_len \(rl) at \(off)")
-            }
-            out.append(DirRec(off: off, ino: b.le32(off), recLen: rl, nameLen: nl))
-            off += rl
+        try walkDirRecords(b, start: start, end: end, what: "directory \(dir)") { off, d in
+            out.append(DirRec(off: off, d: d))
+            return true
         }
         return out
     }
 
+    /// The record at `off` of a directory block (`off` from a validated walk).
+    func dirRecord(_ b: [UInt8], at off: Int, dir: UInt32) throws(Ext4Error) -> DirEntryRecord {
+        do { return try DirEntryRecord(decoding: b, at: off, blockSize: blockSize) } catch {
+            throw corrupt("directory \(dir): no record at offset \(off)")
+        }
+    }
+
     func putRec(_ b: inout [UInt8], _ off: Int, ino: UInt32, recLen: Int, name: [UInt8], ftype: UInt8) {
-        b.putLE32(off, ino)
-        b.putLE16(off + 4, encodeRecLen(recLen))
-        b[off + 6] = UInt8(name.count)
-        b[off + 7] = ftype
-        b.putBytes(off + 8, name)
-        let pad = Ext4FileSystem.recSize(name.count) - 8 - name.count
-        b.zeroRange(off + 8 + name.count, pad)
+        DirEntryRecord.write(into: &b, at: off, inode: ino, recLen: recLen, name: name, fileType: ftype, blockSize: blockSize)
     }
 
     func finishLeaf(_ dm: MInode, _ b: inout [UInt8]) {
         guard sb.metadataCsum else { return }
-        let t = blockSize - 12
-        b.putLE32(t, 0); b.putLE16(t + 4, 12); b[t + 6] = 0; b[t + 7] = 0xDE
-        b.putLE32(t + 8, crc32c(inodeSeed(dm.ino, dm.generation), b[0..<t]))
+        DirLeafTail.seal(&b, blockSize: blockSize, seed: inodeSeed(dm.ino, dm.generation))
     }
 
     func finishDx(_ dm: MInode, _ b: inout [UInt8], entries: Int) {
         guard sb.metadataCsum else { return }
-        let limit = Int(b.le16(entries)), count = Int(b.le16(entries + 2))
-        let t = entries + 8 * limit
-        b.putLE32(t, 0)
-        var c = crc32c(inodeSeed(dm.ino, dm.generation), b[0..<(entries + 8 * count)])
-        c = crc32c(c, b[t..<(t + 4)])
-        c = crc32c(c, [0, 0, 0, 0])
-        b.putLE32(t + 4, c)
+        DxTail.seal(&b, entries: entries, seed: inodeSeed(dm.ino, dm.generation))
     }
 
     func emptyLeaf(_ dm: MInode) -> [UInt8] {
         var b = [UInt8](repeating: 0, count: blockSize)
-        b.putLE16(4, encodeRecLen(blockSize - dirTail))
+        DirEntryRecord(inode: 0, recLen: blockSize - dirTail, nameLen: 0, fileType: 0).encode(into: &b, at: 0, blockSize: blockSize)
         finishLeaf(dm, &b)
         return b
     }
@@ -103,13 +92,13 @@ extension Ext4FileSystem {
     }
 
     func dxVersion(_ root: [UInt8]) -> Int {
-        var v = Int(root.u8(28))
+        var v = Int((try? DxRootInfo(decoding: root))?.hashVersion ?? 0)
         if hashUnsigned { v += 3 }
         return v
     }
 
     /// Is logical block `l` of an indexed directory an index block?
-    func isDxNode(_ b: [UInt8]) -> Bool { b.le32(0) == 0 && decodeRecLen(b.le16(4)) == blockSize }
+    func isDxNode(_ b: [UInt8]) -> Bool { DxBlock.isNode(b, blockSize: blockSize) }
 
     // ---- inline -> block conversion --------------------------------------------------
 
@@ -135,8 +124,8 @@ extension Ext4FileSystem {
     }
 
     func extentRootEmpty() -> [UInt8] {
-        var h = [UInt8](repeating: 0, count: 12)
-        h.putLE16(0, 0xF30A); h.putLE16(4, 4)
+        var h = [UInt8](repeating: 0, count: ExtentHeader.size)
+        ExtentHeader(entries: 0, max: ExtentHeader.rootCapacity, depth: 0).encode(into: &h)
         return h
     }
 
@@ -174,16 +163,19 @@ extension Ext4FileSystem {
     // ---- insert ------------------------------------------------------------------------
 
     /// Try to put an entry into a leaf block in memory. Returns false when full.
-    func insertInLeaf(_ b: inout [UInt8], name: [UInt8], ino: UInt32, ftype: UInt8, start: Int = 0) throws(Ext4Error) -> Bool {
+    func insertInLeaf(_ b: inout [UInt8], name: [UInt8], ino: UInt32, ftype: UInt8, start: Int = 0,
+                      dir: UInt32) throws(Ext4Error) -> Bool {
         let need = Ext4FileSystem.recSize(name.count)
-        for r in try records(b, start: start, end: blockSize - dirTail) {
+        for r in try records(b, start: start, end: blockSize - dirTail, dir: dir) {
             if r.ino == 0 && r.recLen >= need {
                 putRec(&b, r.off, ino: ino, recLen: r.recLen, name: name, ftype: ftype)
                 return true
             }
             let used = r.ino == 0 ? 0 : Ext4FileSystem.recSize(r.nameLen)
             if r.ino != 0 && r.recLen - used >= need {
-                b.putLE16(r.off + 4, encodeRecLen(used))
+                var shrunk = r.d
+                shrunk.recLen = used
+                shrunk.encode(into: &b, at: r.off, blockSize: blockSize)
                 putRec(&b, r.off + used, ino: ino, recLen: r.recLen - used, name: name, ftype: ftype)
                 return true
             }
@@ -198,7 +190,7 @@ extension Ext4FileSystem {
         if isIndexedM(dm) {
             if let (l, _) = try dxLeaf(dm, blocks, hash: nameHash(name)), l < blocks.count {
                 var b = try block(blocks[l])
-                if try insertInLeaf(&b, name: name, ino: ino, ftype: ftype) {
+                if try insertInLeaf(&b, name: name, ino: ino, ftype: ftype, dir: dm.ino) {
                     finishLeaf(dm, &b)
                     try writeMeta(blocks[l], b)
                     return
@@ -209,7 +201,7 @@ extension Ext4FileSystem {
         }
         for (l, p) in blocks.enumerated() {
             var b = try block(p)
-            if try insertInLeaf(&b, name: name, ino: ino, ftype: ftype, start: 0) {
+            if try insertInLeaf(&b, name: name, ino: ino, ftype: ftype, start: 0, dir: dm.ino) {
                 finishLeaf(dm, &b)
                 try writeMeta(p, b)
                 _ = l
@@ -221,7 +213,7 @@ extension Ext4FileSystem {
             return
         }
         var nb = emptyLeaf(dm)
-        _ = try insertInLeaf(&nb, name: name, ino: ino, ftype: ftype)
+        _ = try insertInLeaf(&nb, name: name, ino: ino, ftype: ftype, dir: dm.ino)
         try appendDirBlock(&dm, firstBlock: nb)
     }
 
@@ -231,22 +223,24 @@ extension Ext4FileSystem {
     func dxLeaf(_ dm: MInode, _ blocks: [UInt64], hash: UInt32) throws(Ext4Error) -> (Int, Int)? {
         guard let p0 = blocks.first else { return nil }
         let root = try block(p0)
-        guard root.u8(29) == 8 else { return nil }
-        let levels = Int(root.u8(30))
+        guard let info = try? DxRootInfo(decoding: root), info.infoLength == DxRootInfo.length else { return nil }
+        let levels = Int(info.indirectLevels)
         guard levels <= 2 else { return nil }
         var node = root
-        var entries = 32
+        var entries = DxBlock.rootEntries
         for depth in 0...levels {
-            let count = Int(node.le16(entries + 2))
-            guard count >= 1 else { return nil }
-            var best = 0
-            for i in 1..<max(1, count) where node.le32(entries + 8 * i) <= hash { best = i }
-            let child = Int(node.le32(entries + 8 * best + 4) & 0x0FFF_FFFF)
-            guard child < blocks.count else { return nil }
+            guard let cl = try? DxCountLimit(decoding: node, at: entries), cl.count >= 1 else { return nil }
+            var best: DxEntry? = try? DxEntry(decoding: node, entries: entries, index: 0)
+            for i in 1..<Int(cl.count) {
+                guard let e = try? DxEntry(decoding: node, entries: entries, index: i) else { return nil }
+                if e.hash <= hash { best = e }
+            }
+            guard let best, Int(best.block) < blocks.count else { return nil }
+            let child = Int(best.block)
             if depth == levels { return (child, levels) }
             node = try block(blocks[child])
             guard isDxNode(node) else { return nil }
-            entries = 8
+            entries = DxBlock.nodeEntries
         }
         return nil
     }
@@ -261,10 +255,10 @@ extension Ext4FileSystem {
                 if l == 0 { continue }
                 continue
             }
-            for r in try records(b, end: blockSize - dirTail) where r.ino != 0 && r.nameLen > 0 {
-                guard let name = b.sub(r.off + 8, r.nameLen) else { continue }
+            for r in try records(b, end: blockSize - dirTail, dir: dm.ino) where r.ino != 0 && r.nameLen > 0 {
+                guard let name = r.d.name(in: b, at: r.off) else { continue }
                 if l == 0 && (name == [0x2E] || name == [0x2E, 0x2E]) { continue }
-                out.append(DirItem(name: name, ino: r.ino, ftype: b.u8(r.off + 7), hash: 0))
+                out.append(DirItem(name: name, ino: r.ino, ftype: r.d.fileType, hash: 0))
             }
         }
         return out
@@ -275,7 +269,7 @@ extension Ext4FileSystem {
         var blocks = try dirBlocks(dm)
         guard let p0 = blocks.first else { throw corrupt("directory \(dm.ino) empty") }
         let b0 = try block(p0)
-        let parent = b0.le32(12)
+        let parent = try dirRecord(b0, at: DirEntryRecord.minSize, dir: dm.ino).inode  // ".."
         var items = try dirItems(dm, blocks)
         if let adding { items.append(adding) }
         for i in items.indices { items[i].hash = nameHash(items[i].name) }
@@ -349,15 +343,16 @@ extension Ext4FileSystem {
                 putRec(&b, off, ino: it.ino, recLen: rl, name: it.name, ftype: it.ftype)
                 off += sz
             }
-            if lf.isEmpty { b.putLE16(4, encodeRecLen(cap)) }
+            if lf.isEmpty {
+                DirEntryRecord(inode: 0, recLen: cap, nameLen: 0, fileType: 0).encode(into: &b, at: 0, blockSize: blockSize)
+            }
             finishLeaf(dm, &b)
             try writeMeta(blocks[firstLeaf + i], b)
         }
         func dxEntries(_ b: inout [UInt8], at e: Int, limit: Int, pairs: [(UInt32, Int)]) {
-            b.putLE16(e, UInt16(limit)); b.putLE16(e + 2, UInt16(pairs.count))
+            DxCountLimit(limit: limit, count: pairs.count).encode(into: &b, at: e)
             for (k, (h, blk)) in pairs.enumerated() {
-                if k > 0 { b.putLE32(e + 8 * k, h) }
-                b.putLE32(e + 8 * k + 4, UInt32(blk))
+                DxEntry(hash: h, block: UInt32(truncatingIfNeeded: blk)).encode(into: &b, entries: e, index: k)
             }
         }
         var level: [(UInt32, Int)] = keys.enumerated().map { ($0.element, firstLeaf + $0.offset) }
@@ -368,9 +363,9 @@ extension Ext4FileSystem {
             while i < level.count {
                 let chunk = Array(level[i..<min(level.count, i + nodeLimit)])
                 var b = [UInt8](repeating: 0, count: blockSize)
-                b.putLE16(4, encodeRecLen(blockSize))
-                dxEntries(&b, at: 8, limit: nodeLimit, pairs: chunk)
-                finishDx(dm, &b, entries: 8)
+                DirEntryRecord(inode: 0, recLen: blockSize, nameLen: 0, fileType: 0).encode(into: &b, at: 0, blockSize: blockSize)
+                dxEntries(&b, at: DxBlock.nodeEntries, limit: nodeLimit, pairs: chunk)
+                finishDx(dm, &b, entries: DxBlock.nodeEntries)
                 try writeMeta(blocks[nextNode], b)
                 up.append((chunk[0].0, nextNode))
                 nextNode += 1
@@ -384,9 +379,9 @@ extension Ext4FileSystem {
         putRec(&root, 12, ino: parent, recLen: blockSize - 12, name: [0x2E, 0x2E], ftype: ft)
         var hv = Int(sb.defHashVersion)
         if hv > DirHash.tea { hv = DirHash.halfMD4 }
-        root[28] = UInt8(hv); root[29] = 8; root[30] = UInt8(levels); root[31] = 0
-        dxEntries(&root, at: 32, limit: rootLimit, pairs: level)
-        finishDx(dm, &root, entries: 32)
+        DxRootInfo(hashVersion: UInt8(truncatingIfNeeded: hv), indirectLevels: UInt8(truncatingIfNeeded: levels)).encode(into: &root)
+        dxEntries(&root, at: DxBlock.rootEntries, limit: rootLimit, pairs: level)
+        finishDx(dm, &root, entries: DxBlock.rootEntries)
         try writeMeta(blocks[0], root)
         dm.flags |= InodeFlag.index
     }
@@ -406,8 +401,8 @@ extension Ext4FileSystem {
             let b = try block(p)
             if indexed && (l == 0 || isDxNode(b)) { continue }
             var prev = -1
-            for r in try records(b, end: blockSize - dirTail) {
-                if r.ino != 0, r.nameLen == name.count, b.sub(r.off + 8, r.nameLen) == name {
+            for r in try records(b, end: blockSize - dirTail, dir: dm.ino) {
+                if r.ino != 0, r.d.nameEquals(name, in: b, at: r.off) {
                     return (l, p, r.off, prev, r.ino)
                 }
                 prev = r.off
@@ -422,12 +417,16 @@ extension Ext4FileSystem {
         let blocks = try dirBlocks(dm)
         guard let (_, p, off, prev, ino) = try dirFind(dm, blocks, name: name) else { throw .notFound }
         var b = try block(p)
+        var rec = try dirRecord(b, at: off, dir: dm.ino)
         if prev >= 0 {
-            let prl = decodeRecLen(b.le16(prev + 4)), rl = decodeRecLen(b.le16(off + 4))
-            b.putLE16(prev + 4, encodeRecLen(prl + rl))
-            b.zeroRange(off, 8)
+            // The previous record absorbs this one.
+            var pr = try dirRecord(b, at: prev, dir: dm.ino)
+            pr.recLen += rec.recLen
+            pr.encode(into: &b, at: prev, blockSize: blockSize)
+            b.zeroRange(off, DirEntryRecord.headerSize)
         } else {
-            b.putLE32(off, 0)
+            rec.inode = 0
+            rec.encode(into: &b, at: off, blockSize: blockSize)
         }
         finishLeaf(dm, &b)
         try writeMeta(p, b)
@@ -440,16 +439,22 @@ extension Ext4FileSystem {
         let blocks = try dirBlocks(dm)
         if name == [0x2E, 0x2E], let p0 = blocks.first {
             var b = try block(p0)
-            guard b.u8(18) == 2, b.u8(20) == 0x2E, b.u8(21) == 0x2E else { throw corrupt("directory \(dm.ino): bad '..'") }
-            b.putLE32(12, ino)
-            if isIndexedM(dm) { finishDx(dm, &b, entries: 32) } else { finishLeaf(dm, &b) }
+            // ".." is the second record of block 0, after the 12-byte ".".
+            let dotdotAt = DirEntryRecord.minSize
+            guard var dd = try? DirEntryRecord(decoding: b, at: dotdotAt, blockSize: blockSize),
+                  dd.nameEquals([0x2E, 0x2E], in: b, at: dotdotAt) else { throw corrupt("directory \(dm.ino): bad '..'") }
+            dd.inode = ino
+            dd.encode(into: &b, at: dotdotAt, blockSize: blockSize)
+            if isIndexedM(dm) { finishDx(dm, &b, entries: DxBlock.rootEntries) } else { finishLeaf(dm, &b) }
             try writeMeta(p0, b)
             return
         }
         guard let (_, p, off, _, _) = try dirFind(dm, blocks, name: name) else { throw .notFound }
         var b = try block(p)
-        b.putLE32(off, ino)
-        b[off + 7] = ftype
+        var rec = try dirRecord(b, at: off, dir: dm.ino)
+        rec.inode = ino
+        rec.fileType = ftype
+        rec.encode(into: &b, at: off, blockSize: blockSize)
         finishLeaf(dm, &b)
         try writeMeta(p, b)
     }

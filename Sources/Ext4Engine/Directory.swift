@@ -1,4 +1,7 @@
-/// Directories: linear blocks, htree index, inline data.
+// Directories: linear blocks, htree index, inline data.
+
+/// A live directory entry as the read side returns it: where its record
+/// starts, and the record's fields with its name.
 struct RawDirent {
     let off: Int
     let ino: UInt32
@@ -14,40 +17,45 @@ extension Ext4FileSystem {
     /// Directory blocks fetched per positioned read when not cached.
     static let dirReadahead: UInt64 = 16
 
-    func decodeRecLen(_ v: UInt16) -> Int {
-        if blockSize < 65536 { return Int(v) }
-        if v == 65535 || v == 0 { return blockSize }
-        return Int(v & 65532) | (Int(v & 3) << 16)
+    func decodeRecLen(_ v: UInt16) -> Int { DirEntryRecord.decodeRecLen(v, blockSize: blockSize) }
+
+    /// Walk every record, live or unused, in `[start, end)` of `b`,
+    /// validating each (header inside, rec_len shape, inode number in range),
+    /// and call `visit(offset, record)` until it returns false. The one
+    /// parser of directory blocks, for the read and the write side.
+    func walkDirRecords(_ b: [UInt8], start: Int, end: Int, what: @autoclosure () -> String,
+                        _ visit: (Int, DirEntryRecord) -> Bool) throws(Ext4Error) {
+        let end = min(end, b.count)
+        var off = max(0, start)
+        while off < end {
+            guard off + DirEntryRecord.headerSize <= end,
+                  let d = try? DirEntryRecord(decoding: b, at: off, blockSize: blockSize) else {
+                throw corrupt("\(what()): directory entry header past end at \(off)")
+            }
+            guard d.fits(at: off, end: end) else {
+                throw corrupt("\(what()): bad rec_len \(d.recLen) at offset \(off)")
+            }
+            guard d.inode <= sb.inodesCount else { throw corrupt("\(what()): inode \(d.inode) out of range at offset \(off)") }
+            if !visit(off, d) { return }
+            off += d.recLen
+        }
     }
 
-    /// Walk the dirents in `[start, end)` of `b`, validating every record, and
-    /// call `visit(offset, ino, recLen, nameLen, ftype)` for each live one
-    /// (ino != 0, non-empty name) until it returns false. Allocates nothing.
+    /// Walk the live dirents (inode != 0, non-empty name) in `[start, end)`
+    /// of `b` until `visit` returns false. Allocates nothing.
     func scanDirents(_ b: [UInt8], start: Int, end: Int, what: @autoclosure () -> String,
-                     _ visit: (Int, UInt32, Int, Int, UInt8) -> Bool) throws(Ext4Error) {
-        let end = min(end, b.count)
-        var off = start
-        while off < end {
-            guard off + 8 <= end else { throw corrupt("\(what()): directory entry header past end at \(off)") }
-            let ino = b.le32(off)
-            let recLen = decodeRecLen(b.le16(off + 4))
-            let nameLen = Int(b.u8(off + 6))
-            let ftype = b.u8(off + 7)
-            guard recLen >= 12, recLen % 4 == 0, recLen >= (8 + nameLen + 3) & ~3, recLen <= end - off else {
-                throw corrupt("\(what()): bad rec_len \(recLen) at offset \(off)")
-            }
-            guard ino <= sb.inodesCount else { throw corrupt("\(what()): inode \(ino) out of range at offset \(off)") }
-            if ino != 0, nameLen > 0, !visit(off, ino, recLen, nameLen, ftype) { return }
-            off += recLen
+                     _ visit: (Int, DirEntryRecord) -> Bool) throws(Ext4Error) {
+        try walkDirRecords(b, start: start, end: end, what: what()) { off, d in
+            d.inode == 0 || d.nameLen == 0 || visit(off, d)
         }
     }
 
     /// Parse dirents in `[start, end)` of `b`, validating every record.
     func parseDirents(_ b: [UInt8], start: Int, end: Int, what: @autoclosure () -> String) throws(Ext4Error) -> [RawDirent] {
         var out: [RawDirent] = []
-        try scanDirents(b, start: start, end: end, what: what()) { off, ino, recLen, nameLen, ftype in
-            if let name = b.sub(off + 8, nameLen) {
-                out.append(RawDirent(off: off, ino: ino, recLen: recLen, name: name, ftype: ftype))
+        try scanDirents(b, start: start, end: end, what: what()) { off, d in
+            if let name = d.name(in: b, at: off) {
+                out.append(RawDirent(off: off, ino: d.inode, recLen: d.recLen, name: name, ftype: d.fileType))
             }
             return true
         }
@@ -59,9 +67,8 @@ extension Ext4FileSystem {
     func findInBlock(_ ri: RawInode, _ b: [UInt8], logical: UInt64, name: [UInt8]) throws(Ext4Error) -> UInt32? {
         guard let (start, end) = try direntArea(ri, b, logical: logical) else { return nil }
         var found: UInt32?
-        try scanDirents(b, start: start, end: end, what: "directory \(ri.ino) block \(logical)") { off, ino, _, nameLen, _ in
-            guard nameLen == name.count, off + 8 + nameLen <= b.count else { return true }
-            if b[(off + 8)..<(off + 8 + nameLen)].elementsEqual(name) { found = ino; return false }
+        try scanDirents(b, start: start, end: end, what: "directory \(ri.ino) block \(logical)") { off, d in
+            if d.nameEquals(name, in: b, at: off) { found = d.inode; return false }
             return true
         }
         return found
@@ -74,18 +81,17 @@ extension Ext4FileSystem {
         if isIndexed(ri) {
             // dx root: "." and ".." followed by index data inside ".."'s record.
             if logical == 0 { return (0, blockSize) }
-            if b.le32(0) == 0 && decodeRecLen(b.le16(4)) == blockSize { return nil } // dx node
+            if DxBlock.isNode(b, blockSize: blockSize) { return nil }
         }
         var end = blockSize
         if sb.metadataCsum {
-            let t = blockSize - 12
-            guard b.le32(t) == 0, b.le16(t + 4) == 12, b.u8(t + 6) == 0, b.u8(t + 7) == 0xDE else {
+            guard DirLeafTail.isPresent(b, blockSize: blockSize) else {
                 throw corrupt("directory \(ri.ino) block \(logical): missing directory leaf checksum tail")
             }
-            guard crc32c(ri.seed, b[0..<t]) == b.le32(t + 8) else {
+            guard DirLeafTail.matches(b, blockSize: blockSize, seed: ri.seed) else {
                 throw corrupt("directory \(ri.ino) block \(logical): directory block checksum mismatch")
             }
-            end = t
+            end = blockSize - DirLeafTail.size
         }
         return (0, end)
     }
@@ -271,8 +277,10 @@ extension Ext4FileSystem {
         var entries: Int // byte offset of the count/limit header
         var count: Int
         var at: Int
-        func hash(_ i: Int) -> UInt32 { block.le32(entries + 8 * i) }
-        func child(_ i: Int) -> UInt64 { UInt64(block.le32(entries + 8 * i + 4) & 0x0FFF_FFFF) }
+        // checkNode keeps every entry below count inside the block.
+        func entry(_ i: Int) -> DxEntry { (try? DxEntry(decoding: block, entries: entries, index: i)) ?? DxEntry(hash: 0, block: 0) }
+        func hash(_ i: Int) -> UInt32 { entry(i).hash }
+        func child(_ i: Int) -> UInt64 { UInt64(entry(i).block) }
     }
 
     private func htreeLookup(_ ri: RawInode, name: [UInt8], nblocks: UInt64) throws(Ext4Error) -> DxResult {
@@ -289,34 +297,35 @@ extension Ext4FileSystem {
             }
             return nil
         }
-        let csumSize = sb.metadataCsum ? 8 : 0
         guard let p0 = phys(0) else { return .bad("hole at block 0") }
         let root = try block(p0)
-        guard root.le16(4) == 12, root.u8(6) == 1, root.u8(8) == 0x2E,
-              decodeRecLen(root.le16(16)) == blockSize - 12, root.u8(18) == 2 else {
+        // "." (rec_len 12), then ".." covering the rest of the block, then dx_root_info.
+        let dotdotAt = DirEntryRecord.minSize
+        guard let dotRec = try? DirEntryRecord(decoding: root, at: 0, blockSize: blockSize),
+              dotRec.recLen == DirEntryRecord.minSize, dotRec.nameEquals(dot, in: root, at: 0),
+              let dd = try? DirEntryRecord(decoding: root, at: dotdotAt, blockSize: blockSize),
+              dd.recLen == blockSize - dotdotAt, dd.nameLen == 2,
+              let info = try? DxRootInfo(decoding: root) else {
             return .bad("bad dx root dirents")
         }
-        var version = Int(root.u8(28))
-        let infoLen = Int(root.u8(29))
-        let levels = Int(root.u8(30))
-        let unusedFlags = root.u8(31)
+        var version = Int(info.hashVersion)
+        let levels = Int(info.indirectLevels)
         guard version <= DirHash.tea else { return .bad("unsupported hash version \(version)") }
-        guard infoLen == 8, unusedFlags & 1 == 0 else { return .bad("bad dx root info") }
+        guard info.infoLength == DxRootInfo.length, info.unusedFlags & 1 == 0 else { return .bad("bad dx root info") }
         guard levels < (sb.has(incompat: Incompat.largeDir) ? 3 : 2) else { return .bad("too many levels \(levels)") }
         if hashUnsigned { version += 3 }
         guard let target = DirHash.hash(name, version: version, seed: sb.hashSeed) else { return .bad("hash") }
 
         func checkNode(_ b: [UInt8], entries: Int, what: String) throws(Ext4Error) -> DxFrame? {
-            let limit = Int(b.le16(entries))
-            let count = Int(b.le16(entries + 2))
-            guard limit == (blockSize - entries - csumSize) / 8, count >= 1, count <= limit else { return nil }
+            guard let cl = try? DxCountLimit(decoding: b, at: entries) else { return nil }
+            let limit = Int(cl.limit), count = Int(cl.count)
+            guard limit == DxBlock.limit(blockSize: blockSize, entries: entries, tail: sb.metadataCsum),
+                  count >= 1, count <= limit else { return nil }
             if sb.metadataCsum {
-                let t = entries + 8 * limit
-                guard t + 8 <= blockSize else { return nil }
-                var c = crc32c(ri.seed, b[0..<(entries + 8 * count)])
-                c = crc32c(c, b[t..<(t + 4)])
-                c = crc32c(c, [0, 0, 0, 0])
-                guard c == b.le32(t + 4) else { throw corrupt("directory \(ri.ino): htree \(what) checksum mismatch") }
+                guard DxTail.expected(b, entries: entries, seed: ri.seed) != nil else { return nil }
+                guard DxTail.matches(b, entries: entries, seed: ri.seed) else {
+                    throw corrupt("directory \(ri.ino): htree \(what) checksum mismatch")
+                }
             }
             return DxFrame(block: b, entries: entries, count: count, at: 0)
         }
@@ -328,7 +337,7 @@ extension Ext4FileSystem {
             }
             f.at = best
         }
-        guard var rootFrame = try checkNode(root, entries: 32, what: "root") else { return .bad("bad root limit/count") }
+        guard var rootFrame = try checkNode(root, entries: DxBlock.rootEntries, what: "root") else { return .bad("bad root limit/count") }
         search(&rootFrame)
         var frames = [rootFrame]
         // Descend from frames.last to a leaf, choosing entries by hash (or the first entry).
@@ -338,8 +347,8 @@ extension Ext4FileSystem {
                 let l = f.child(f.at)
                 guard l < nblocks, let p = phys(l) else { return nil }
                 let b = try block(p)
-                guard b.le32(0) == 0, decodeRecLen(b.le16(4)) == blockSize,
-                      var nf = try checkNode(b, entries: 8, what: "node \(l)") else { return nil }
+                guard DxBlock.isNode(b, blockSize: blockSize),
+                      var nf = try checkNode(b, entries: DxBlock.nodeEntries, what: "node \(l)") else { return nil }
                 if byHash { search(&nf) } else { nf.at = 0 }
                 frames.append(nf)
             }

@@ -7,34 +7,20 @@
 extension Ext4FileSystem {
     /// i_blocks in file-system blocks.
     func fsBlockCount(_ m: MInode) -> UInt64 {
-        var units = UInt64(m.b.le32(0x1C))
-        if sb.has(roCompat: RoCompat.hugeFile) {
-            units |= UInt64(m.b.le16(0x74)) << 32
-            if m.flags & InodeFlag.hugeFile != 0 { return units }
-        }
-        return units / UInt64(blockSize / 512)
+        m.fsBlocks(hugeFile: sb.has(roCompat: RoCompat.hugeFile), blockSize: blockSize)
     }
 
     /// On-disk leaf entries (12 bytes each), one buffer.
     func extentLeafBytes<C: Collection>(_ list: C) -> [UInt8] where C.Element == Extent {
-        var e = [UInt8](repeating: 0, count: 12 * list.count)
-        var o = 0
-        for x in list {
-            e.putLE32(o, UInt32(truncatingIfNeeded: x.logical))
-            e.putLE16(o + 4, UInt16(truncatingIfNeeded: x.unwritten ? x.length + 32768 : x.length))
-            e.putLE16(o + 6, UInt16(truncatingIfNeeded: x.physical >> 32))
-            e.putLE32(o + 8, UInt32(truncatingIfNeeded: x.physical))
-            o += 12
-        }
+        var e = [UInt8](repeating: 0, count: ExtentLeafEntry.size * list.count)
+        for (i, x) in list.enumerated() { ExtentLeafEntry(x).encode(into: &e, at: ExtentLeafEntry.size * i) }
         return e
     }
 
     /// One on-disk index entry.
     func extentIndexEntry(first: UInt32, child: UInt64) -> [UInt8] {
-        var e = [UInt8](repeating: 0, count: 12)
-        e.putLE32(0, first)
-        e.putLE32(4, UInt32(truncatingIfNeeded: child))
-        e.putLE16(8, UInt16(truncatingIfNeeded: child >> 32))
+        var e = [UInt8](repeating: 0, count: ExtentIndexEntry.size)
+        ExtentIndexEntry(logical: first, child: child).encode(into: &e, at: 0)
         return e
     }
 
@@ -42,20 +28,20 @@ extension Ext4FileSystem {
     /// `max`; a block-sized node carries the checksum tail.
     func extentNode<C: Collection>(_ entries: C, max: Int, depth: Int, blockSized: Bool, seed: UInt32) -> [UInt8]
         where C.Element == UInt8 {
-        let count = entries.count / 12
-        var node = [UInt8](repeating: 0, count: blockSized ? Swift.max(blockSize, 12 + entries.count) : 12 + entries.count)
-        node.putLE16(0, 0xF30A); node.putLE16(2, UInt16(truncatingIfNeeded: count))
-        node.putLE16(4, UInt16(truncatingIfNeeded: max)); node.putLE16(6, UInt16(truncatingIfNeeded: depth))
-        node.replaceSubrange(12..<(12 + entries.count), with: entries)
-        guard blockSized, sb.metadataCsum else { return node }
-        let t = 12 + 12 * max
-        if t + 4 <= node.count { node.putLE32(t, crc32c(seed, node[0..<t])) }
+        let count = entries.count / ExtentLeafEntry.size
+        let bytes = ExtentHeader.size + entries.count
+        var node = [UInt8](repeating: 0, count: blockSized ? Swift.max(blockSize, bytes) : bytes)
+        let h = ExtentHeader(entries: count, max: max, depth: depth)
+        h.encode(into: &node)
+        node.replaceSubrange(ExtentHeader.size..<bytes, with: entries)
+        if blockSized && sb.metadataCsum { h.sealTail(&node, seed: seed) }
         return node
     }
 
     private struct Step {
         let blk: UInt64?   // nil: the inode's i_block
         let node: [UInt8]
+        let header: ExtentHeader
         let idx: Int       // index entry taken at this (interior) node
     }
 
@@ -67,56 +53,57 @@ extension Ext4FileSystem {
         guard m.hasExtents, !m.hasInline, l0 < l1, l1 <= (1 << 32) else { return false }
         for x in changes where x.logical < l0 || x.logical + x.length > l1 { return false }
         let seed = sb.metadataCsum ? inodeSeed(m.ino, m.generation) : 0
-        let perBlock = (blockSize - 12) / 12
+        let perBlock = ExtentHeader.capacity(nodeBytes: blockSize)
         var path: [Step] = []
         var node = m.iBlock
         var blk: UInt64? = nil
         var lo: UInt64 = 0, hi: UInt64 = 1 << 32
         var keyOfLeaf: UInt64? = nil
+        var h = ExtentHeader(entries: 0, max: 0, depth: 0)
+        // A node or entry that does not decode is left to the full rewrite, whose walk reports it.
+        func index(_ i: Int) -> ExtentIndexEntry? { try? ExtentIndexEntry(decoding: node, index: i) }
         while true {
-            guard node.count >= 12, node.le16(0) == 0xF30A else { return false }
-            let n = Int(node.le16(2)), mx = Int(node.le16(4)), depth = Int(node.le16(6))
-            guard mx <= (node.count - 12) / 12, n <= mx, depth <= Ext4FileSystem.maxExtentDepth else { return false }
-            if let b = blk, sb.metadataCsum {
-                let t = 12 + 12 * mx
-                guard t + 4 <= node.count, crc32c(seed, node[0..<t]) == node.le32(t) else {
-                    throw corrupt("inode \(m.ino): extent block \(b) checksum mismatch")
-                }
+            guard let hh = try? ExtentHeader(decoding: node),
+                  hh.isValid(nodeBytes: node.count, maxDepth: Ext4FileSystem.maxExtentDepth) else { return false }
+            h = hh
+            if let b = blk, sb.metadataCsum, !h.tailMatches(node, seed: seed) {
+                throw corrupt("inode \(m.ino): extent block \(b) checksum mismatch")
             }
-            if depth == 0 { break }
+            if h.depth == 0 { break }
+            let n = Int(h.entries)
             guard n > 0, path.count < Ext4FileSystem.maxExtentDepth else { return false }
             var i = 0
-            while i + 1 < n && UInt64(node.le32(12 + 12 * (i + 1))) <= l0 { i += 1 }
-            let key = UInt64(node.le32(12 + 12 * i))
+            while i + 1 < n, let next = index(i + 1), UInt64(next.logical) <= l0 { i += 1 }
+            guard let ix = index(i) else { return false }
+            let key = UInt64(ix.logical)
             guard key <= l0 else { return false }
             lo = Swift.max(lo, key)
-            if i + 1 < n { hi = Swift.min(hi, UInt64(node.le32(12 + 12 * (i + 1)))) }
-            let o = 12 + 12 * i
-            let child = (UInt64(node.le16(o + 8)) << 32) | UInt64(node.le32(o + 4))
+            if i + 1 < n {
+                guard let next = index(i + 1) else { return false }
+                hi = Swift.min(hi, UInt64(next.logical))
+            }
+            let child = ix.child
             guard validRun(child, 1) else { throw corrupt("inode \(m.ino): extent index -> \(child) outside fs") }
-            path.append(Step(blk: blk, node: node, idx: i))
+            path.append(Step(blk: blk, node: node, header: h, idx: i))
             keyOfLeaf = key
             blk = child
             node = try block(child)
         }
         guard l0 >= lo, l1 <= hi else { return false }
         // Decode the leaf.
-        let n = Int(node.le16(2)), leafMax = Int(node.le16(4))
+        let n = Int(h.entries), leafMax = Int(h.max)
         var list: [Extent] = []
         list.reserveCapacity(n + changes.count + 2)
         var prevEnd: UInt64 = 0
         for i in 0..<n {
-            let o = 12 + 12 * i
-            let lblk = UInt64(node.le32(o))
-            let raw = node.le16(o + 4)
-            let unwritten = raw > 32768
-            let len = UInt64(unwritten ? raw - 32768 : raw)
-            let phys = (UInt64(node.le16(o + 6)) << 32) | UInt64(node.le32(o + 8))
-            guard len > 0, lblk >= prevEnd, lblk >= lo, lblk + len <= hi, validRun(phys, len) else {
-                throw corrupt("inode \(m.ino): bad extent leaf entry at logical \(lblk)")
+            guard let e = try? ExtentLeafEntry(decoding: node, index: i) else { return false }
+            let x = e.extent
+            guard x.length > 0, x.logical >= prevEnd, x.logical >= lo, x.logical + x.length <= hi,
+                  validRun(x.physical, x.length) else {
+                throw corrupt("inode \(m.ino): bad extent leaf entry at logical \(x.logical)")
             }
-            prevEnd = lblk + len
-            list.append(Extent(logical: lblk, physical: phys, length: len, unwritten: unwritten))
+            prevEnd = x.logical + x.length
+            list.append(x)
         }
         let oldFirst = list.first?.logical
         for x in changes { Ext4FileSystem.put(&list, x) }
@@ -128,8 +115,8 @@ extension Ext4FileSystem {
         let entries = extentLeafBytes(list)
         guard let leafBlk = blk else {
             // The leaf is the inode's root.
-            guard list.count <= 4 else { return false }
-            m.iBlock = extentNode(entries, max: 4, depth: 0, blockSized: false, seed: seed)
+            guard list.count <= ExtentHeader.rootCapacity else { return false }
+            m.iBlock = extentNode(entries, max: ExtentHeader.rootCapacity, depth: 0, blockSized: false, seed: seed)
             return true
         }
         if list.count <= leafMax {
@@ -138,15 +125,15 @@ extension Ext4FileSystem {
         }
         // Split the leaf in two, if the parent has room for one more index entry.
         guard let parent = path.last, list.count <= 2 * perBlock else { return false }
-        let pn = Int(parent.node.le16(2)), pmax = Int(parent.node.le16(4)), pdepth = Int(parent.node.le16(6))
-        guard pn < pmax, 12 + 12 * pn <= parent.node.count else { return false }
+        let pn = Int(parent.header.entries), pmax = Int(parent.header.max), pdepth = Int(parent.header.depth)
+        guard pn < pmax, ExtentHeader.entryOffset(pn) <= parent.node.count else { return false }
         let half = list.count / 2
         let (newBlk, _) = try allocBlocks(goal: leafBlk + 1, count: 1)
         do throws(Ext4Error) {
-            try writeMeta(newBlk, extentNode(entries[(12 * half)...], max: perBlock, depth: 0, blockSized: true, seed: seed))
+            try writeMeta(newBlk, extentNode(entries[(ExtentLeafEntry.size * half)...], max: perBlock, depth: 0, blockSized: true, seed: seed))
             let ie = extentIndexEntry(first: UInt32(truncatingIfNeeded: list[half].logical), child: newBlk)
-            var pEntries = Array(parent.node[12..<(12 + 12 * pn)])
-            pEntries.insert(contentsOf: ie, at: 12 * (parent.idx + 1))
+            var pEntries = Array(parent.node[ExtentHeader.size..<ExtentHeader.entryOffset(pn)])
+            pEntries.insert(contentsOf: ie, at: ExtentIndexEntry.size * (parent.idx + 1))
             try setBlocks(&m, fsBlocks: fsBlockCount(m) + 1)
             if let pb = parent.blk {
                 try writeMeta(pb, extentNode(pEntries, max: pmax, depth: pdepth, blockSized: true, seed: seed))
@@ -157,7 +144,7 @@ extension Ext4FileSystem {
             try? freeBlocks(newBlk, 1)
             throw error
         }
-        try writeMeta(leafBlk, extentNode(entries[..<(12 * half)], max: leafMax, depth: 0, blockSized: true, seed: seed))
+        try writeMeta(leafBlk, extentNode(entries[..<(ExtentLeafEntry.size * half)], max: leafMax, depth: 0, blockSized: true, seed: seed))
         if let w { w.preallocLock.with { _ = w.looseTrees.insert(m.ino) } }
         return true
     }

@@ -1,15 +1,6 @@
 import Foundation
 import Logging
 
-struct GroupDesc: Sendable {
-    let blockBitmap: UInt64
-    let inodeBitmap: UInt64
-    let inodeTable: UInt64
-    let freeBlocks: UInt32
-    let freeInodes: UInt32
-    let flags: UInt16
-}
-
 /// Logs each distinct corruption message once (bounded memory).
 final class CorruptionLog: @unchecked Sendable {
     private let lock = NSLock()
@@ -32,7 +23,7 @@ public final class Ext4FileSystem: @unchecked Sendable {
 
     let dev: any BlockDevice
     let sb: Superblock
-    let groups: [GroupDesc]
+    let groups: [GroupDescriptorRecord]
     let cache: BlockCache
     let clog: CorruptionLog
     let csumSeed: UInt32
@@ -64,7 +55,7 @@ public final class Ext4FileSystem: @unchecked Sendable {
     /// Number of lookups answered through the htree index vs. linear scans.
     public var lookupCounters: (htree: Int, linear: Int) { stats.snapshot }
 
-    private init(dev: any BlockDevice, sb: Superblock, groups: [GroupDesc], options: MountOptions,
+    private init(dev: any BlockDevice, sb: Superblock, groups: [GroupDescriptorRecord], options: MountOptions,
                  readOnly: Bool, warnings: [String], clog: CorruptionLog, csumSeed: UInt32) {
         self.dev = dev
         self.sb = sb
@@ -201,7 +192,7 @@ public final class Ext4FileSystem: @unchecked Sendable {
 
         // ---- group descriptors -----------------------------------------------------
         let descPerBlock = UInt64(sb.blockSize / sb.descSize)
-        var groups: [GroupDesc] = []
+        var groups: [GroupDescriptorRecord] = []
         groups.reserveCapacity(Int(ngroups))
         var cur: (UInt64, [UInt8])? = nil
         let itb = sb.inodeTableBlocksPerGroup
@@ -215,28 +206,14 @@ public final class Ext4FileSystem: @unchecked Sendable {
                 cur = (blk, b)
             }
             guard let block = cur?.1 else { throw .io(5) }
-            let off = Int(g % descPerBlock) * sb.descSize
-            guard let d = block.sub(off, sb.descSize) else { throw fail(.corrupted("group descriptor out of block")) }
-            let hi = sb.descSize >= 64
-            let gd = GroupDesc(
-                blockBitmap: UInt64(d.le32(0)) | (hi ? UInt64(d.le32(0x20)) << 32 : 0),
-                inodeBitmap: UInt64(d.le32(4)) | (hi ? UInt64(d.le32(0x24)) << 32 : 0),
-                inodeTable: UInt64(d.le32(8)) | (hi ? UInt64(d.le32(0x28)) << 32 : 0),
-                freeBlocks: UInt32(d.le16(0xC)) | (hi ? UInt32(d.le16(0x2C)) << 16 : 0),
-                freeInodes: UInt32(d.le16(0xE)) | (hi ? UInt32(d.le16(0x2E)) << 16 : 0),
-                flags: d.le16(0x12))
-            // Checksums.
-            let stored = d.le16(0x1E)
-            if sb.metadataCsum {
-                var c = crc32c(csumSeed, leBytes32(UInt32(truncatingIfNeeded: g)))
-                c = crc32c(c, d.zeroing(0x1E, 2))
-                if UInt16(truncatingIfNeeded: c) != stored { badCsum.append(g) }
-            } else if sb.gdtCsum {
-                var c = crc16(0xFFFF, sb.uuid[...])
-                c = crc16(c, leBytes32(UInt32(truncatingIfNeeded: g))[...])
-                c = crc16(c, d[0..<0x1E])
-                if sb.descSize > 0x20 { c = crc16(c, d[0x20..<sb.descSize]) }
-                if c != stored { badCsum.append(g) }
+            let gd: GroupDescriptorRecord
+            do throws(Ext4Error) {
+                gd = try GroupDescriptorRecord(block: block, offset: Int(g % descPerBlock) * sb.descSize, descSize: sb.descSize)
+            } catch { throw fail(error) }
+            if sb.metadataCsum || sb.gdtCsum {
+                let c = gd.computedChecksum(group: UInt32(truncatingIfNeeded: g), metadataCsum: sb.metadataCsum,
+                                            fsSeed: csumSeed, uuid: sb.uuid)
+                if c != gd.checksum { badCsum.append(g) }
             }
             let first = UInt64(sb.firstDataBlock)
             for (what, b) in [("block bitmap", gd.blockBitmap), ("inode bitmap", gd.inodeBitmap)] {

@@ -16,22 +16,10 @@ extension Ext4FileSystem {
         return try mapRange(ri, from: 0, count: UInt64.max)
     }
 
+    /// The read side's view of an inode record held in memory (no checksum
+    /// or liveness check: the record may be mid-change).
     func rawInodeFrom(_ m: MInode) throws(Ext4Error) -> RawInode {
-        let seed = sb.metadataCsum ? inodeSeed(m.ino, m.generation) : 0
-        var blocks = UInt64(m.b.le32(0x1C))
-        if sb.has(roCompat: RoCompat.hugeFile) {
-            blocks |= UInt64(m.b.le16(0x74)) << 32
-            if m.flags & InodeFlag.hugeFile != 0 { blocks = blocks &* UInt64(blockSize / 512) }
-        }
-        let z = Timespec(sec: 0, nsec: 0)
-        let pub = Inode(ino: m.ino, mode: m.mode, uid: m.uid, gid: m.gid, size: m.size, links: UInt32(m.links),
-                        blocks512: blocks, atime: z, mtime: z, ctime: z,
-                        crtime: nil, rdev: (0, 0), generation: m.generation, flags: m.flags, version: 0,
-                        fileType: m.fileType)
-        let acl = m.fileACL(sb.is64)
-        if acl != 0 && !validRun(acl, 1) { throw corrupt("inode \(m.ino): xattr block \(acl) not in file system") }
-        return RawInode(ino: m.ino, bytes: m.b, pub: pub, flags: m.flags, fileACL: acl,
-                        extraIsize: m.extraIsize, seed: seed)
+        try decodeInode(m, verifyChecksum: false, checkLive: false)
     }
 
     /// Blocks used by the map itself (extent index/leaf blocks or indirect blocks).
@@ -43,19 +31,24 @@ extension Ext4FileSystem {
         if m.hasExtents {
             func walk(_ node: [UInt8], _ depth: Int) throws(Ext4Error) {
                 guard depth > 0 else { return }
-                let n = Int(node.le16(2))
-                for i in 0..<n {
-                    let o = 12 + 12 * i
-                    let child = (UInt64(node.le16(o + 8)) << 32) | UInt64(node.le32(o + 4))
-                    guard validRun(child, 1) else { throw corrupt("inode \(m.ino): bad extent index") }
-                    out.append(child)
+                guard let h = try? ExtentHeader(decoding: node),
+                      h.isValid(nodeBytes: node.count, maxDepth: Ext4FileSystem.maxExtentDepth) else {
+                    throw corrupt("inode \(m.ino): bad extent node")
+                }
+                for i in 0..<Int(h.entries) {
+                    guard let ix = try? ExtentIndexEntry(decoding: node, index: i), validRun(ix.child, 1) else {
+                        throw corrupt("inode \(m.ino): bad extent index")
+                    }
+                    out.append(ix.child)
                     if out.count > 1_000_000 { throw corrupt("inode \(m.ino): extent tree too large") }
-                    try walk(try block(child), depth - 1)
+                    try walk(try block(ix.child), depth - 1)
                 }
             }
             let root = m.iBlock
-            guard root.le16(0) == 0xF30A else { throw corrupt("inode \(m.ino): bad extent root") }
-            try walk(root, min(Int(root.le16(6)), Ext4FileSystem.maxExtentDepth))
+            guard let rh = try? ExtentHeader(decoding: root), rh.magic == ExtentHeader.magicValue else {
+                throw corrupt("inode \(m.ino): bad extent root")
+            }
+            try walk(root, min(Int(rh.depth), Ext4FileSystem.maxExtentDepth))
         } else {
             let ib = m.iBlock
             func walk(_ blk: UInt64, _ level: Int) throws(Ext4Error) {
@@ -180,18 +173,18 @@ extension Ext4FileSystem {
                                  _ reused: Set<UInt64>) throws(Ext4Error) -> UInt64 {
         for x in list where x.logical + x.length > (1 << 32) { throw .fileTooBig }
         var entries = extentLeafBytes(list)   // flat, 12 bytes per entry
-        var firsts: [UInt32] = list.map { UInt32($0.logical) }
-        let per = (blockSize - 12) / 12
+        var firsts: [UInt32] = list.map { UInt32(truncatingIfNeeded: $0.logical) }
+        let per = ExtentHeader.capacity(nodeBytes: blockSize)
         var depth = 0
         var meta: UInt64 = 0
         let seed = sb.metadataCsum ? inodeSeed(m.ino, m.generation) : 0
-        while firsts.count > 4 {
+        while firsts.count > ExtentHeader.rootCapacity {
             var nextE: [UInt8] = []
             var nextF: [UInt32] = []
             var i = 0
             while i < firsts.count {
                 let end = min(firsts.count, i + per)
-                let node = extentNode(entries[(12 * i)..<(12 * end)], max: per, depth: depth, blockSized: true, seed: seed)
+                let node = extentNode(entries[(ExtentLeafEntry.size * i)..<(ExtentLeafEntry.size * end)], max: per, depth: depth, blockSized: true, seed: seed)
                 let blk = try newBlock()
                 try writeMapBlock(blk, node, reused)
                 meta += 1
@@ -204,7 +197,7 @@ extension Ext4FileSystem {
             depth += 1
             if depth > Ext4FileSystem.maxExtentDepth { throw .fileTooBig }
         }
-        m.iBlock = extentNode(entries, max: 4, depth: depth, blockSized: false, seed: seed)
+        m.iBlock = extentNode(entries, max: ExtentHeader.rootCapacity, depth: depth, blockSized: false, seed: seed)
         return meta
     }
 

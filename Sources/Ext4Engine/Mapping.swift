@@ -64,34 +64,44 @@ extension Ext4FileSystem {
         visited += 1
         if visited > 1_000_000 { throw corrupt("inode \(ri.ino): extent tree too large") }
         let where_ = isRoot ? "root" : "block \(blockNr)"
-        guard node.le16(0) == 0xF30A else { throw corrupt("inode \(ri.ino): bad extent magic in \(where_)") }
-        let entries = Int(node.le16(2))
-        let maxE = Int(node.le16(4))
-        let depth = Int(node.le16(6))
-        let capacity = (node.count - 12) / 12
-        guard maxE <= capacity, entries <= maxE, depth <= Ext4FileSystem.maxExtentDepth else {
-            throw corrupt("inode \(ri.ino): bad extent header in \(where_) (entries \(entries) max \(maxE) depth \(depth))")
+        let h: ExtentHeader
+        do { h = try ExtentHeader(decoding: node) } catch { throw corrupt("inode \(ri.ino): short extent node in \(where_)") }
+        guard h.magic == ExtentHeader.magicValue else { throw corrupt("inode \(ri.ino): bad extent magic in \(where_)") }
+        let entries = Int(h.entries)
+        let depth = Int(h.depth)
+        guard h.isValid(nodeBytes: node.count, maxDepth: Ext4FileSystem.maxExtentDepth) else {
+            throw corrupt("inode \(ri.ino): bad extent header in \(where_) (entries \(entries) max \(h.max) depth \(depth))")
         }
-        if !isRoot && maxE == 0 { throw corrupt("inode \(ri.ino): empty extent node \(blockNr)") }
+        if !isRoot && h.max == 0 { throw corrupt("inode \(ri.ino): empty extent node \(blockNr)") }
         if let expectDepth, depth != expectDepth {
             throw corrupt("inode \(ri.ino): extent depth \(depth) where \(expectDepth) expected in \(where_)")
         }
         if !isRoot && sb.metadataCsum {
-            let tail = 12 + 12 * maxE
-            guard tail + 4 <= node.count else { throw corrupt("inode \(ri.ino): no room for extent tail in \(blockNr)") }
-            if crc32c(ri.seed, node[0..<tail]) != node.le32(tail) {
+            guard h.tailChecksum(node, seed: ri.seed) != nil else {
+                throw corrupt("inode \(ri.ino): no room for extent tail in \(blockNr)")
+            }
+            if !h.tailMatches(node, seed: ri.seed) {
                 throw corrupt("inode \(ri.ino): extent block \(blockNr) checksum mismatch")
+            }
+        }
+        // isValid keeps every entry inside the node; a decode error would be corruption all the same.
+        func leaf(_ i: Int) throws(Ext4Error) -> ExtentLeafEntry {
+            do { return try ExtentLeafEntry(decoding: node, index: i) } catch {
+                throw corrupt("inode \(ri.ino): extent entry \(i) outside the node in \(where_)")
+            }
+        }
+        func index(_ i: Int) throws(Ext4Error) -> ExtentIndexEntry {
+            do { return try ExtentIndexEntry(decoding: node, index: i) } catch {
+                throw corrupt("inode \(ri.ino): extent index \(i) outside the node in \(where_)")
             }
         }
         if depth == 0 {
             var prevEnd: UInt64 = 0
             for i in 0..<entries {
-                let o = 12 + 12 * i
-                let lblk = UInt64(node.le32(o))
-                let raw = node.le16(o + 4)
-                let start = (UInt64(node.le16(o + 6)) << 32) | UInt64(node.le32(o + 8))
-                let unwritten = raw > 32768
-                let len = UInt64(unwritten ? raw - 32768 : raw)
+                let e = try leaf(i)
+                let lblk = UInt64(e.logical)
+                let len = e.length
+                let start = e.start
                 guard len > 0 else { throw corrupt("inode \(ri.ino): zero-length extent") }
                 guard lblk >= prevEnd, lblk + len <= (1 << 32) else {
                     throw corrupt("inode \(ri.ino): overlapping or unsorted extents at logical \(lblk)")
@@ -102,20 +112,20 @@ extension Ext4FileSystem {
                 prevEnd = lblk + len
                 if lblk >= end { break }
                 if lblk + len <= from { continue }
-                out.append(Extent(logical: lblk, physical: start, length: len, unwritten: unwritten))
+                out.append(e.extent)
                 if out.count > Ext4FileSystem.maxMappingResults { throw corrupt("inode \(ri.ino): too many extents") }
             }
         } else {
             var prev: UInt64? = nil
             for i in 0..<entries {
-                let o = 12 + 12 * i
-                let lblk = UInt64(node.le32(o))
+                let ix = try index(i)
+                let nextStart: UInt64 = try i + 1 < entries ? UInt64(index(i + 1).logical) : (1 << 32)
+                let lblk = UInt64(ix.logical)
                 if let prev, lblk <= prev { throw corrupt("inode \(ri.ino): unsorted extent index") }
                 prev = lblk
-                let nextStart: UInt64 = i + 1 < entries ? UInt64(node.le32(o + 12)) : (1 << 32)
                 if lblk >= end { break }
                 if nextStart <= from { continue }
-                let child = (UInt64(node.le16(o + 8)) << 32) | UInt64(node.le32(o + 4))
+                let child = ix.child
                 guard validRun(child, 1) else { throw corrupt("inode \(ri.ino): extent index -> \(child) outside fs") }
                 let cb = try block(child)
                 try walkExtentNode(ri, node: cb, isRoot: false, blockNr: child, expectDepth: depth - 1,

@@ -77,12 +77,7 @@ extension Ext4FileSystem {
                 }
                 m.size = UInt64(t.count)
             case 0x2000, 0x6000:
-                let (ma, mi) = rdev
-                if ma < 256 && mi < 256 {
-                    m.b.putLE32(0x28, (ma << 8) | mi)
-                } else {
-                    m.b.putLE32(0x2C, (mi & 0xFF) | (ma << 8) | ((mi & ~0xFF) << 12))
-                }
+                m.setDeviceNumber(major: rdev.0, minor: rdev.1)
             default: break
             }
             try storeInode(m)

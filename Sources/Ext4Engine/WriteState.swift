@@ -15,7 +15,8 @@ extension Array where Element == UInt8 {
     }
     mutating func zeroRange(_ o: Int, _ n: Int) {
         var i = Swift.max(0, o)
-        let e = Swift.min(count, o + n)
+        let (end, overflow) = o.addingReportingOverflow(n)
+        let e = Swift.min(count, overflow ? (n > 0 ? Int.max : Int.min) : end)
         while i < e { self[i] = 0; i += 1 }
     }
 }
@@ -32,7 +33,7 @@ final class WriteState: @unchecked Sendable {
 
     // gdLock
     var sbRaw: [UInt8]
-    var gd: [[UInt8]]
+    var gd: [GroupDescriptorRecord]
     var gdBlock: [UInt64]
     var gdOffset: [Int]
     var freeBlocksTotal: UInt64 = 0
@@ -90,7 +91,7 @@ final class WriteState: @unchecked Sendable {
     let xattrShareLock = NSLock()
     var xattrBlocks: [UInt32: Set<UInt64>] = [:]
 
-    init(sb: Superblock, groups: [GroupDesc], groupOf: @escaping @Sendable (UInt64) -> Int) {
+    init(sb: Superblock, groups: [GroupDescriptorRecord], groupOf: @escaping @Sendable (UInt64) -> Int) {
         txn = Transactions(firstTid: 1)
         reservations = Reservations(groupOf: groupOf)
         sbRaw = sb.raw
@@ -103,15 +104,6 @@ final class WriteState: @unchecked Sendable {
     func totals() -> (UInt64, UInt64) {
         gdLock.with { (freeBlocksTotal, freeInodesTotal) }
     }
-}
-
-/// Group descriptor field offsets.
-enum GD {
-    static let freeBlocksLo = 0xC, freeInodesLo = 0xE, usedDirsLo = 0x10, flags = 0x12
-    static let bbCsumLo = 0x18, ibCsumLo = 0x1A, itableUnusedLo = 0x1C, checksum = 0x1E
-    static let freeBlocksHi = 0x2C, freeInodesHi = 0x2E, usedDirsHi = 0x30, itableUnusedHi = 0x32
-    static let bbCsumHi = 0x38, ibCsumHi = 0x3A
-    static let inodeUninit: UInt16 = 1, blockUninit: UInt16 = 2, itableZeroed: UInt16 = 4
 }
 
 extension Ext4FileSystem {
@@ -172,68 +164,51 @@ extension Ext4FileSystem {
             let g = UInt64(gi)
             let blk = sb.descriptorBlock(g)
             if cur?.0 != blk { cur = (blk, try block(blk)) }
+            guard let tb = cur?.1 else { throw .io(EIO) }
             let off = Int(g % descPerBlock) * sb.descSize
-            guard let d = cur?.1.sub(off, sb.descSize) else { throw corrupt("group descriptor out of block") }
+            let d: GroupDescriptorRecord
+            do throws(Ext4Error) { d = try GroupDescriptorRecord(block: tb, offset: off, descSize: sb.descSize) } catch { throw reported(error) }
             w.gd.append(d)
             w.gdBlock.append(blk)
             w.gdOffset.append(off)
-            fb += UInt64(gdFree(d, blocks: true))
-            fi += UInt64(gdFree(d, blocks: false))
+            fb += UInt64(d.freeBlocks)
+            fi += UInt64(d.freeInodes)
         }
         w.freeBlocksTotal = fb
         w.freeInodesTotal = fi
     }
 
-    func gdFree(_ d: [UInt8], blocks: Bool) -> UInt32 {
-        let hi = sb.descSize >= 64
-        if blocks { return UInt32(d.le16(GD.freeBlocksLo)) | (hi ? UInt32(d.le16(GD.freeBlocksHi)) << 16 : 0) }
-        return UInt32(d.le16(GD.freeInodesLo)) | (hi ? UInt32(d.le16(GD.freeInodesHi)) << 16 : 0)
-    }
-
-    func gdGet32(_ d: [UInt8], _ lo: Int, _ hiOff: Int) -> UInt32 {
-        UInt32(d.le16(lo)) | (sb.descSize >= 64 ? UInt32(d.le16(hiOff)) << 16 : 0)
-    }
-
-    func gdPut32(_ d: inout [UInt8], _ lo: Int, _ hiOff: Int, _ v: UInt32) {
-        d.putLE16(lo, UInt16(truncatingIfNeeded: v))
-        if sb.descSize >= 64 { d.putLE16(hiOff, UInt16(truncatingIfNeeded: v >> 16)) }
-    }
-
-    func gdChecksum(_ d: [UInt8], _ g: Int) -> UInt16 {
-        if sb.metadataCsum {
-            var c = crc32c(csumSeed, leBytes32(UInt32(truncatingIfNeeded: g)))
-            c = crc32c(c, d.zeroing(GD.checksum, 2))
-            return UInt16(truncatingIfNeeded: c)
-        }
-        var c = crc16(0xFFFF, sb.uuid[...])
-        c = crc16(c, leBytes32(UInt32(truncatingIfNeeded: g))[...])
-        c = crc16(c, d[0..<0x1E])
-        if sb.descSize > 0x20 { c = crc16(c, d[0x20..<sb.descSize]) }
-        return c
+    /// bg_checksum of group `g` as this file system computes it.
+    func groupDescChecksum(_ d: GroupDescriptorRecord, _ g: Int) -> UInt16 {
+        d.computedChecksum(group: UInt32(truncatingIfNeeded: g), metadataCsum: sb.metadataCsum,
+                           fsSeed: csumSeed, uuid: sb.uuid)
     }
 
     /// Modify group descriptor `g` and write its table block. Takes gdLock.
-    func updateGD(_ g: Int, _ body: (inout [UInt8]) -> Void) throws(Ext4Error) {
+    func updateGD(_ g: Int, _ body: (inout GroupDescriptorRecord) -> Void) throws(Ext4Error) {
         let w = try wstate
         try w.gdLock.with { () throws(Ext4Error) in
             guard g >= 0, g < w.gd.count else { throw corrupt("group \(g) out of range") }
             var d = w.gd[g]
-            let oldB = gdFree(d, blocks: true), oldI = gdFree(d, blocks: false)
+            let oldB = d.freeBlocks, oldI = d.freeInodes
             body(&d)
-            if sb.metadataCsum || sb.gdtCsum { d.putLE16(GD.checksum, gdChecksum(d, g)) }
+            if sb.metadataCsum || sb.gdtCsum { d.checksum = groupDescChecksum(d, g) }
             w.gd[g] = d
-            let nb = gdFree(d, blocks: true), ni = gdFree(d, blocks: false)
-            w.freeBlocksTotal = w.freeBlocksTotal &+ UInt64(nb) &- UInt64(oldB)
-            w.freeInodesTotal = w.freeInodesTotal &+ UInt64(ni) &- UInt64(oldI)
+            w.freeBlocksTotal = w.freeBlocksTotal &+ UInt64(d.freeBlocks) &- UInt64(oldB)
+            w.freeInodesTotal = w.freeInodesTotal &+ UInt64(d.freeInodes) &- UInt64(oldI)
             var blk = try block(w.gdBlock[g])
-            blk.putBytes(w.gdOffset[g], d)
+            blk.putBytes(w.gdOffset[g], d.b)
             try writeMeta(w.gdBlock[g], blk)
         }
     }
 
-    func gdSnapshot(_ g: Int) -> [UInt8] {
-        guard let w, g >= 0, g < w.gd.count else { return [] }
-        return w.gdLock.with { w.gd[g] }
+    /// The current descriptor of group `g` (read-write mounts).
+    func gdSnapshot(_ g: Int) throws(Ext4Error) -> GroupDescriptorRecord {
+        let w = try wstate
+        guard let d = w.gdLock.with({ g >= 0 && g < w.gd.count ? w.gd[g] : nil }) else {
+            throw corrupt("group \(g) out of range")
+        }
+        return d
     }
 
     /// Update the superblock with current totals; `body` may change other

@@ -17,7 +17,6 @@ enum XattrIndex {
     static let system: UInt8 = 7
 }
 
-private let xattrMagic: UInt32 = 0xEA02_0000
 private let xattrSizeMax: UInt32 = 65536
 
 private func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
@@ -27,51 +26,48 @@ extension Ext4FileSystem {
     /// `valueBase` what value offsets are relative to, `end` the region end.
     func parseXattrEntries(_ r: [UInt8], entries: Int, valueBase: Int, end: Int,
                            what: String) throws(Ext4Error) -> [XattrEntry] {
-        var raw: [(UInt8, [UInt8], Int, UInt32, UInt32)] = []
+        let end = min(end, r.count)
+        var raw: [(XattrEntryRecord, [UInt8])] = []
         var off = entries
         var terminated = false
         while off + 4 <= end {
-            if r.le32(off) == 0 { terminated = true; break }
-            guard off + 16 <= end else { break }
-            let nameLen = Int(r.u8(off))
-            let idx = r.u8(off + 1)
-            let voffs = Int(r.le16(off + 2))
-            let inum = r.le32(off + 4)
-            let vsize = r.le32(off + 8)
-            guard off + 16 + nameLen <= end, let name = r.sub(off + 16, nameLen) else { break }
-            raw.append((idx, name, voffs, inum, vsize))
-            off += (16 + nameLen + 3) & ~3
+            if XattrEntryRecord.isEnd(r, at: off) { terminated = true; break }
+            guard let e = try? XattrEntryRecord(decoding: r, at: off, end: end),
+                  let name = try? e.name(in: r, at: off, end: end) else { break }
+            raw.append((e, name))
+            off += e.recordSize
             if raw.count > 65536 { break }
         }
         guard terminated else { throw corrupt("\(what): xattr entry table not terminated") }
         let entriesEnd = off + 4
         var out: [XattrEntry] = []
         out.reserveCapacity(raw.count)
-        for (idx, name, voffs, inum, vsize) in raw {
-            if inum != 0 {
+        for (e, name) in raw {
+            if e.valueInum != 0 {
                 guard sb.has(incompat: Incompat.eaInode) else { throw corrupt("\(what): ea_inode value without feature") }
-                guard vsize <= xattrSizeMax else { throw corrupt("\(what): ea_inode value too large") }
-                out.append(XattrEntry(index: idx, name: name, valueInum: inum, valueSize: vsize, value: []))
+                guard e.valueSize <= xattrSizeMax else { throw corrupt("\(what): ea_inode value too large") }
+                out.append(XattrEntry(index: e.nameIndex, name: name, valueInum: e.valueInum, valueSize: e.valueSize, value: []))
                 continue
             }
             var value: [UInt8] = []
-            if vsize > 0 {
-                let start = valueBase + voffs
-                guard start >= entriesEnd, Int(vsize) <= end - start, let v = r.sub(start, Int(vsize)) else {
+            if e.valueSize > 0 {
+                let start = valueBase + Int(e.valueOffset)
+                guard start >= entriesEnd, e.valueSize <= UInt32(clamping: end - start),
+                      let v = r.sub(start, Int(e.valueSize)) else {
                     throw corrupt("\(what): xattr value out of bounds")
                 }
                 value = v
             }
-            out.append(XattrEntry(index: idx, name: name, valueInum: 0, valueSize: vsize, value: value))
+            out.append(XattrEntry(index: e.nameIndex, name: name, valueInum: 0, valueSize: e.valueSize, value: value))
         }
         return out
     }
 
     func ibodyXattrs(_ ri: RawInode) throws(Ext4Error) -> [XattrEntry] {
-        guard sb.inodeSize > 128 else { return [] }
-        let start = 128 + ri.extraIsize
-        guard start + 4 <= ri.bytes.count, ri.bytes.le32(start) == xattrMagic else { return [] }
-        return try parseXattrEntries(ri.bytes, entries: start + 4, valueBase: start + 4, end: ri.bytes.count,
+        let b = ri.rec.b
+        guard let start = ri.rec.ibodyXattrStart, b.le32(start) == XattrIbodyHeader.magicValue else { return [] }
+        let first = start + XattrIbodyHeader.size
+        return try parseXattrEntries(b, entries: first, valueBase: first, end: b.count,
                                      what: "inode \(ri.ino) in-inode xattrs")
     }
 
@@ -79,13 +75,13 @@ extension Ext4FileSystem {
         guard ri.fileACL != 0 else { return [] }
         let b = try block(ri.fileACL)
         let what = "inode \(ri.ino) xattr block \(ri.fileACL)"
-        guard b.le32(0) == xattrMagic, b.le32(8) == 1 else { throw corrupt("\(what): bad header") }
+        guard let h = try? XattrBlockHeader(decoding: b), h.isValid else { throw corrupt("\(what): bad header") }
         if sb.metadataCsum {
-            let c = crc32c(crc32c(csumSeed, leBytes64(ri.fileACL)), b.zeroing(0x10, 4))
-            guard c == b.le32(0x10) else { throw corrupt("\(what): checksum mismatch") }
+            let c = XattrBlockHeader.computedChecksum(b, block: ri.fileACL, fsSeed: csumSeed)
+            guard c == h.checksum else { throw corrupt("\(what): checksum mismatch") }
         }
-        let entries = try parseXattrEntries(b, entries: 32, valueBase: 0, end: b.count, what: what)
-        noteXattrBlock(ri.fileACL, hash: b.le32(0xC))
+        let entries = try parseXattrEntries(b, entries: XattrBlockHeader.size, valueBase: 0, end: b.count, what: what)
+        noteXattrBlock(ri.fileACL, hash: h.hash)
         return entries
     }
 

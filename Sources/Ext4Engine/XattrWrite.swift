@@ -33,13 +33,12 @@ extension Ext4FileSystem {
             let es = Ext4FileSystem.entrySize(e), vs = Ext4FileSystem.valueSize(e)
             guard eoff + es + 4 <= vend - vs else { return nil }
             vend -= vs
-            r[eoff] = UInt8(e.name.count)
-            r[eoff + 1] = e.index
-            r.putLE16(eoff + 2, e.valueInum != 0 ? 0 : UInt16(vs == 0 ? 0 : vend - valueBase))
-            r.putLE32(eoff + 4, e.valueInum)
-            r.putLE32(eoff + 8, e.valueInum != 0 ? e.valueSize : UInt32(e.value.count))
-            r.putLE32(eoff + 12, e.valueInum != 0 ? 0 : Ext4FileSystem.xattrEntryHash(e.name, e.value))
-            r.putBytes(eoff + 16, e.name)
+            XattrEntryRecord(nameLen: UInt8(truncatingIfNeeded: e.name.count), nameIndex: e.index,
+                             valueOffset: e.valueInum != 0 ? 0 : UInt16(truncatingIfNeeded: vs == 0 ? 0 : vend - valueBase),
+                             valueInum: e.valueInum,
+                             valueSize: e.valueInum != 0 ? e.valueSize : UInt32(truncatingIfNeeded: e.value.count),
+                             hash: e.valueInum != 0 ? 0 : Ext4FileSystem.xattrEntryHash(e.name, e.value))
+                .encode(into: &r, at: eoff, name: e.name)
             if vs > 0 { r.putBytes(vend, e.value) }
             eoff += es
         }
@@ -61,7 +60,7 @@ extension Ext4FileSystem {
         }
         guard let r = layoutXattrs(list, size: size, entriesAt: 4, valueBase: 4) else { throw .noSpace }
         var region = r
-        region.putLE32(0, 0xEA02_0000)
+        region.putLE32(0, XattrIbodyHeader.magicValue)
         m.b.putBytes(start, region)
     }
 
@@ -78,27 +77,22 @@ extension Ext4FileSystem {
             a.index != b.index ? a.index < b.index : (a.name.count != b.name.count ? a.name.count < b.name.count
                 : a.name.lexicographicallyPrecedes(b.name))
         }
-        guard var r = layoutXattrs(sorted, size: blockSize, entriesAt: 32, valueBase: 0) else { return nil }
-        r.putLE32(0, 0xEA02_0000)
-        r.putLE32(4, refcount)
-        r.putLE32(8, 1)
+        guard var r = layoutXattrs(sorted, size: blockSize, entriesAt: XattrBlockHeader.size, valueBase: 0) else { return nil }
         var h: UInt32 = 0
-        var off = 32
+        var off = XattrBlockHeader.size
         for _ in sorted {
-            let eh = r.le32(off + 12)
-            if eh == 0 { h = 0; break }
-            h = (h << 16) ^ (h >> 16) ^ eh
-            off += (16 + Int(r.u8(off)) + 3) & ~3
+            guard let e = try? XattrEntryRecord(decoding: r, at: off, end: r.count), e.hash != 0 else { h = 0; break }
+            h = (h << 16) ^ (h >> 16) ^ e.hash
+            off += e.recordSize
         }
-        r.putLE32(0xC, h)
+        XattrBlockHeader(refcount: refcount, hash: h).encode(into: &r)
         sealXattrBlock(&r, blk)
         return r
     }
 
     func sealXattrBlock(_ r: inout [UInt8], _ blk: UInt64) {
         guard sb.metadataCsum else { return }
-        r.putLE32(0x10, 0)
-        r.putLE32(0x10, crc32c(crc32c(csumSeed, leBytes64(blk)), r))
+        XattrBlockHeader.seal(&r, block: blk, fsSeed: csumSeed)
     }
 
     /// Most inodes one xattr block may serve (the kernel's limit).
