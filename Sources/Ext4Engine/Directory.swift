@@ -287,15 +287,8 @@ extension Ext4FileSystem {
         guard nblocks > 0 else { return .bad("empty") }
         let maps = try mapRange(ri, from: 0, count: nblocks)
         func phys(_ l: UInt64) -> UInt64? {
-            var lo = 0, hi = maps.count
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                let m = maps[mid]
-                if l < m.logical { hi = mid } else if l >= m.logical + m.length { lo = mid + 1 } else {
-                    return m.unwritten ? nil : m.physical + (l - m.logical)
-                }
-            }
-            return nil
+            guard let m = maps.run(covering: l), !m.unwritten else { return nil }
+            return m.physical + (l - m.logical)
         }
         guard let p0 = phys(0) else { return .bad("hole at block 0") }
         let root = try block(p0)

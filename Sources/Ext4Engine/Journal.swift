@@ -45,15 +45,8 @@ extension Ext4FileSystem {
         guard jblocks >= 2 else { throw corrupt("journal inode too small") }
         let maps = try mapRange(ji, from: 0, count: jblocks)
         func phys(_ l: UInt64) throws(Ext4Error) -> UInt64 {
-            var lo = 0, hi = maps.count
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                let m = maps[mid]
-                if l < m.logical { hi = mid } else if l >= m.logical + m.length { lo = mid + 1 } else {
-                    return m.physical + (l - m.logical)
-                }
-            }
-            throw corrupt("journal block \(l) not mapped")
+            guard let m = maps.run(covering: l) else { throw corrupt("journal block \(l) not mapped") }
+            return m.physical + (l - m.logical)
         }
         func jread(_ l: UInt64) throws(Ext4Error) -> [UInt8] {
             var b = [UInt8](repeating: 0, count: blockSize)

@@ -38,15 +38,8 @@ final class JournalLog: @unchecked Sendable {
     func next(_ l: UInt64) -> UInt64 { l + 1 >= maxLen ? first : l + 1 }
 
     func physical(_ l: UInt64) -> UInt64? {
-        var lo = 0, hi = map.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            let m = map[mid]
-            if l < m.logical { hi = mid } else if l >= m.logical + m.length { lo = mid + 1 } else {
-                return m.physical + (l - m.logical)
-            }
-        }
-        return nil
+        guard let m = map.run(covering: l) else { return nil }
+        return m.physical + (l - m.logical)
     }
 }
 

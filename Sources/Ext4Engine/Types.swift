@@ -104,3 +104,17 @@ public struct Extent: Sendable, Equatable {
         self.logical = logical; self.physical = physical; self.length = length; self.unwritten = unwritten
     }
 }
+
+extension Array where Element == Extent {
+    /// The run that covers logical block `l`, for runs sorted by `logical`
+    /// and not overlapping (a file's map); nil in a hole.
+    func run(covering l: UInt64) -> Extent? {
+        var lo = 0, hi = count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            let m = self[mid]
+            if l < m.logical { hi = mid } else if l - m.logical >= m.length { lo = mid + 1 } else { return m }
+        }
+        return nil
+    }
+}
