@@ -195,8 +195,10 @@ class Bench:
                             "--rw=randwrite", "--bs=4k", "--size=16M", "--direct=0", "--fsync=1",
                             "--time_based", f"--runtime={a.fsync_secs}", "--randrepeat=1"])
                         pct = r["fio"]["jobs"][0].get("sync", {}).get("lat_ns", {}).get("percentile", {})
-                        r["fsync_p50_us"] = pct.get("50.000000", 0) / 1000
-                        r["fsync_p99_us"] = pct.get("99.000000", 0) / 1000
+                        if "50.000000" not in pct or "99.000000" not in pct:
+                            raise RuntimeError("fio reported no fsync latency percentiles")
+                        r["fsync_p50_us"] = pct["50.000000"] / 1000
+                        r["fsync_p99_us"] = pct["99.000000"] / 1000
                         self.record(t, "fsync", r)
                     if "meta" in wl:
                         drop_caches()

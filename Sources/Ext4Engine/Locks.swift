@@ -17,6 +17,8 @@ import Glibc
                        another. Protects the inode's bytes, its block map /
                        extent tree, directory blocks, xattr block contents it owns.
   3. orphanLock      – the on-disk orphan chain and the in-memory reference counts.
+     xattrShareLock  – same level, never held with orphanLock: every change of
+                       an xattr block's refcount, and the hash → block index.
   4. group locks     – one per block group (`GroupLock`), taken one at a time by
                        the allocators; protects that group's bitmaps and counters.
   5. gdLock          – group descriptor table blocks + superblock bytes

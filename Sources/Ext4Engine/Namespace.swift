@@ -30,7 +30,7 @@ extension Ext4FileSystem {
 
     func dirIncLinks(_ m: inout MInode) throws(Ext4Error) {
         if m.links == 1 { return }
-        if m.links + 1 >= linkMax {
+        if m.links >= linkMax - 1 {
             guard sb.has(roCompat: RoCompat.dirNlink) else { throw .tooManyLinks }
             m.links = 1
             return
@@ -176,7 +176,7 @@ extension Ext4FileSystem {
             try pm.mayAddEntry()
             if let _ = try? lookup(dir: parent, name: name) { throw .exists }
             let isDir = mode & 0xF000 == 0x4000
-            if isDir && pm.links + 1 >= linkMax && !sb.has(roCompat: RoCompat.dirNlink) { throw .tooManyLinks }
+            if isDir && pm.links >= linkMax - 1 && !sb.has(roCompat: RoCompat.dirNlink) { throw .tooManyLinks }
             let own = try newInodeOwnership(pm, mode: mode, gid: gid, umask: umask)
             let now = nowSpec()
             var m = try makeInode(parent: parent, mode: own.mode, uid: uid, gid: own.gid, rdev: rdev, symlink: symlink,
@@ -421,7 +421,7 @@ extension Ext4FileSystem {
             if dm.isDir { let e = try dirIsEmpty(dm); if !e { throw .notEmpty } }
         }
         if sm.isDir && parent != newParent && !exchange && dst == nil {
-            if npm.links + 1 >= linkMax && npm.links != 1 && !sb.has(roCompat: RoCompat.dirNlink) { throw .tooManyLinks }
+            if npm.links >= linkMax - 1 && npm.links != 1 && !sb.has(roCompat: RoCompat.dirNlink) { throw .tooManyLinks }
         }
         let now = nowSpec()
         func mod(_ i: UInt32, _ f: (inout MInode) throws(Ext4Error) -> Void) throws(Ext4Error) {

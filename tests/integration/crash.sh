@@ -82,12 +82,15 @@ trap 'exit 130' INT TERM
 die() { echo "crash: FAIL: $*"; exit 1; }
 
 # A FUSE mount still there (its server gone, or hung): abort that connection
-# only (its number is the mount's minor device number), then detach it.
+# only, then detach it.
 abort_fuse() {  # abort_fuse DIR
   local dev
   dev=$(awk -v d="$1" '$5 == d { print $3 }' /proc/self/mountinfo | tail -1)
   [ -n "$dev" ] || return 0
-  [ -e "/sys/fs/fuse/connections/${dev#*:}/abort" ] && echo 1 > "/sys/fs/fuse/connections/${dev#*:}/abort"
+  # The connection's number is the mount's device number, major << 20 | minor
+  # (a fuseblk mount's major is not 0).
+  local conn=$(( (${dev%%:*} << 20) | ${dev#*:} ))
+  [ -e "/sys/fs/fuse/connections/$conn/abort" ] && echo 1 > "/sys/fs/fuse/connections/$conn/abort"
   umount -l "$1" 2>/dev/null
   return 0
 }
