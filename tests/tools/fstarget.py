@@ -77,6 +77,27 @@ def mounts():
     return out
 
 
+def abort_fuse_connection(mnt):
+    """Abort the FUSE connection of the mount at MNT (its number is the mount's
+    device number, major << 20 | minor). A fuseblk umount waits, uninterruptibly,
+    for the server's DESTROY answer: a trap must not wait on a hung server."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            parts = left.split()
+            if len(parts) < 5 or _unescape(parts[4]) != mnt or not right.startswith("fuse"):
+                continue
+            major, _, minor = parts[2].partition(":")
+            try:
+                conn = (int(major) << 20) | int(minor)
+                if not os.path.exists(f"/sys/fs/fuse/connections/{conn}"):
+                    run(["mount", "-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"], timeout=10)
+                with open(f"/sys/fs/fuse/connections/{conn}/abort", "w") as a:
+                    a.write("1")
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+
+
 def is_mounted(mnt):
     mnt = os.path.realpath(mnt)
     return any(m[0] == mnt for m in mounts())
@@ -289,7 +310,11 @@ def cleanup(images=(), dirs=()):
         d = os.path.abspath(d)
         # Nested mounts first (deepest path first).
         for m in sorted((m[0] for m in mounts() if m[0] == d or m[0].startswith(d + "/")), reverse=True):
-            if run(["umount", m]).returncode != 0:
+            abort_fuse_connection(m)
+            try:
+                if run(["umount", m], timeout=30).returncode != 0:
+                    run(["umount", "-l", m])
+            except subprocess.TimeoutExpired:
                 run(["umount", "-l", m])
     for img in images:
         kill_servers(img)
