@@ -37,7 +37,11 @@ PIDS=()   # every process this test started that may still run
 fails=0
 cleanup() {
   for m in "$MNT" "$MNT2"; do
-    if mountpoint -q "$m" 2>/dev/null; then umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; fi
+    # A trap does not wait for a server's DESTROY answer: abort the connection first.
+    if mountpoint -q "$m" 2>/dev/null; then
+      python3 "$repo/tests/tools/fstarget.py" abort "$m" 2>/dev/null
+      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+    fi
   done
   for p in $SPID "${PIDS[@]}"; do [ -n "$p" ] && [ -d "/proc/$p" ] && kill -KILL "$p" 2>/dev/null; done
   for i in "$IMG" "$IMG2"; do

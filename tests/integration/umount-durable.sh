@@ -78,7 +78,11 @@ cleanup_inner() {
   [ -n "$HOLDER" ] && kill -KILL "$HOLDER" 2>/dev/null && wait "$HOLDER" 2>/dev/null
   local m
   for m in "$MNT" "$KMNT"; do
-    if mountpoint -q "$m" 2>/dev/null; then umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; fi
+    # A trap does not wait for a server's DESTROY answer: abort the connection first.
+    if mountpoint -q "$m" 2>/dev/null; then
+      python3 "$repo/tests/tools/fstarget.py" abort "$m" 2>/dev/null
+      umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+    fi
   done
   [ -n "$TLOOP" ] && losetup -d "$TLOOP" 2>/dev/null
 }

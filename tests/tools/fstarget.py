@@ -383,6 +383,8 @@ def main(argv=None):
     c = sub.add_parser("cleanup")
     c.add_argument("--image", action="append", default=[])
     c.add_argument("dirs", nargs="*")
+    ab = sub.add_parser("abort", help="abort the FUSE connection of the mount at DIR (for traps)")
+    ab.add_argument("dir")
     r = sub.add_parser("probe-rw")
     r.add_argument("kind", choices=KINDS)
     r.add_argument("--size", default="16M")
@@ -410,6 +412,9 @@ def main(argv=None):
         return 0
     if a.cmd == "cleanup":
         cleanup(a.image, a.dirs)
+        return 0
+    if a.cmd == "abort":
+        abort_fuse_connection(os.path.abspath(a.dir))
         return 0
     if a.cmd == "probe-rw":
         st, msg = probe_rw(a.kind, a.size)
