@@ -87,9 +87,8 @@ final class WriteState: @unchecked Sendable {
     var committerRunning = false
     let committerDone = DispatchSemaphore(value: 0)
 
-    // xattrShareLock: xattr blocks by header hash (candidates for sharing)
-    let xattrShareLock = NSLock()
-    var xattrBlocks: [UInt32: Set<UInt64>] = [:]
+    /// Xattr blocks by header hash, and the xattr refcount lock.
+    let xattrShare = XattrShareIndex()
 
     init(sb: Superblock, groups: [GroupDescriptorRecord], groupOf: @escaping @Sendable (UInt64) -> Int) {
         txn = Transactions(firstTid: 1)
