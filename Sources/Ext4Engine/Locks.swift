@@ -28,7 +28,8 @@ import Glibc
                        several owners (inode table blocks, shared xattr blocks).
   7. orphanMapLock   – tiny map lock read while an inode is being encoded.
   8. block cache shard locks (BlockCache), leaf.
-  Below all of these: flushLock → dirtyLock (MetaWriteback.swift). Leaves:
+  Below all of these: flushLock → the MetadataStore mutex (MetaWriteback.swift,
+  MetadataStore.swift). Leaves:
   preallocLock, the Reservations mutex, the XattrShareIndex mutex (the hash →
   block index), the Transactions condition.
 */
