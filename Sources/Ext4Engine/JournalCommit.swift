@@ -125,7 +125,7 @@ extension Ext4FileSystem {
                 let asked = w.txn.sleepCommitter(timeout: min(0.2, interval))
                 guard let fs = self, !w.committerState.with({ w.stopCommitter }) else { return }
                 if w.txn.isAborted != nil { continue }
-                let size = w.dirtyLock.with { w.running.count }
+                let size = w.meta.runningCount
                 let due = Date().timeIntervalSince(last) >= interval
                 guard asked || size >= w.softLimit || due else { continue }
                 if due || size > 0 { last = Date() }
@@ -179,9 +179,7 @@ extension Ext4FileSystem {
                 throw error
             }
             w.reservations.releaseFreed(through: tid)
-            w.dirtyLock.with {
-                if w.inodeTid.count > 4096 { w.inodeTid = w.inodeTid.filter { $0.value > tid } }
-            }
+            w.meta.pruneInodeTids(committed: tid)
             w.txn.markCommitted(tid)
         }
     }
@@ -189,21 +187,10 @@ extension Ext4FileSystem {
     /// With no handle open: copy out the transaction's blocks (the superblock,
     /// with the current free counts, among them) and its revokes.
     private func closeTransaction(_ w: WriteState, _ t: UInt64) -> ClosedTransaction {
-        let changed = w.dirtyLock.with { !w.running.isEmpty || !w.revokes.isEmpty }
-        if changed { try? updateSuper() }
-        return w.dirtyLock.with { () -> ClosedTransaction in
-            var blocks: [(block: UInt64, seq: UInt64, bytes: [UInt8])] = []
-            blocks.reserveCapacity(w.running.count)
-            for b in w.running.sorted() {
-                if let e = w.dirty[b] { blocks.append((b, e.seq, e.bytes)) }
-            }
-            let rv = w.revokes.sorted()
-            // From now on, freeing one of these blocks needs a revoke record.
-            if w.log != nil { for b in blocks { w.journaled.insert(b.block) } }
-            w.running = []
-            w.revokes = []
-            return ClosedTransaction(tid: t, blocks: blocks, revokes: rv)
-        }
+        if w.meta.runningChanged { try? updateSuper() }
+        // From now on, freeing one of these blocks needs a revoke record.
+        let (blocks, rv) = w.meta.takeRunning(journaled: w.log != nil)
+        return ClosedTransaction(tid: t, blocks: blocks, revokes: rv)
     }
 
     private func abortJournal(_ w: WriteState, _ e: Ext4Error) {
@@ -352,7 +339,7 @@ extension Ext4FileSystem {
         try dev.flush()
         log.used = 0
         log.emptyOnDisk = true
-        w.dirtyLock.with { w.journaled = [] }
+        w.meta.forgetJournaled()
     }
 
     /// Step 5: write a committed transaction's copies home.
@@ -380,11 +367,7 @@ extension Ext4FileSystem {
                 try devWrite(list[i].block * UInt64(blockSize), buf)
                 i = j
             }
-            w.dirtyLock.with {
-                for e in list where w.dirty[e.block]?.seq == e.seq && !w.running.contains(e.block) {
-                    w.dirty[e.block] = nil
-                }
-            }
+            w.meta.forgetWritten(list)
         }
     }
 

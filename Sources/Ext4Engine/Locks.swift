@@ -17,8 +17,9 @@ import Glibc
                        another. Protects the inode's bytes, its block map /
                        extent tree, directory blocks, xattr block contents it owns.
   3. orphanLock      – the on-disk orphan chain and the in-memory reference counts.
-     xattrShareLock  – same level, never held with orphanLock: every change of
-                       an xattr block's refcount, and the hash → block index.
+     xattr refcount lock (`XattrShareIndex.withRefcountChange`) – same
+                       level, never held with orphanLock: every change of an
+                       xattr block's refcount.
   4. group locks     – one per block group (`GroupLock`), taken one at a time by
                        the allocators; protects that group's bitmaps and counters.
   5. gdLock          – group descriptor table blocks + superblock bytes
@@ -27,8 +28,10 @@ import Glibc
                        several owners (inode table blocks, shared xattr blocks).
   7. orphanMapLock   – tiny map lock read while an inode is being encoded.
   8. block cache shard locks (BlockCache), leaf.
-  Below all of these: flushLock → dirtyLock (MetaWriteback.swift). Leaves:
-  preallocLock, the Reservations mutex, the Transactions condition.
+  Below all of these: flushLock → the MetadataStore mutex (MetaWriteback.swift,
+  MetadataStore.swift). Leaves:
+  preallocLock, the Reservations mutex, the XattrShareIndex mutex (the hash →
+  block index), the Transactions condition.
 */
 
 

@@ -14,7 +14,9 @@ import Foundation
 ///   checkpoint in progress finishes first) and, for blocks with a copy in the
 ///   live log, adds revoke records to the running transaction.
 ///
-/// Lock order: every other engine lock → `flushLock` → `dirtyLock`.
+/// The state lives in `MetadataStore` (MetadataStore.swift).
+///
+/// Lock order: every other engine lock → `flushLock` → the store's mutex.
 extension Ext4FileSystem {
     /// Keep `b` as the new contents of metadata block `n` in the running transaction.
     func writeMeta(_ n: UInt64, _ b: [UInt8], superblock: Bool = false) throws(Ext4Error) {
@@ -23,14 +25,7 @@ extension Ext4FileSystem {
             throw .corrupted("metadata write to bad block \(n)")
         }
         let w = try wstate
-        let count = w.dirtyLock.with { () -> Int in
-            w.dirtySeq &+= 1
-            w.dirty[n] = (w.dirtySeq, b)
-            w.running.insert(n)
-            // Written again after being freed: its new copy must replay.
-            if !w.revokes.isEmpty { w.revokes.remove(n) }
-            return w.running.count
-        }
+        let count = w.meta.write(n, b)
         cache.wrote(n, b)
         if count == w.softLimit { w.txn.wake() }
     }
@@ -38,41 +33,20 @@ extension Ext4FileSystem {
     /// The dirty contents of block `n`, if any.
     func dirtyBlock(_ n: UInt64) -> [UInt8]? {
         guard let w else { return nil }
-        return w.dirtyLock.with { w.dirty[n]?.bytes }
+        return w.meta.bytes(n)
     }
 
     /// Dirty contents of the blocks in [start, start+count), by index.
     func dirtyBlocks(_ start: UInt64, _ count: Int) -> [Int: [UInt8]] {
         guard let w else { return [:] }
-        return w.dirtyLock.with { () -> [Int: [UInt8]] in
-            guard !w.dirty.isEmpty else { return [:] }
-            var out: [Int: [UInt8]] = [:]
-            for i in 0..<count {
-                if let d = w.dirty[start + UInt64(i)] { out[i] = d.bytes }
-            }
-            return out
-        }
+        return w.meta.bytes(start, count)
     }
 
     /// Blocks [start, start+count) were freed: forget their dirty contents,
     /// and revoke those with a copy in the live log.
     func dropDirty(_ start: UInt64, _ count: UInt64) {
         guard let w else { return }
-        w.flushLock.with {
-            w.dirtyLock.with {
-                if count <= UInt64(w.dirty.count) {
-                    for i in 0..<count where w.dirty.removeValue(forKey: start + i) != nil { w.running.remove(start + i) }
-                } else if !w.dirty.isEmpty {
-                    for k in w.dirty.keys where k >= start && k - start < count { w.dirty[k] = nil; w.running.remove(k) }
-                }
-                if w.journaled.isEmpty { return }
-                if count <= UInt64(w.journaled.count) {
-                    for i in 0..<count where w.journaled.contains(start + i) { w.revokes.insert(start + i) }
-                } else {
-                    for k in w.journaled where k >= start && k - start < count { w.revokes.insert(k) }
-                }
-            }
-        }
+        w.flushLock.with { w.meta.drop(start, count) }
     }
 
     /// Commit everything changed so far and wait for it (fsync of a whole
@@ -87,7 +61,7 @@ extension Ext4FileSystem {
     /// changed it, or (already committed) flush the device for its data.
     func commitInode(_ ino: UInt32) throws(Ext4Error) {
         let w = try wstate
-        let t = w.dirtyLock.with { w.inodeTid[ino] ?? 0 }
+        let t = w.meta.inodeTid(ino)
         if t > w.txn.committedTid {
             if committerRunning {
                 w.txn.request(t)

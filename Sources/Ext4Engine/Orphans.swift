@@ -172,6 +172,6 @@ extension Ext4FileSystem {
         }
         try dev.flush()
         // The superblock's block is still dirty in memory; nothing writes it again.
-        w.dirtyLock.with { w.dirty = [:]; w.running = [] }
+        w.meta.discardDirty()
     }
 }

@@ -190,7 +190,7 @@ extension Ext4FileSystem {
     /// Hold a new operation back while the running transaction is over its hard limit.
     private func throttle(_ w: WriteState) throws(Ext4Error) {
         var spins = 0
-        while w.dirtyLock.with({ w.running.count }) > w.hardLimit {
+        while w.meta.runningCount > w.hardLimit {
             try commitAndWait()
             spins += 1
             if spins > 3 { break }
@@ -210,7 +210,7 @@ extension Ext4FileSystem {
     func noteInodeChanged(_ ino: UInt32) {
         guard let w else { return }
         let t = w.txn.runningTid
-        w.dirtyLock.with { w.inodeTid[ino] = t }
+        w.meta.noteInode(ino, tid: t)
     }
 }
 

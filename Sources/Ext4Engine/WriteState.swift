@@ -58,24 +58,16 @@ final class WriteState: @unchecked Sendable {
     var looseTrees: Set<UInt32> = []
 
     // Metadata (MetaWriteback.swift, JournalCommit.swift). commitLock is taken
-    // only outside handles; flushLock → dirtyLock are below every other lock.
+    // only outside handles; flushLock → the MetadataStore mutex are below
+    // every other lock.
     let txn: Transactions
     let commitLock = NSLock()
     /// The journal's log; nil without a journal (ordered write-back).
     var log: JournalLog? = nil
     let flushLock = NSLock()
-    let dirtyLock = NSLock()
-    /// Newest contents of every metadata block not yet written home.
-    var dirty: [UInt64: (seq: UInt64, bytes: [UInt8])] = [:]
-    var dirtySeq: UInt64 = 0
-    /// Blocks changed by the running transaction.
-    var running: Set<UInt64> = []
-    /// Blocks the running transaction revokes (freed, with a copy in the live log).
-    var revokes: Set<UInt64> = []
-    /// Blocks with a copy in a live transaction of the log.
-    var journaled: Set<UInt64> = []
-    /// The transaction that last changed each inode (fsync waits for it).
-    var inodeTid: [UInt32: UInt64] = [:]
+    /// Dirty metadata blocks, the running transaction's blocks and revokes,
+    /// blocks with a copy in the live log, the last transaction of each inode.
+    let meta = MetadataStore()
     /// In-memory reservations (preallocation windows, uncommitted frees).
     let reservations: Reservations
     var commitInterval: Double = Ext4FileSystem.commitIntervalDefault
@@ -87,9 +79,8 @@ final class WriteState: @unchecked Sendable {
     var committerRunning = false
     let committerDone = DispatchSemaphore(value: 0)
 
-    // xattrShareLock: xattr blocks by header hash (candidates for sharing)
-    let xattrShareLock = NSLock()
-    var xattrBlocks: [UInt32: Set<UInt64>] = [:]
+    /// Xattr blocks by header hash, and the xattr refcount lock.
+    let xattrShare = XattrShareIndex()
 
     init(sb: Superblock, groups: [GroupDescriptorRecord], groupOf: @escaping @Sendable (UInt64) -> Int) {
         txn = Transactions(firstTid: 1)

@@ -103,16 +103,16 @@ extension Ext4FileSystem {
     /// referring to `blk` (which keeps it from being freed meanwhile).
     func noteXattrBlock(_ blk: UInt64, hash: UInt32) {
         guard let w, hash != 0 else { return }
-        w.xattrShareLock.with { _ = w.xattrBlocks[hash, default: []].insert(blk) }
+        w.xattrShare.note(blk, hash: hash)
     }
 
     /// An xattr block with exactly the contents `bytes` (laid out for any block
     /// number) whose refcount has room: its refcount is raised and it is
-    /// returned. Caller holds xattrShareLock.
+    /// returned. Caller is inside `xattrShare.withRefcountChange`.
     private func shareXattrBlock(_ bytes: [UInt8], except: UInt64) throws(Ext4Error) -> UInt64? {
         let w = try wstate
         let hash = bytes.le32(0xC)
-        guard hash != 0, let candidates = w.xattrBlocks[hash] else { return nil }
+        guard hash != 0, let candidates = w.xattrShare.candidates(hash) else { return nil }
         for blk in candidates where blk != except {
             let shared = try w.metaLocks.withLock(blk) { () throws(Ext4Error) -> Bool in
                 var b = try block(blk)
@@ -126,16 +126,9 @@ extension Ext4FileSystem {
                 return true
             }
             if shared { return blk }
-            if try block(blk).le32(0xC) != hash { w.xattrBlocks[hash]?.remove(blk) }
+            if try block(blk).le32(0xC) != hash { w.xattrShare.remove(blk, hash: hash) }
         }
         return nil
-    }
-
-    private func forgetXattrBlock(_ blk: UInt64, _ w: WriteState) {
-        for (h, var set) in w.xattrBlocks where set.contains(blk) {
-            set.remove(blk)
-            w.xattrBlocks[h] = set.isEmpty ? nil : set
-        }
     }
 
     /// Replace the inode's block xattrs with `list`. A block with the same
@@ -145,7 +138,7 @@ extension Ext4FileSystem {
     func setBlockXattrs(_ m: inout MInode, _ list: [XattrEntry]) throws(Ext4Error) {
         let w = try wstate
         let old = m.fileACL(sb.is64)
-        try w.xattrShareLock.with { () throws(Ext4Error) in
+        try w.xattrShare.withRefcountChange { () throws(Ext4Error) in
             // Is the old block ours alone?
             var ownsOld = false
             if old != 0 {
@@ -155,7 +148,7 @@ extension Ext4FileSystem {
             func releaseOld() throws(Ext4Error) {
                 guard old != 0 else { return }
                 if ownsOld {
-                    forgetXattrBlock(old, w)
+                    w.xattrShare.forget(old)
                     try freeBlocks(old, 1)
                     return
                 }
@@ -190,13 +183,13 @@ extension Ext4FileSystem {
             }
             do throws(Ext4Error) {
                 try writeMeta(target, bytes)
-                if target != old { try releaseOld() } else { forgetXattrBlock(old, w) }
+                if target != old { try releaseOld() } else { w.xattrShare.forget(old) }
             } catch {
                 if target != old { try? freeBlocks(target, 1) }
                 throw error
             }
             let hash = bytes.le32(0xC)
-            if hash != 0 { w.xattrBlocks[hash, default: []].insert(target) }
+            if hash != 0 { w.xattrShare.note(target, hash: hash) }
             m.setFileACL(target)
         }
         let now = m.fileACL(sb.is64)
