@@ -23,7 +23,7 @@ extension Ext4FileSystem {
         let w = try wstate
         var r = m
         // The orphan chain owns dtime of orphan inodes.
-        if let next = w.orphanMapLock.with({ w.orphanNext[m.ino] }) { r.dtime = next }
+        if let next = w.orphans.next(m.ino) { r.dtime = next }
         let (blk, off) = try inodeLocation(m.ino)
         try w.metaLocks.withLock(blk) { () throws(Ext4Error) in
             sealInodeChecksum(&r)

@@ -16,7 +16,9 @@ import Glibc
                        index and de-duplicated (`withInodes`), never one after
                        another. Protects the inode's bytes, its block map /
                        extent tree, directory blocks, xattr block contents it owns.
-  3. orphanLock      – the on-disk orphan chain and the in-memory reference counts.
+  3. orphanLock      – the on-disk orphan chain and the in-memory reference
+                       counts (`OrphanList`'s chain lock, held by its `add`
+                       and `remove` across the disk work, and its refcounts).
      xattr refcount lock (`XattrShareIndex.withRefcountChange`) – same
                        level, never held with orphanLock: every change of an
                        xattr block's refcount.
@@ -26,7 +28,8 @@ import Glibc
                        (descriptor rewrite, s_free_* totals, s_last_orphan).
   6. metadata block stripes – read-modify-write of one metadata block shared by
                        several owners (inode table blocks, shared xattr blocks).
-  7. orphanMapLock   – tiny map lock read while an inode is being encoded.
+  7. orphanMapLock   – the `OrphanList` links' `Mutex`, read while an inode is
+                       being encoded; nothing is taken while it is held.
   8. block cache shard locks (BlockCache), leaf.
   Below all of these: flushLock → the MetadataStore mutex (MetaWriteback.swift,
   MetadataStore.swift). Leaves:

@@ -130,12 +130,12 @@ extension Ext4FileSystem {
     /// Link count of `m` reached zero: free now or park on the orphan list.
     func dropInode(_ m: inout MInode) throws(Ext4Error) {
         let w = try wstate
-        let referenced = w.orphanLock.with { (w.refs[m.ino] ?? 0) > 0 }
+        let referenced = w.orphans.isReferenced(m.ino)
         if referenced {
             try addOrphan(m.ino)
             try storeInode(m)
         } else {
-            if w.orphanMapLock.with({ w.orphanNext[m.ino] != nil }) { try removeOrphan(m.ino); m.dtime = 0 }
+            if w.orphans.isOrphan(m.ino) { try removeOrphan(m.ino); m.dtime = 0 }
             try destroyInode(&m)
         }
     }
@@ -268,7 +268,7 @@ extension Ext4FileSystem {
                 guard !m.isDir else { throw .permission }
                 try m.mayLink()
                 guard m.links < linkMax else { throw .tooManyLinks }
-                if m.links == 0 && !w.orphanMapLock.with({ w.orphanNext[ino] != nil }) { throw .notFound }
+                if m.links == 0 && !w.orphans.isOrphan(ino) { throw .notFound }
                 if let _ = try? lookup(dir: parent, name: name) { throw .exists }
                 try dirAdd(&pm, name: name, ino: ino, ftype: ftypeCode(m.mode))
                 let now = nowSpec()

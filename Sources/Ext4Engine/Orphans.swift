@@ -38,7 +38,7 @@ extension Ext4FileSystem {
 
     func isOrphan(_ ino: UInt32) -> Bool {
         guard let w else { return false }
-        return w.orphanMapLock.with { w.orphanNext[ino] != nil }
+        return w.orphans.isOrphan(ino)
     }
 
     /// Free (or truncate) every inode on the on-disk orphan chain left by a crash.
@@ -66,57 +66,33 @@ extension Ext4FileSystem {
     /// Put `ino` at the head of the orphan chain. The caller stores the inode afterwards.
     func addOrphan(_ ino: UInt32) throws(Ext4Error) {
         let w = try wstate
-        try w.orphanLock.with { () throws(Ext4Error) in
-            if w.orphanMapLock.with({ w.orphanNext[ino] != nil }) { return }
-            let head = w.gdLock.with { w.sbRaw.le32(0xE8) }
-            w.orphanMapLock.with {
-                w.orphanNext[ino] = head
-                if head != 0 { w.orphanPrev[head] = ino }
-            }
-            try updateSuper { s in s.putLE32(0xE8, ino) }
+        try w.orphans.add(ino, head: { w.gdLock.with { w.sbRaw.le32(0xE8) } }) { (h: UInt32) throws(Ext4Error) in
+            try updateSuper { s in s.putLE32(0xE8, h) }
         }
     }
 
     /// Unlink `ino` from the orphan chain. The caller stores the inode (dtime 0) afterwards.
     func removeOrphan(_ ino: UInt32) throws(Ext4Error) {
         let w = try wstate
-        try w.orphanLock.with { () throws(Ext4Error) in
-            // The predecessor comes from the reverse map: O(1), however long the chain.
-            let found: (next: UInt32, pred: UInt32?)? = w.orphanMapLock.with {
-                guard let next = w.orphanNext[ino] else { return nil }
-                let pred = w.orphanPrev[ino]
-                w.orphanNext[ino] = nil
-                w.orphanPrev[ino] = nil
-                if let pred { w.orphanNext[pred] = next }
-                if next != 0 { w.orphanPrev[next] = pred }
-                return (next, pred)
-            }
-            guard let (next, pred) = found else { return }
-            if let pred {
-                try patchDtime(pred, next)
-            } else {
-                try updateSuper { s in s.putLE32(0xE8, next) }
-            }
-        }
+        try w.orphans.remove(ino, setNext: { (pred: UInt32, next: UInt32) throws(Ext4Error) in
+            try patchDtime(pred, next)
+        }, setHead: { (next: UInt32) throws(Ext4Error) in
+            try updateSuper { s in s.putLE32(0xE8, next) }
+        })
     }
 
     public func retain(_ ino: UInt32, count: UInt64) {
         guard let w, count > 0 else { return }
-        w.orphanLock.with { w.refs[ino, default: 0] &+= count }
+        w.orphans.retain(ino, count: count)
     }
 
     public func release(_ ino: UInt32, count: UInt64) throws(Ext4Error) {
         try withHandle { () throws(Ext4Error) -> Void in
             let w = try wstate
-            let last = w.orphanLock.with { () -> Bool in
-                let c = w.refs[ino] ?? 0
-                let n = c > count ? c - count : 0
-                if n == 0 { w.refs[ino] = nil } else { w.refs[ino] = n }
-                return n == 0 && c > 0
-            }
+            let last = w.orphans.release(ino, count: count)
             guard last, isOrphan(ino) else { return }
             try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
-                guard isOrphan(ino), w.orphanLock.with({ w.refs[ino] == nil }) else { return }
+                guard isOrphan(ino), !w.orphans.isReferenced(ino) else { return }
                 var m = try loadInode(ino, checkLive: false)
                 guard m.links == 0 else { return }
                 try removeOrphan(ino)
@@ -147,7 +123,7 @@ extension Ext4FileSystem {
         }
         // Free every remaining orphan, referenced or not.
         while true {
-            let ino = w.orphanMapLock.with { w.orphanNext.keys.first }
+            let ino = w.orphans.any()
             guard let ino else { break }
             try withHandle { () throws(Ext4Error) in
                 try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in

@@ -26,8 +26,6 @@ final class WriteState: @unchecked Sendable {
     let renameLock = NSLock()
     let inodeLocks = InodeLocks(1024)
     let metaLocks = StripedLocks(256)
-    let orphanLock = NSLock()
-    let orphanMapLock = NSLock()
     let gdLock = NSLock()
     let groupLocks: [NSLock]
 
@@ -43,12 +41,8 @@ final class WriteState: @unchecked Sendable {
     /// IomapWrite.swift: told about every run of freed blocks.
     var freedBlocksObserver: (@Sendable (UInt64, UInt64) -> Void)? = nil
 
-    // orphanLock
-    var refs: [UInt32: UInt64] = [:]
-    // orphanMapLock: ino -> next orphan (on-disk dtime of an orphan inode)
-    var orphanNext: [UInt32: UInt32] = [:]
-    // orphanMapLock: ino -> the orphan before it in the chain (none for the head)
-    var orphanPrev: [UInt32: UInt32] = [:]
+    /// The orphan chain and the kernel's references (orphanLock, orphanMapLock).
+    let orphans = OrphanList()
 
     // preallocLock (a leaf lock: nothing else is taken while it is held)
     let preallocLock = NSLock()
