@@ -83,7 +83,7 @@ extension Ext4FileSystem {
     /// Check and reserve `n` blocks against the free total, keeping the reserved pool.
     func reserveBlocks(_ n: UInt64) throws(Ext4Error) {
         let w = try wstate
-        let free = w.gdLock.with { w.freeBlocksTotal }
+        let free = w.alloc.freeBlocks
         guard free >= n, free - n >= sb.rBlocksCount else { throw .noSpace }
     }
 
@@ -95,7 +95,7 @@ extension Ext4FileSystem {
         let w = try wstate
         let want = max(1, count)
         try reserveBlocks(1)
-        let free = w.gdLock.with { w.freeBlocksTotal }
+        let free = w.alloc.freeBlocks
         let allowed = Int(min(UInt64(want), free > sb.rBlocksCount ? free - sb.rBlocksCount : 0))
         guard allowed >= 1 else { throw .noSpace }
         let ng = groups.count
@@ -106,11 +106,11 @@ extension Ext4FileSystem {
             for k in 0..<ng {
                 let g = (g0 + k) % ng
                 if try gdSnapshot(g).freeBlocks == 0 { continue }
-                if let r = try w.groupLocks[g].with({ () throws(Ext4Error) -> (UInt64, Int)? in
+                if let r = try w.alloc.withGroup(g, { () throws(Ext4Error) -> (UInt64, Int)? in
                     var bm = try loadBlockBitmap(g)
                     let nb = groupBlocks(g)
                     var view = bm
-                    w.reservations.overlay(g, base: groupStart(g), nbits: nb, &view)
+                    w.alloc.reservations.overlay(g, base: groupStart(g), nbits: nb, &view)
                     let startBit = (g == g0 && k == 0) ? Int(goal - groupStart(g)) : 0
                     let atGoal = k == 0 && pass == 0 && startBit < nb && !bitGet(view, startBit)
                     guard let (s, n) = findRun(view, from: startBit, limit: nb, want: allowed,
@@ -119,7 +119,7 @@ extension Ext4FileSystem {
                     for i in s..<(s + taken) { bitSet(&bm, i) }
                     try storeBlockBitmap(g, bm, freeDelta: -taken)
                     if let window, taken < n {
-                        w.reservations.add(groupStart(g) + UInt64(s + taken), UInt64(n - taken), .window(window))
+                        w.alloc.reservations.add(groupStart(g) + UInt64(s + taken), UInt64(n - taken), .window(window))
                     }
                     return (groupStart(g) + UInt64(s), n)
                 }) {
@@ -167,7 +167,7 @@ extension Ext4FileSystem {
             let gs = groupStart(g)
             let ge = gs + UInt64(groupBlocks(g))
             let e = min(end, ge)
-            try w.groupLocks[g].with { () throws(Ext4Error) in
+            try w.alloc.withGroup(g) { () throws(Ext4Error) in
                 var bm = try loadBlockBitmap(g)
                 var n = 0
                 var i = b
@@ -182,10 +182,10 @@ extension Ext4FileSystem {
             }
             // Not reused before this transaction commits: until then a crash
             // brings back their owner.
-            w.reservations.add(b, e - b, .freedIn(w.txn.runningTid))
+            w.alloc.reservations.add(b, e - b, .freedIn(w.txn.runningTid))
             b = e
         }
-        if let observe = w.gdLock.with({ w.freedBlocksObserver }) { observe(start, count) }
+        if let observe = w.alloc.freedObserver { observe(start, count) }
     }
 
     /// Take blocks [start, start+count) of `ino`'s preallocation window in the
@@ -196,14 +196,14 @@ extension Ext4FileSystem {
         let g = groupOf(block: start)
         let gs = groupStart(g)
         guard start + count <= gs + UInt64(groupBlocks(g)) else { throw corrupt("window crosses a group") }
-        try w.groupLocks[g].with { () throws(Ext4Error) in
+        try w.alloc.withGroup(g) { () throws(Ext4Error) in
             var bm = try loadBlockBitmap(g)
             for i in start..<(start + count) where bitGet(bm, Int(i - gs)) {
                 throw corrupt("preallocated block \(i) already in use")
             }
             for i in start..<(start + count) { bitSet(&bm, Int(i - gs)) }
             try storeBlockBitmap(g, bm, freeDelta: -Int(count))
-            w.reservations.remove(start, count, .window(ino))
+            w.alloc.reservations.remove(start, count, .window(ino))
         }
     }
 
@@ -229,7 +229,7 @@ extension Ext4FileSystem {
         var order: [Int] = []
         if isDir && ng > 1 {
             // Prefer groups with above-average free inodes and blocks and few directories.
-            let (fb, fi) = w.totals()
+            let (fb, fi) = w.alloc.totals()
             let avgI = fi / UInt64(ng), avgB = fb / UInt64(ng)
             var cands: [(Int, UInt32)] = []
             for g in 0..<ng {
@@ -238,7 +238,7 @@ extension Ext4FileSystem {
                     cands.append((g, d.usedDirs))
                 }
             }
-            let rot = w.gdLock.with { () -> Int in w.dirRotor = (w.dirRotor + 1) % ng; return w.dirRotor }
+            let rot = w.alloc.nextDirRotor(ng)
             cands.sort { a, b in a.1 != b.1 ? a.1 < b.1 : (a.0 + ng - rot) % ng < (b.0 + ng - rot) % ng }
             order = cands.map { $0.0 }
         }
@@ -246,7 +246,7 @@ extension Ext4FileSystem {
         var tried = Set<Int>()
         for g in order where tried.insert(g).inserted {
             if try gdSnapshot(g).freeInodes == 0 { continue }
-            if let ino = try w.groupLocks[g].with({ () throws(Ext4Error) -> UInt32? in
+            if let ino = try w.alloc.withGroup(g, { () throws(Ext4Error) -> UInt32? in
                 var bm = try loadInodeBitmap(g)
                 let first = g == 0 ? Int(sb.firstIno) - 1 : 0
                 var idx: Int? = nil
@@ -286,7 +286,7 @@ extension Ext4FileSystem {
         let g = Int(UInt64(ino - 1) / ipg)
         let idx = Int(UInt64(ino - 1) % ipg)
         guard g < groups.count else { throw corrupt("freeing inode \(ino) beyond groups") }
-        try w.groupLocks[g].with { () throws(Ext4Error) in
+        try w.alloc.withGroup(g) { () throws(Ext4Error) in
             var bm = try loadInodeBitmap(g)
             guard bitGet(bm, idx) else { clog.report("freeing free inode \(ino)"); return }
             bitClear(&bm, idx)

@@ -306,7 +306,7 @@ public final class Ext4FileSystem: @unchecked Sendable {
         var bfree: UInt64 = 0
         var ifree: UInt64 = 0
         if let w {
-            (bfree, ifree) = w.totals()
+            (bfree, ifree) = w.alloc.totals()
         } else {
             for g in groups {
                 bfree &+= UInt64(g.freeBlocks)

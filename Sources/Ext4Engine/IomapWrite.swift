@@ -15,7 +15,7 @@ extension Ext4FileSystem {
     /// of the allocator held (an inode lock may be). nil removes it.
     public func setFreedBlocksObserver(_ observer: (@Sendable (UInt64, UInt64) -> Void)?) {
         guard let w else { return }
-        w.gdLock.with { w.freedBlocksObserver = observer }
+        w.alloc.freedObserver = observer
     }
 
     /// Make every block of [offset, offset+length) (rounded out to blocks, at most

@@ -178,7 +178,7 @@ extension Ext4FileSystem {
                 abortJournal(w, error)
                 throw error
             }
-            w.reservations.releaseFreed(through: tid)
+            w.alloc.reservations.releaseFreed(through: tid)
             w.meta.pruneInodeTids(committed: tid)
             w.txn.markCommitted(tid)
         }

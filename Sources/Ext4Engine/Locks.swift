@@ -22,10 +22,14 @@ import Glibc
      xattr refcount lock (`XattrShareIndex.withRefcountChange`) – same
                        level, never held with orphanLock: every change of an
                        xattr block's refcount.
-  4. group locks     – one per block group (`GroupLock`), taken one at a time by
-                       the allocators; protects that group's bitmaps and counters.
-  5. gdLock          – group descriptor table blocks + superblock bytes
-                       (descriptor rewrite, s_free_* totals, s_last_orphan).
+  4. group locks     – one per block group (`BlockAllocator.withGroup`), taken
+                       one at a time by the allocators; protects that group's
+                       bitmaps and counters.
+  5. gdLock          – `BlockAllocator`'s lock: group descriptor table blocks +
+                       superblock bytes (descriptor rewrite, s_free_* totals,
+                       s_last_orphan), the directory rotor. Held by its
+                       `updateDescriptor` and `updateSuperblock` across writing
+                       the block.
   6. metadata block stripes – read-modify-write of one metadata block shared by
                        several owners (inode table blocks, shared xattr blocks).
   7. orphanMapLock   – the `OrphanList` links' `Mutex`, read while an inode is

@@ -33,7 +33,7 @@ extension Ext4FileSystem {
         startCommitter()
     }
 
-    var lastOrphan: UInt32 { wstateOrNil?.gdLock.with { wstateOrNil?.sbRaw.le32(0xE8) ?? 0 } ?? 0 }
+    var lastOrphan: UInt32 { wstateOrNil?.alloc.lastOrphan ?? 0 }
     var wstateOrNil: WriteState? { w }
 
     func isOrphan(_ ino: UInt32) -> Bool {
@@ -66,7 +66,7 @@ extension Ext4FileSystem {
     /// Put `ino` at the head of the orphan chain. The caller stores the inode afterwards.
     func addOrphan(_ ino: UInt32) throws(Ext4Error) {
         let w = try wstate
-        try w.orphans.add(ino, head: { w.gdLock.with { w.sbRaw.le32(0xE8) } }) { (h: UInt32) throws(Ext4Error) in
+        try w.orphans.add(ino, head: { w.alloc.lastOrphan }) { (h: UInt32) throws(Ext4Error) in
             try updateSuper { s in s.putLE32(0xE8, h) }
         }
     }

@@ -55,7 +55,7 @@ extension Ext4FileSystem {
                 w.prealloc[m.ino] = window
                 return o
             }
-            if let old { w.reservations.remove(old.physical, old.count, .window(m.ino)) }
+            if let old { w.alloc.reservations.remove(old.physical, old.count, .window(m.ino)) }
         }
         return (p, Int(used))
     }
@@ -74,7 +74,7 @@ extension Ext4FileSystem {
     func dropPreallocation(_ ino: UInt32) throws(Ext4Error) {
         guard let w else { return }
         let old = w.preallocLock.with { w.prealloc.removeValue(forKey: ino) }
-        if let old { w.reservations.remove(old.physical, old.count, .window(ino)) }
+        if let old { w.alloc.reservations.remove(old.physical, old.count, .window(ino)) }
     }
 
     /// Give back every window; returns how many blocks came back.
@@ -88,7 +88,7 @@ extension Ext4FileSystem {
         }
         var n: UInt64 = 0
         for (ino, p) in all {
-            w.reservations.remove(p.physical, p.count, .window(ino))
+            w.alloc.reservations.remove(p.physical, p.count, .window(ino))
             n += p.count
         }
         return n

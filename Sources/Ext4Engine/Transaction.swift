@@ -179,7 +179,7 @@ extension Ext4FileSystem {
         do {
             defer { tx.end() }
             return try body()
-        } catch .noSpace where retryNoSpace && !tx.inHandle && w.reservations.pendingFreed > 0 {
+        } catch .noSpace where retryNoSpace && !tx.inHandle && w.alloc.reservations.pendingFreed > 0 {
             try commitAndWait()
             _ = try tx.begin()
             defer { tx.end() }

@@ -26,20 +26,10 @@ final class WriteState: @unchecked Sendable {
     let renameLock = NSLock()
     let inodeLocks = InodeLocks(1024)
     let metaLocks = StripedLocks(256)
-    let gdLock = NSLock()
-    let groupLocks: [NSLock]
-
-    // gdLock
-    var sbRaw: [UInt8]
-    var gd: [GroupDescriptorRecord]
-    var gdBlock: [UInt64]
-    var gdOffset: [Int]
-    var freeBlocksTotal: UInt64 = 0
-    var freeInodesTotal: UInt64 = 0
-    var dirRotor: Int = 0
+    /// Group locks, group descriptors, superblock bytes and free totals
+    /// (gdLock), the in-memory block reservations.
+    let alloc: BlockAllocator
     var wroteSomething = false
-    /// IomapWrite.swift: told about every run of freed blocks.
-    var freedBlocksObserver: (@Sendable (UInt64, UInt64) -> Void)? = nil
 
     /// The orphan chain and the kernel's references (orphanLock, orphanMapLock).
     let orphans = OrphanList()
@@ -62,8 +52,6 @@ final class WriteState: @unchecked Sendable {
     /// Dirty metadata blocks, the running transaction's blocks and revokes,
     /// blocks with a copy in the live log, the last transaction of each inode.
     let meta = MetadataStore()
-    /// In-memory reservations (preallocation windows, uncommitted frees).
-    let reservations: Reservations
     var commitInterval: Double = Ext4FileSystem.commitIntervalDefault
     /// A transaction this large is committed soon; past `hardLimit` new operations wait.
     var softLimit = 4096
@@ -78,16 +66,7 @@ final class WriteState: @unchecked Sendable {
 
     init(sb: Superblock, groups: [GroupDescriptorRecord], groupOf: @escaping @Sendable (UInt64) -> Int) {
         txn = Transactions(firstTid: 1)
-        reservations = Reservations(groupOf: groupOf)
-        sbRaw = sb.raw
-        gd = []
-        gdBlock = []
-        gdOffset = []
-        groupLocks = groups.map { _ in NSLock() }
-    }
-
-    func totals() -> (UInt64, UInt64) {
-        gdLock.with { (freeBlocksTotal, freeInodesTotal) }
+        alloc = BlockAllocator(superblock: sb.raw, groupCount: groups.count, groupOf: groupOf)
     }
 }
 
@@ -144,7 +123,7 @@ extension Ext4FileSystem {
     func loadWriteState(_ w: WriteState) throws(Ext4Error) {
         let descPerBlock = UInt64(blockSize / sb.descSize)
         var cur: (UInt64, [UInt8])? = nil
-        var fb: UInt64 = 0, fi: UInt64 = 0
+        var gd: [GroupDescriptorRecord] = [], gdBlock: [UInt64] = [], gdOffset: [Int] = []
         for gi in 0..<groups.count {
             let g = UInt64(gi)
             let blk = sb.descriptorBlock(g)
@@ -153,14 +132,11 @@ extension Ext4FileSystem {
             let off = Int(g % descPerBlock) * sb.descSize
             let d: GroupDescriptorRecord
             do throws(Ext4Error) { d = try GroupDescriptorRecord(block: tb, offset: off, descSize: sb.descSize) } catch { throw reported(error) }
-            w.gd.append(d)
-            w.gdBlock.append(blk)
-            w.gdOffset.append(off)
-            fb += UInt64(d.freeBlocks)
-            fi += UInt64(d.freeInodes)
+            gd.append(d)
+            gdBlock.append(blk)
+            gdOffset.append(off)
         }
-        w.freeBlocksTotal = fb
-        w.freeInodesTotal = fi
+        w.alloc.load(gd, blocks: gdBlock, offsets: gdOffset)
     }
 
     /// bg_checksum of group `g` as this file system computes it.
@@ -172,25 +148,21 @@ extension Ext4FileSystem {
     /// Modify group descriptor `g` and write its table block. Takes gdLock.
     func updateGD(_ g: Int, _ body: (inout GroupDescriptorRecord) -> Void) throws(Ext4Error) {
         let w = try wstate
-        try w.gdLock.with { () throws(Ext4Error) in
-            guard g >= 0, g < w.gd.count else { throw corrupt("group \(g) out of range") }
-            var d = w.gd[g]
-            let oldB = d.freeBlocks, oldI = d.freeInodes
+        let found = try w.alloc.updateDescriptor(g, { d in
             body(&d)
             if sb.metadataCsum || sb.gdtCsum { d.checksum = groupDescChecksum(d, g) }
-            w.gd[g] = d
-            w.freeBlocksTotal = w.freeBlocksTotal &+ UInt64(d.freeBlocks) &- UInt64(oldB)
-            w.freeInodesTotal = w.freeInodesTotal &+ UInt64(d.freeInodes) &- UInt64(oldI)
-            var blk = try block(w.gdBlock[g])
-            blk.putBytes(w.gdOffset[g], d.b)
-            try writeMeta(w.gdBlock[g], blk)
-        }
+        }, write: { (n: UInt64, off: Int, d: GroupDescriptorRecord) throws(Ext4Error) in
+            var blk = try block(n)
+            blk.putBytes(off, d.b)
+            try writeMeta(n, blk)
+        })
+        guard found else { throw corrupt("group \(g) out of range") }
     }
 
     /// The current descriptor of group `g` (read-write mounts).
     func gdSnapshot(_ g: Int) throws(Ext4Error) -> GroupDescriptorRecord {
         let w = try wstate
-        guard let d = w.gdLock.with({ g >= 0 && g < w.gd.count ? w.gd[g] : nil }) else {
+        guard let d = w.alloc.descriptor(g) else {
             throw corrupt("group \(g) out of range")
         }
         return d
@@ -202,14 +174,13 @@ extension Ext4FileSystem {
     /// system in use at mount, clean at unmount). Takes gdLock.
     func updateSuper(writeThrough: Bool = false, _ body: (inout [UInt8]) -> Void = { _ in }) throws(Ext4Error) {
         let w = try wstate
-        try w.gdLock.with { () throws(Ext4Error) in
-            var s = w.sbRaw
+        try w.alloc.updateSuperblock({ s, freeBlocks, freeInodes in
             body(&s)
-            s.putLE32(0xC, UInt32(truncatingIfNeeded: w.freeBlocksTotal))
-            if sb.is64 { s.putLE32(0x158, UInt32(truncatingIfNeeded: w.freeBlocksTotal >> 32)) }
-            s.putLE32(0x10, UInt32(truncatingIfNeeded: w.freeInodesTotal))
+            s.putLE32(0xC, UInt32(truncatingIfNeeded: freeBlocks))
+            if sb.is64 { s.putLE32(0x158, UInt32(truncatingIfNeeded: freeBlocks >> 32)) }
+            s.putLE32(0x10, UInt32(truncatingIfNeeded: freeInodes))
             if sb.metadataCsum { s.putLE32(0x3FC, crc32c(~0, s[0..<0x3FC])) }
-            w.sbRaw = s
+        }, write: { (s: [UInt8]) throws(Ext4Error) in
             let sbBlock: UInt64 = blockSize == 1024 ? 1 : 0
             var blk = try block(sbBlock)
             blk.putBytes(blockSize == 1024 ? 0 : 1024, s)
@@ -217,7 +188,7 @@ extension Ext4FileSystem {
             if writeThrough {
                 try w.flushLock.with { () throws(Ext4Error) in try devWrite(1024, s) }
             }
-        }
+        })
     }
 
     func nowSpec() -> Timespec {
