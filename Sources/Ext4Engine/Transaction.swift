@@ -171,7 +171,7 @@ extension Ext4FileSystem {
     /// and runs `body` once more (those blocks are free once the commit
     /// that frees them is durable). Every operation undoes its own partial
     /// allocations before it throws, so the rerun starts from the same state.
-    func withHandle<R>(retryNoSpace: Bool = true, _ body: () throws(Ext4Error) -> R) throws(Ext4Error) -> R {
+    func withHandle<R>(_ body: () throws(Ext4Error) -> R) throws(Ext4Error) -> R {
         let w = try wstate
         let tx = w.txn
         if !tx.inHandle { try throttle(w) }
@@ -179,7 +179,7 @@ extension Ext4FileSystem {
         do {
             defer { tx.end() }
             return try body()
-        } catch .noSpace where retryNoSpace && !tx.inHandle && w.alloc.reservations.pendingFreed > 0 {
+        } catch .noSpace where !tx.inHandle && w.alloc.reservations.pendingFreed > 0 {
             try commitAndWait()
             _ = try tx.begin()
             defer { tx.end() }
