@@ -182,7 +182,7 @@ extension Ext4FileSystem {
             }
             // Not reused before this transaction commits: until then a crash
             // brings back their owner.
-            w.alloc.reservations.add(b, e - b, .freedIn(w.txn.runningTid))
+            w.alloc.reservations.add(b, e - b, .freedIn(meta.txn.runningTid))
             b = e
         }
         if let observe = w.alloc.freedObserver { observe(start, count) }

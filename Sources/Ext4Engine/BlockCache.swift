@@ -1,16 +1,18 @@
-import Foundation
+import Synchronization
 
-/// Bounded, thread-safe LRU cache of metadata blocks, sharded by block number
-/// so concurrent readers rarely contend on the same lock.
-final class BlockCache: @unchecked Sendable {
-    private final class Shard: @unchecked Sendable {
+/// Bounded LRU cache of metadata blocks, sharded by block number so
+/// concurrent readers rarely contend on the same lock. Each shard's list and
+/// map live in that shard's `Mutex`. Owned by `MetadataStore`, which decides
+/// what goes in (MetadataStore.swift).
+final class BlockCache: Sendable {
+    /// One shard: an LRU list over a node array (slots are reused on eviction).
+    private struct LRU: ~Copyable {
         struct Node {
             var key: UInt64
             var value: [UInt8]
             var prev: Int
             var next: Int
         }
-        let lock = NSLock()
         let capacity: Int
         var map: [UInt64: Int] = [:]
         var nodes: [Node] = []
@@ -19,7 +21,7 @@ final class BlockCache: @unchecked Sendable {
 
         init(capacity: Int) { self.capacity = max(1, capacity) }
 
-        private func unlink(_ i: Int) {
+        private mutating func unlink(_ i: Int) {
             let p = nodes[i].prev, n = nodes[i].next
             if p >= 0 { nodes[p].next = n } else { head = n }
             if n >= 0 { nodes[n].prev = p } else { tail = p }
@@ -27,7 +29,7 @@ final class BlockCache: @unchecked Sendable {
             nodes[i].next = -1
         }
 
-        private func pushFront(_ i: Int) {
+        private mutating func pushFront(_ i: Int) {
             nodes[i].prev = -1
             nodes[i].next = head
             if head >= 0 { nodes[head].prev = i }
@@ -35,15 +37,13 @@ final class BlockCache: @unchecked Sendable {
             if tail < 0 { tail = i }
         }
 
-        func get(_ key: UInt64) -> [UInt8]? {
-            lock.lock(); defer { lock.unlock() }
+        mutating func get(_ key: UInt64) -> [UInt8]? {
             guard let i = map[key] else { return nil }
             if head != i { unlink(i); pushFront(i) }
             return nodes[i].value
         }
 
-        func put(_ key: UInt64, _ value: [UInt8]) {
-            lock.lock(); defer { lock.unlock() }
+        mutating func put(_ key: UInt64, _ value: [UInt8]) {
             if let i = map[key] {
                 nodes[i].value = value
                 if head != i { unlink(i); pushFront(i) }
@@ -66,19 +66,14 @@ final class BlockCache: @unchecked Sendable {
             map[key] = i
             pushFront(i)
         }
+    }
 
-        /// Insert only when the key is absent (a fill from a device read must
-        /// never replace what a writer put there meanwhile).
-        func fill(_ key: UInt64, _ value: [UInt8]) {
-            lock.lock()
-            let present = map[key] != nil
-            lock.unlock()
-            if !present { put(key, value) }
-        }
-
-        var count: Int {
-            lock.lock(); defer { lock.unlock() }
-            return map.count
+    private final class Shard: Sendable {
+        let lru: Mutex<LRU>
+        let capacity: Int
+        init(capacity: Int) {
+            self.capacity = max(1, capacity)
+            lru = Mutex(LRU(capacity: capacity))
         }
     }
 
@@ -87,24 +82,22 @@ final class BlockCache: @unchecked Sendable {
     /// slow read (readahead of neighbouring blocks, outside their owners' locks)
     /// could put back a block's old contents after a writer updated it, and a
     /// stale bitmap in the cache means blocks allocated twice.
-    private let epochLock = NSLock()
-    private var epochValue: UInt64 = 0
-    var epoch: UInt64 { epochLock.lock(); defer { epochLock.unlock() }; return epochValue }
+    private let epochValue = Atomic<UInt64>(0)
+    var epoch: UInt64 { epochValue.load(ordering: .acquiring) }
 
-    /// A metadata write: `value` is the block's contents now (in the dirty set
-    /// until flushed, see MetaWriteback.swift); make the cache agree.
+    /// A metadata write: `value` is the block's contents now; make the cache agree.
     func wrote(_ key: UInt64, _ value: [UInt8]) {
-        bump()
-        put(key, value)
+        epochValue.wrappingAdd(1, ordering: .releasing)
+        shard(key).lru.withLock { $0.put(key, value) }
     }
 
-    /// A device write whose block is not cached: fills in flight must not cache.
-    func bump() { epochLock.lock(); epochValue &+= 1; epochLock.unlock() }
-
-    /// Cache what a device read returned, unless a write intervened since `since`.
+    /// Cache what a device read returned, unless a write intervened since
+    /// `since`, and never over what a writer put there meanwhile.
     func fill(_ key: UInt64, _ value: [UInt8], since: UInt64) {
         guard epoch == since else { return }
-        shard(key).fill(key, value)
+        shard(key).lru.withLock { l in
+            if l.map[key] == nil { l.put(key, value) }
+        }
     }
 
     private let shards: [Shard]
@@ -122,8 +115,7 @@ final class BlockCache: @unchecked Sendable {
         return shards[Int(h % UInt64(shards.count))]
     }
 
-    func get(_ key: UInt64) -> [UInt8]? { shard(key).get(key) }
-    func put(_ key: UInt64, _ value: [UInt8]) { shard(key).put(key, value) }
-    var count: Int { shards.reduce(0) { $0 + $1.count } }
+    func get(_ key: UInt64) -> [UInt8]? { shard(key).lru.withLock { $0.get(key) } }
+    var count: Int { shards.reduce(0) { n, s in n + s.lru.withLock { $0.map.count } } }
     var capacity: Int { shards.reduce(0) { $0 + $1.capacity } }
 }

@@ -1,30 +1,30 @@
 import Foundation
 import Logging
+import Synchronization
 
 /// Logs each distinct corruption message once (bounded memory).
-final class CorruptionLog: @unchecked Sendable {
-    private let lock = NSLock()
-    private var seen: Set<String> = []
+final class CorruptionLog: Sendable {
+    private let seen = Mutex(Set<String>())
     let logger: Logger
     init(logger: Logger) { self.logger = logger }
 
     func report(_ msg: String) {
-        lock.lock()
-        let first = seen.count < 4096 && seen.insert(msg).inserted
-        lock.unlock()
+        let first = seen.withLock { $0.count < 4096 && $0.insert(msg).inserted }
         if first { logger.error("ext4 corruption: \(msg)") }
     }
 }
 
 /// Read side of an ext4 file system. All methods are thread-safe: the
-/// structure is immutable after `open` except for the locked block cache.
+/// structure is immutable after `open` except for the metadata store (block
+/// cache, dirty blocks, transactions) and the write state, both locked.
 public final class Ext4FileSystem: @unchecked Sendable {
     public static let rootIno: UInt32 = 2
 
     let dev: any BlockDevice
     let sb: Superblock
     let groups: [GroupDescriptorRecord]
-    let cache: BlockCache
+    /// The block cache, dirty metadata and transactions (MetadataStore.swift).
+    let meta: MetadataStore
     let clog: CorruptionLog
     let csumSeed: UInt32
     let hashUnsigned: Bool
@@ -40,15 +40,13 @@ public final class Ext4FileSystem: @unchecked Sendable {
 
     /// Test/diagnostic counters.
     let stats = Counters()
-    final class Counters: @unchecked Sendable {
-        private let lock = NSLock()
-        private var htreeLookups = 0
-        private var linearLookups = 0
-        func htree() { lock.lock(); htreeLookups += 1; lock.unlock() }
-        func linear() { lock.lock(); linearLookups += 1; lock.unlock() }
+    final class Counters: Sendable {
+        private let htreeLookups = Atomic<Int>(0)
+        private let linearLookups = Atomic<Int>(0)
+        func htree() { htreeLookups.wrappingAdd(1, ordering: .relaxed) }
+        func linear() { linearLookups.wrappingAdd(1, ordering: .relaxed) }
         var snapshot: (htree: Int, linear: Int) {
-            lock.lock(); defer { lock.unlock() }
-            return (htreeLookups, linearLookups)
+            (htreeLookups.load(ordering: .relaxed), linearLookups.load(ordering: .relaxed))
         }
     }
 
@@ -60,7 +58,7 @@ public final class Ext4FileSystem: @unchecked Sendable {
         self.dev = dev
         self.sb = sb
         self.groups = groups
-        self.cache = BlockCache(capacity: max(16, options.cacheBlocks))
+        self.meta = MetadataStore(cacheBlocks: options.cacheBlocks)
         self.clog = clog
         self.csumSeed = csumSeed
         self.blockSize = sb.blockSize
@@ -256,12 +254,11 @@ public final class Ext4FileSystem: @unchecked Sendable {
     /// Read one metadata block through the cache. `n` must be inside the fs.
     func block(_ n: UInt64) throws(Ext4Error) -> [UInt8] {
         guard n < sb.blocksCount else { throw corrupt("block \(n) beyond end of file system") }
-        if let b = cache.get(n) { return b }
-        if let d = dirtyBlock(n) { return d }
-        let since = cache.epoch
+        let since = meta.epoch
+        if let b = meta.lookup(n) { return b }
         var b = [UInt8](repeating: 0, count: blockSize)
         try Ext4FileSystem.readRaw(dev, at: n * UInt64(blockSize), into: &b)
-        cache.fill(n, b, since: since)
+        meta.fill(n, b, since: since)
         return b
     }
 
@@ -272,22 +269,20 @@ public final class Ext4FileSystem: @unchecked Sendable {
         guard validRun(start, UInt64(count)) else {
             throw corrupt("block run \(start)+\(count) beyond end of file system")
         }
-        var out: [[UInt8]?] = (0..<count).map { cache.get(start + UInt64($0)) }
+        // Dirty metadata not yet on the device wins (looked up before the read:
+        // a checkpoint forgets an entry only once the device has its bytes).
+        let since = meta.epoch
+        var out = meta.lookup(start, count)
         guard let firstMiss = out.firstIndex(where: { $0 == nil }),
               let lastMiss = out.lastIndex(where: { $0 == nil }) else {
             return out.compactMap { $0 }
         }
         let n = lastMiss - firstMiss + 1
-        // Dirty metadata not yet on the device wins (looked up before the read:
-        // a flush removes an entry only once the device has its bytes).
-        let dirty = dirtyBlocks(start + UInt64(firstMiss), n)
-        for (i, d) in dirty where out[firstMiss + i] == nil { out[firstMiss + i] = d }
-        let since = cache.epoch
         var buf = [UInt8](repeating: 0, count: n * blockSize)
         try Ext4FileSystem.readRaw(dev, at: (start + UInt64(firstMiss)) * UInt64(blockSize), into: &buf)
         for i in 0..<n where out[firstMiss + i] == nil {
             let b = Array(buf[(i * blockSize)..<((i + 1) * blockSize)])
-            cache.fill(start + UInt64(firstMiss + i), b, since: since)
+            meta.fill(start + UInt64(firstMiss + i), b, since: since)
             out[firstMiss + i] = b
         }
         return out.compactMap { $0 }

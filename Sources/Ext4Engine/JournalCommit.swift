@@ -117,15 +117,16 @@ extension Ext4FileSystem {
         guard let w else { return }
         w.committerState.with { w.committerRunning = true; w.stopCommitter = false }
         let interval = w.commitInterval
+        let meta = self.meta
         let t = Thread { [weak self] in
             cshim_set_thread_name("ext4-commit")
             defer { w.committerDone.signal() }
             var last = Date()
             while true {
-                let asked = w.txn.sleepCommitter(timeout: min(0.2, interval))
+                let asked = meta.txn.sleepCommitter(timeout: min(0.2, interval))
                 guard let fs = self, !w.committerState.with({ w.stopCommitter }) else { return }
-                if w.txn.isAborted != nil { continue }
-                let size = w.meta.runningCount
+                if meta.txn.isAborted != nil { continue }
+                let size = meta.runningCount
                 let due = Date().timeIntervalSince(last) >= interval
                 guard asked || size >= w.softLimit || due else { continue }
                 if due || size > 0 { last = Date() }
@@ -146,7 +147,7 @@ extension Ext4FileSystem {
             return w.committerRunning
         }
         if running {
-            w.txn.wake()
+            meta.txn.wake()
             _ = w.committerDone.wait(timeout: .now() + 60)
         }
     }
@@ -161,9 +162,9 @@ extension Ext4FileSystem {
     /// Close the running transaction and make it durable.
     func commitOnce() throws(Ext4Error) {
         let w = try wstate
-        if w.txn.isAborted != nil { throw .io(EIO) }
+        if meta.txn.isAborted != nil { throw .io(EIO) }
         try w.commitLock.with { () throws(Ext4Error) in
-            let (tid, closed) = w.txn.close { t -> ClosedTransaction in closeTransaction(w, t) }
+            let (tid, closed) = meta.txn.close { t -> ClosedTransaction in closeTransaction(w, t) }
             do throws(Ext4Error) {
                 if closed.blocks.isEmpty && closed.revokes.isEmpty {
                     // No metadata changed; data written in place may still wait for a flush.
@@ -179,25 +180,25 @@ extension Ext4FileSystem {
                 throw error
             }
             w.alloc.reservations.releaseFreed(through: tid)
-            w.meta.pruneInodeTids(committed: tid)
-            w.txn.markCommitted(tid)
+            meta.pruneInodeTids(committed: tid)
+            meta.txn.markCommitted(tid)
         }
     }
 
     /// With no handle open: copy out the transaction's blocks (the superblock,
     /// with the current free counts, among them) and its revokes.
     private func closeTransaction(_ w: WriteState, _ t: UInt64) -> ClosedTransaction {
-        if w.meta.runningChanged { try? updateSuper() }
+        if meta.runningChanged { try? updateSuper() }
         // From now on, freeing one of these blocks needs a revoke record.
-        let (blocks, rv) = w.meta.takeRunning(journaled: w.log != nil)
+        let (blocks, rv) = meta.takeRunning(journaled: w.log != nil)
         return ClosedTransaction(tid: t, blocks: blocks, revokes: rv)
     }
 
     private func abortJournal(_ w: WriteState, _ e: Ext4Error) {
-        if w.txn.isAborted == nil {
+        if meta.txn.isAborted == nil {
             clog.logger.critical("ext4 journal aborted after a device error (\(e)); the file system is read-only from now on, changes not yet committed are lost")
         }
-        w.txn.abort(e)
+        meta.txn.abort(e)
     }
 
     /// Log blocks a transaction needs: descriptors, copies, revoke blocks, commit.
@@ -332,14 +333,14 @@ extension Ext4FileSystem {
 
     /// Mark the log empty on disk; the next transaction written takes `log.nextSeq`.
     func resetLog(_ log: JournalLog) throws(Ext4Error) {
-        let w = try wstate
+        _ = try wstate
         log.jsb.start = 0
         log.jsb.sequence = log.nextSeq
         try writeLog(log, [(0, log.jsb.sealed())])
         try dev.flush()
         log.used = 0
         log.emptyOnDisk = true
-        w.meta.forgetJournaled()
+        meta.forgetJournaled()
     }
 
     /// Step 5: write a committed transaction's copies home.
@@ -367,7 +368,7 @@ extension Ext4FileSystem {
                 try devWrite(list[i].block * UInt64(blockSize), buf)
                 i = j
             }
-            w.meta.forgetWritten(list)
+            meta.forgetWritten(list)
         }
     }
 

@@ -34,9 +34,9 @@ import Glibc
                        several owners (inode table blocks, shared xattr blocks).
   7. orphanMapLock   – the `OrphanList` links' `Mutex`, read while an inode is
                        being encoded; nothing is taken while it is held.
-  8. block cache shard locks (BlockCache), leaf.
-  Below all of these: flushLock → the MetadataStore mutex (MetaWriteback.swift,
-  MetadataStore.swift). Leaves:
+  8. the block cache's shard mutexes (BlockCache, inside MetadataStore), leaf.
+  Below all of these: flushLock → the MetadataStore dirty-state mutex
+  (MetaWriteback.swift, MetadataStore.swift). Leaves:
   preallocLock, the Reservations mutex, the XattrShareIndex mutex (the hash →
   block index), the Transactions condition.
 */

@@ -1,7 +1,7 @@
 import Foundation
 
-/// Changed metadata. `writeMeta` keeps a changed block in memory (the dirty
-/// set, plus the block cache) as part of the running transaction; commits
+/// Changed metadata. `writeMeta` keeps a changed block in memory (the
+/// MetadataStore's dirty set and its cache) as part of the running transaction; commits
 /// (JournalCommit.swift) make transactions durable, through the journal when
 /// the file system has one, else by ordered write-back in place.
 ///
@@ -25,52 +25,39 @@ extension Ext4FileSystem {
             throw .corrupted("metadata write to bad block \(n)")
         }
         let w = try wstate
-        let count = w.meta.write(n, b)
-        cache.wrote(n, b)
-        if count == w.softLimit { w.txn.wake() }
-    }
-
-    /// The dirty contents of block `n`, if any.
-    func dirtyBlock(_ n: UInt64) -> [UInt8]? {
-        guard let w else { return nil }
-        return w.meta.bytes(n)
-    }
-
-    /// Dirty contents of the blocks in [start, start+count), by index.
-    func dirtyBlocks(_ start: UInt64, _ count: Int) -> [Int: [UInt8]] {
-        guard let w else { return [:] }
-        return w.meta.bytes(start, count)
+        let count = meta.write(n, b)
+        if count == w.softLimit { meta.txn.wake() }
     }
 
     /// Blocks [start, start+count) were freed: forget their dirty contents,
     /// and revoke those with a copy in the live log.
     func dropDirty(_ start: UInt64, _ count: UInt64) {
         guard let w else { return }
-        w.flushLock.with { w.meta.drop(start, count) }
+        w.flushLock.with { meta.drop(start, count) }
     }
 
     /// Commit everything changed so far and wait for it (fsync of a whole
     /// file system, syncfs, FREEZE). Never called under a handle.
     func commitAll() throws(Ext4Error) {
-        let w = try wstate
+        _ = try wstate
         try commitAndWait()
-        if w.txn.isAborted != nil { throw .io(EIO) }
+        if meta.txn.isAborted != nil { throw .io(EIO) }
     }
 
     /// Make what changed `ino` durable: wait for the transaction that last
     /// changed it, or (already committed) flush the device for its data.
     func commitInode(_ ino: UInt32) throws(Ext4Error) {
-        let w = try wstate
-        let t = w.meta.inodeTid(ino)
-        if t > w.txn.committedTid {
+        _ = try wstate
+        let t = meta.inodeTid(ino)
+        if t > meta.txn.committedTid {
             if committerRunning {
-                w.txn.request(t)
-                try w.txn.wait(for: t)
+                meta.txn.request(t)
+                try meta.txn.wait(for: t)
             } else {
                 try commitOnce()
             }
         } else {
-            if w.txn.isAborted != nil { throw .io(EIO) }
+            if meta.txn.isAborted != nil { throw .io(EIO) }
             try dev.flush()
         }
     }

@@ -1,12 +1,20 @@
 import Synchronization
 
-/// The dirty metadata of a read-write mount: the newest contents of every
-/// block not yet written home, the running transaction's block and revoke
-/// sets, the blocks with a copy in the live log, and the transaction that
-/// last changed each inode. All of it is one `Mutex<State>`, which sits where
-/// `dirtyLock` used to in the lock order: after `flushLock`, below every
-/// other engine lock. Nothing is acquired while it is held.
-/// MetaWriteback.swift and JournalCommit.swift describe the rules.
+/// The metadata of a mount: the block cache, the dirty blocks and the
+/// transactions.
+/// - `cache` (BlockCache.swift): recently read and written metadata blocks,
+///   bounded; read-only mounts use only this part.
+/// - the dirty state, one `Mutex<State>`: the newest contents of every block
+///   not yet written home, the running transaction's block and revoke sets,
+///   the blocks with a copy in the live log, and the transaction that last
+///   changed each inode. It sits where `dirtyLock` used to in the lock order:
+///   after `flushLock`, below every other engine lock; nothing is acquired
+///   while it is held.
+/// - `txn` (Transaction.swift): handles, the running transaction's id, commits
+///   waited for.
+/// Reads look in the cache, then the dirty set, then the device; a write
+/// updates the dirty set and the cache together. MetaWriteback.swift and
+/// JournalCommit.swift describe the rules.
 final class MetadataStore: Sendable {
     typealias Entry = (seq: UInt64, bytes: [UInt8])
     typealias Copy = (block: UInt64, seq: UInt64, bytes: [UInt8])
@@ -26,36 +34,62 @@ final class MetadataStore: Sendable {
     }
 
     private let state = Mutex(State())
+    private let cache: BlockCache
+    /// Handles and commits of this mount's transactions.
+    let txn: Transactions
 
-    init() {}
+    init(cacheBlocks: Int) {
+        cache = BlockCache(capacity: max(16, cacheBlocks))
+        txn = Transactions(firstTid: 1)
+    }
+
+    // ---- reads ----------------------------------------------------------------------
+
+    /// The write epoch; take it before looking a block up, and pass it to
+    /// `fill` with what the device returned.
+    var epoch: UInt64 { cache.epoch }
+
+    /// Block `n` as known in memory: cached, else dirty.
+    func lookup(_ n: UInt64) -> [UInt8]? {
+        if let b = cache.get(n) { return b }
+        return state.withLock { $0.dirty[n]?.bytes }
+    }
+
+    /// Blocks [start, start+count) as known in memory, by index; nil where the
+    /// device must be read.
+    func lookup(_ start: UInt64, _ count: Int) -> [[UInt8]?] {
+        var out: [[UInt8]?] = (0..<count).map { cache.get(start + UInt64($0)) }
+        guard out.contains(where: { $0 == nil }) else { return out }
+        state.withLock { s in
+            guard !s.dirty.isEmpty else { return }
+            for i in 0..<count where out[i] == nil {
+                if let d = s.dirty[start + UInt64(i)] { out[i] = d.bytes }
+            }
+        }
+        return out
+    }
+
+    /// Cache what the device returned for block `n`, unless a write to any
+    /// block happened since `since` (an `epoch` taken before the lookup).
+    func fill(_ n: UInt64, _ b: [UInt8], since: UInt64) {
+        cache.fill(n, b, since: since)
+    }
+
+    var cachedBlocks: Int { cache.count }
+
+    // ---- the running transaction --------------------------------------------------------
 
     /// Keep `b` as the newest contents of block `n`, in the running
     /// transaction. Returns the number of blocks the transaction has changed.
     func write(_ n: UInt64, _ b: [UInt8]) -> Int {
-        state.withLock { s in
+        defer { cache.wrote(n, b) }
+        return state.withLock { s in
             s.dirtySeq &+= 1
             s.dirty[n] = (s.dirtySeq, b)
             s.running.insert(n)
             // Written again after being freed: its new copy must replay.
             if !s.revokes.isEmpty { s.revokes.remove(n) }
             return s.running.count
-        }
-    }
-
-    /// The dirty contents of block `n`, if any.
-    func bytes(_ n: UInt64) -> [UInt8]? {
-        state.withLock { $0.dirty[n]?.bytes }
-    }
-
-    /// Dirty contents of the blocks in [start, start+count), by index.
-    func bytes(_ start: UInt64, _ count: Int) -> [Int: [UInt8]] {
-        state.withLock { s -> [Int: [UInt8]] in
-            guard !s.dirty.isEmpty else { return [:] }
-            var out: [Int: [UInt8]] = [:]
-            for i in 0..<count {
-                if let d = s.dirty[start + UInt64(i)] { out[i] = d.bytes }
-            }
-            return out
         }
     }
 

@@ -15,7 +15,7 @@ extension Ext4FileSystem {
                 w.log = log
                 w.softLimit = max(16, Int(log.capacity / 4))
                 w.hardLimit = max(32, Int(log.capacity / 2))
-                w.txn.restart(at: UInt64(log.jsb.sequence))
+                meta.txn.restart(at: UInt64(log.jsb.sequence))
             } catch {
                 clog.logger.warning("ext4: not writing the journal (\(error)); metadata is written back in order without it")
             }
@@ -116,7 +116,7 @@ extension Ext4FileSystem {
     /// every block home, empty the journal and mark the file system clean.
     public func unmount() throws(Ext4Error) {
         let w = try wstate
-        if w.txn.isAborted != nil { stopCommitter(); throw .io(EIO) }
+        if meta.txn.isAborted != nil { stopCommitter(); throw .io(EIO) }
         try withHandle { () throws(Ext4Error) in
             try dropAllPreallocations()
             try packAllExtentTrees()
@@ -148,6 +148,6 @@ extension Ext4FileSystem {
         }
         try dev.flush()
         // The superblock's block is still dirty in memory; nothing writes it again.
-        w.meta.discardDirty()
+        meta.discardDirty()
     }
 }

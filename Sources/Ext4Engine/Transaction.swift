@@ -173,7 +173,7 @@ extension Ext4FileSystem {
     /// allocations before it throws, so the rerun starts from the same state.
     func withHandle<R>(_ body: () throws(Ext4Error) -> R) throws(Ext4Error) -> R {
         let w = try wstate
-        let tx = w.txn
+        let tx = meta.txn
         if !tx.inHandle { try throttle(w) }
         _ = try tx.begin()
         do {
@@ -190,7 +190,7 @@ extension Ext4FileSystem {
     /// Hold a new operation back while the running transaction is over its hard limit.
     private func throttle(_ w: WriteState) throws(Ext4Error) {
         var spins = 0
-        while w.meta.runningCount > w.hardLimit {
+        while meta.runningCount > w.hardLimit {
             try commitAndWait()
             spins += 1
             if spins > 3 { break }
@@ -199,18 +199,18 @@ extension Ext4FileSystem {
 
     /// Commit the running transaction and wait for it. Never called under a handle.
     func commitAndWait() throws(Ext4Error) {
-        let w = try wstate
+        _ = try wstate
         guard committerRunning else { return try commitOnce() }
-        let t = w.txn.runningTid
-        w.txn.request(t)
-        try w.txn.wait(for: t)
+        let t = meta.txn.runningTid
+        meta.txn.request(t)
+        try meta.txn.wait(for: t)
     }
 
     /// Record that `ino` changed in the running transaction (for fsync).
     func noteInodeChanged(_ ino: UInt32) {
-        guard let w else { return }
-        let t = w.txn.runningTid
-        w.meta.noteInode(ino, tid: t)
+        guard w != nil else { return }
+        let t = meta.txn.runningTid
+        meta.noteInode(ino, tid: t)
     }
 }
 
@@ -219,6 +219,6 @@ extension Ext4FileSystem {
     /// begun so far, by every thread (zero on read-only mounts).
     var operationCounts: (handles: Int, lockSections: Int) {
         guard let w else { return (0, 0) }
-        return (w.txn.handlesBegun, w.inodeLocks.sections)
+        return (meta.txn.handlesBegun, w.inodeLocks.sections)
     }
 }

@@ -41,17 +41,14 @@ final class WriteState: @unchecked Sendable {
     /// Inodes whose extent tree has split leaves since it was last packed.
     var looseTrees: Set<UInt32> = []
 
-    // Metadata (MetaWriteback.swift, JournalCommit.swift). commitLock is taken
-    // only outside handles; flushLock → the MetadataStore mutex are below
-    // every other lock.
-    let txn: Transactions
+    // Commits (MetaWriteback.swift, JournalCommit.swift); the dirty blocks and
+    // the transactions are in the file system's MetadataStore. commitLock is
+    // taken only outside handles; flushLock → the MetadataStore mutex are
+    // below every other lock.
     let commitLock = NSLock()
     /// The journal's log; nil without a journal (ordered write-back).
     var log: JournalLog? = nil
     let flushLock = NSLock()
-    /// Dirty metadata blocks, the running transaction's blocks and revokes,
-    /// blocks with a copy in the live log, the last transaction of each inode.
-    let meta = MetadataStore()
     var commitInterval: Double = Ext4FileSystem.commitIntervalDefault
     /// A transaction this large is committed soon; past `hardLimit` new operations wait.
     var softLimit = 4096
@@ -65,7 +62,6 @@ final class WriteState: @unchecked Sendable {
     let xattrShare = XattrShareIndex()
 
     init(sb: Superblock, groups: [GroupDescriptorRecord], groupOf: @escaping @Sendable (UInt64) -> Int) {
-        txn = Transactions(firstTid: 1)
         alloc = BlockAllocator(superblock: sb.raw, groupCount: groups.count, groupOf: groupOf)
     }
 }

@@ -323,7 +323,13 @@ struct PCCheckpoint {
 @Suite("power cut: replay of recorded device writes at flush points")
 struct PowerCutTests {
     static let maxFlushPoints = 40
-    static let reorderCases = 40
+    /// POWERCUT_REORDER_CASES, POWERCUT_SEED and POWERCUT_COMMIT_INTERVAL
+    /// widen the search when hunting a rare failure (the committer's timer
+    /// commits between operations at moments that vary from run to run).
+    static let env = ProcessInfo.processInfo.environment
+    static let reorderCases = Int(env["POWERCUT_REORDER_CASES"] ?? "") ?? 40
+    static let seed = UInt64(env["POWERCUT_SEED"] ?? "") ?? 0
+    static let commitInterval = Double(env["POWERCUT_COMMIT_INTERVAL"] ?? "") ?? 5
 
     @Test(arguments: powerCutVariants)
     func powerCut(_ v: PCVariant) throws {
@@ -353,7 +359,7 @@ struct PowerCutTests {
 
         // ---- the workload -------------------------------------------------------
         let dev = try RecordingDevice(path: scratch)
-        let fs = try Ext4FileSystem.open(device: dev, options: MountOptions(readOnly: false))
+        let fs = try Ext4FileSystem.open(device: dev, options: MountOptions(readOnly: false, commitInterval: Self.commitInterval))
         guard !fs.readOnly else {
             print("power cut \(v): skipped, the engine opened the image read-only: \(fs.warnings)")
             return
@@ -396,7 +402,7 @@ struct PowerCutTests {
             let ws = (from..<to).filter { if case .write = log[$0] { return true } else { return false } }
             if ws.count >= 2 { windows.append((k, from, to, ws)) }
         }
-        var rng = SplitMix(seed: 0x5EED_0000 &+ UInt64(v.name.utf8.reduce(0) { $0 &* 31 &+ Int($1) }.magnitude))
+        var rng = SplitMix(seed: 0x5EED_0000 &+ Self.seed &* 0x1_0000_0000 &+ UInt64(v.name.utf8.reduce(0) { $0 &* 31 &+ Int($1) }.magnitude))
         if !windows.isEmpty {
             for c in 0..<Self.reorderCases {
                 let win = windows[Int(rng.below(UInt64(windows.count)))]

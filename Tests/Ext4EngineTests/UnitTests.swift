@@ -50,19 +50,33 @@ struct UnitTests {
 
     @Test func blockCacheIsBoundedLRU() {
         let c = BlockCache(capacity: 8, shardCount: 1)
-        for i in 0..<8 { c.put(UInt64(i), [UInt8(i)]) }
+        for i in 0..<8 { c.wrote(UInt64(i), [UInt8(i)]) }
         #expect(c.count == 8)
         _ = c.get(0) // 0 becomes most recent; 1 is now the LRU
-        c.put(100, [100])
+        c.wrote(100, [100])
         #expect(c.count == 8)
         #expect(c.get(1) == nil)
         #expect(c.get(0) == [0])
         #expect(c.get(100) == [100])
-        for i in 200..<1000 { c.put(UInt64(i), [1]) }
+        for i in 200..<1000 { c.wrote(UInt64(i), [1]) }
         #expect(c.count <= c.capacity)
         let sharded = BlockCache(capacity: 8192)
-        for i in 0..<20000 { sharded.put(UInt64(i), [0]) }
+        for i in 0..<20000 { sharded.wrote(UInt64(i), [0]) }
         #expect(sharded.count <= sharded.capacity && sharded.capacity >= 8192 && sharded.capacity < 8192 + 64)
+    }
+
+    @Test func blockCacheFillNeverWinsOverAWrite() {
+        let c = BlockCache(capacity: 8, shardCount: 1)
+        // A device read that started before a write must not be cached.
+        let before = c.epoch
+        c.wrote(1, [9])
+        c.fill(2, [1], since: before)
+        #expect(c.get(2) == nil)
+        // Nor may a fill replace what a writer put there.
+        c.fill(1, [1], since: c.epoch)
+        #expect(c.get(1) == [9])
+        c.fill(3, [3], since: c.epoch)
+        #expect(c.get(3) == [3])
     }
 
     @Test func boundedReaders() {
