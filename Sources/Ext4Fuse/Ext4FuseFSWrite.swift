@@ -128,28 +128,16 @@ extension Ext4FuseFS {
         return FuseAttrOut(attrValid: timeout, attr: attr(i))
     }
 
-    public func write(_ c: FuseContext, _ a: FuseWriteIn, data: [UInt8]) throws(FuseError) -> UInt32 {
+    public func write(_ c: FuseContext, _ a: FuseWriteIn, data: UnsafeRawBufferPointer) throws(FuseError) -> UInt32 {
         try writable()
         let ino = try Self.ino(c.nodeid)
         // FUSE_WRITE_KILL_SUIDGID: with FUSE_HANDLE_KILLPRIV_V2 the kernel
         // leaves clearing the set-ID bits of a writer without CAP_FSETID to us.
         // (It still removes security.capability itself.)
         let kill = a.writeFlags & FuseMiscFlags.writeKillSuidgid != 0
-        return UInt32(clamping: try writeBytes(ino, a.offset, data, killSuidgid: kill))
-    }
-
-    /// The engine's write over an array's bytes, with its error mapped.
-    func writeBytes(_ ino: UInt32, _ offset: UInt64, _ data: [UInt8], killSuidgid: Bool) throws(FuseError) -> Int {
-        var result: Result<Int, Ext4Error> = .success(0)
-        data.withUnsafeBytes { buf in
-            do throws(Ext4Error) {
-                result = .success(try fs.write(ino, offset: offset, data: buf, killSuidgid: killSuidgid))
-            } catch { result = .failure(error) }
-        }
-        switch result {
-        case .success(let n): return n
-        case .failure(let e): throw FuseError(e.errno)
-        }
+        return UInt32(clamping: try engine { () throws(Ext4Error) in
+            try fs.write(ino, offset: a.offset, data: data, killSuidgid: kill)
+        })
     }
 
     public func fallocate(_ c: FuseContext, _ a: FuseFallocateIn) throws(FuseError) {

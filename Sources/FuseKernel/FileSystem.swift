@@ -157,7 +157,8 @@ public protocol FuseFileSystem: AnyObject, Sendable {
     func link(_ c: FuseContext, oldNode: UInt64, name: FuseName) throws(FuseError) -> FuseEntryOut
     func open(_ c: FuseContext, _ a: FuseOpenIn) throws(FuseError) -> FuseOpenOut
     func read(_ c: FuseContext, _ a: FuseReadIn) throws(FuseError) -> [UInt8]
-    func write(_ c: FuseContext, _ a: FuseWriteIn, data: [UInt8]) throws(FuseError) -> UInt32
+    /// `data` lies in the session's receive buffer: valid only during the call.
+    func write(_ c: FuseContext, _ a: FuseWriteIn, data: UnsafeRawBufferPointer) throws(FuseError) -> UInt32
     func statfs(_ c: FuseContext) throws(FuseError) -> FuseKstatfs
     func release(_ c: FuseContext, _ a: FuseReleaseIn)
     func fsync(_ c: FuseContext, _ a: FuseFsyncIn) throws(FuseError)
@@ -212,7 +213,7 @@ extension FuseFileSystem {
     public func link(_ c: FuseContext, oldNode: UInt64, name: FuseName) throws(FuseError) -> FuseEntryOut { throw .nosys }
     public func open(_ c: FuseContext, _ a: FuseOpenIn) throws(FuseError) -> FuseOpenOut { FuseOpenOut() }
     public func read(_ c: FuseContext, _ a: FuseReadIn) throws(FuseError) -> [UInt8] { throw .nosys }
-    public func write(_ c: FuseContext, _ a: FuseWriteIn, data: [UInt8]) throws(FuseError) -> UInt32 { throw .nosys }
+    public func write(_ c: FuseContext, _ a: FuseWriteIn, data: UnsafeRawBufferPointer) throws(FuseError) -> UInt32 { throw .nosys }
     public func statfs(_ c: FuseContext) throws(FuseError) -> FuseKstatfs { FuseKstatfs(bsize: 512, namelen: 255) }
     public func release(_ c: FuseContext, _ a: FuseReleaseIn) {}
     public func fsync(_ c: FuseContext, _ a: FuseFsyncIn) throws(FuseError) { throw .nosys }

@@ -101,6 +101,13 @@ public struct FuseDecodeContext: Sendable {
     }
 }
 
+/// A decoded message as the session dispatches it: a WRITE's data still lies
+/// in the receive buffer and is valid only while the request is handled.
+public enum FuseDecoded {
+    case request(FuseRequest)
+    case write(FuseWriteIn, data: UnsafeRawBufferPointer)
+}
+
 public enum FuseDecoder {
     /// Largest message we accept at all (a WRITE of max_write plus headers, with slack).
     public static func maxMessage(_ ctx: FuseDecodeContext) -> Int { ctx.maxWrite + 4096 }
@@ -109,13 +116,26 @@ public enum FuseDecoder {
     public static func decode(_ msg: UnsafeRawBufferPointer, context ctx: FuseDecodeContext)
         -> Result<(FuseRequestHeader, FuseRequest), DecodeFailure>
     {
+        decodeBorrowing(msg, context: ctx).map { h, d in
+            switch d {
+            case .request(let r): return (h, r)
+            case .write(let w, let data): return (h, .write(w, data: Array(data)))
+            }
+        }
+    }
+
+    /// Decode one message; a WRITE's data is left where it is, in `msg`
+    /// (the session hands it to the file system without copying it).
+    public static func decodeBorrowing(_ msg: UnsafeRawBufferPointer, context ctx: FuseDecodeContext)
+        -> Result<(FuseRequestHeader, FuseDecoded), DecodeFailure>
+    {
         var r = WireReader(msg)
         guard let h = try? FuseInHeader(from: &r) else {
             return .failure(DecodeFailure(header: nil, errno: -22, reason: "message of \(msg.count) bytes is shorter than fuse_in_header"))
         }
         let header = FuseRequestHeader(opcodeRaw: h.opcode, unique: h.unique, nodeid: h.nodeid,
                                        uid: h.uid, gid: h.gid, pid: h.pid)
-        func fail(_ errno: Int32, _ why: String) -> Result<(FuseRequestHeader, FuseRequest), DecodeFailure> {
+        func fail(_ errno: Int32, _ why: String) -> Result<(FuseRequestHeader, FuseDecoded), DecodeFailure> {
             .failure(DecodeFailure(header: header, errno: errno, reason: why))
         }
         guard Int(h.len) == msg.count else {
@@ -131,15 +151,29 @@ public enum FuseDecoder {
         let body = UnsafeRawBufferPointer(rebasing: msg[FuseInHeader.wireSize..<(msg.count - extBytes)])
         var b = WireReader(body)
         do {
+            if op == .write {
+                let (m, data) = try decodeWrite(&b, ctx)
+                return .success((header, .write(m, data: data)))
+            }
             let req = try decodeBody(op, &b, ctx)
             // Fixed-size requests must not carry trailing garbage.
             if b.remaining != 0 && !op.allowsTrailing {
                 return fail(-22, "\(op) carries \(b.remaining) unexpected trailing bytes")
             }
-            return .success((header, req))
+            return .success((header, .request(req)))
         } catch {
             return fail(-22, "\(op): \(error)")
         }
+    }
+
+    /// WRITE: fuse_write_in, then exactly `size` data bytes (at most max_write).
+    static func decodeWrite(_ b: inout WireReader, _ ctx: FuseDecodeContext) throws(WireError) -> (FuseWriteIn, UnsafeRawBufferPointer) {
+        let m = try FuseWriteIn(from: &b)
+        guard Int(m.size) == b.remaining else {
+            throw .invalid("write size \(m.size) but \(b.remaining) data bytes")
+        }
+        guard Int(m.size) <= ctx.maxWrite else { throw .oversized(Int(m.size)) }
+        return (m, b.rest())
     }
 
     static func decodeBody(_ op: FuseOpcode, _ b: inout WireReader, _ ctx: FuseDecodeContext) throws(WireError) -> FuseRequest {
@@ -179,12 +213,8 @@ public enum FuseDecoder {
         case .open: return .open(try FuseOpenIn(from: &b))
         case .read: return .read(try FuseReadIn(from: &b))
         case .write:
-            let m = try FuseWriteIn(from: &b)
-            guard Int(m.size) == b.remaining else {
-                throw .invalid("write size \(m.size) but \(b.remaining) data bytes")
-            }
-            guard Int(m.size) <= ctx.maxWrite else { throw .oversized(Int(m.size)) }
-            return .write(m, data: Array(b.rest()))
+            let (m, data) = try decodeWrite(&b, ctx)
+            return .write(m, data: Array(data))
         case .statfs: return .statfs
         case .release: return .release(try FuseReleaseIn(from: &b))
         case .fsync: return .fsync(try FuseFsyncIn(from: &b))

@@ -168,7 +168,7 @@ public final class FuseSession: @unchecked Sendable {
 
     func handle(_ msg: UnsafeRawBufferPointer, on ch: any FuseTransport) {
         let ctx = state.withLock { $0.decode }
-        switch FuseDecoder.decode(msg, context: ctx) {
+        switch FuseDecoder.decodeBorrowing(msg, context: ctx) {
         case .failure(let f):
             logDecodeFailure(f)
             if let h = f.header, FuseOpcode(rawValue: h.opcodeRaw)?.expectsReply ?? true {
@@ -183,7 +183,7 @@ public final class FuseSession: @unchecked Sendable {
             let late = destroying
             if !late {
                 inFlightCount += 1
-                if case .destroy = req { destroying = true }
+                if case .request(.destroy) = req { destroying = true }
             }
             drained.unlock()
             if late {
@@ -198,7 +198,7 @@ public final class FuseSession: @unchecked Sendable {
                     logger.warning("reply to \(h.opcode.map { "\($0)" } ?? "?") #\(h.unique) rejected: \(String(cString: strerror(-r)))")
                 }
             }
-            if case .destroy = req {
+            if case .request(.destroy) = req {
                 state.withLock { $0.stopping = true }
                 transport.wakeAll()
             }
@@ -212,18 +212,26 @@ public final class FuseSession: @unchecked Sendable {
     }
 
     /// Run one request; nil means "no reply allowed".
-    func dispatch(_ h: FuseRequestHeader, _ req: FuseRequest) -> [[UInt8]]? {
+    func dispatch(_ h: FuseRequestHeader, _ decoded: FuseDecoded) -> [[UInt8]]? {
         let c = FuseContext(h)
         let u = h.unique
         func ok(_ s: some FuseWireStruct) -> [[UInt8]] { FuseReplyEncoder.ok(unique: u, s.encoded) }
         func empty() -> [[UInt8]] { FuseReplyEncoder.ok(unique: u) }
         do throws(FuseError) {
             if state.withLock({ $0.connection == nil }) {
-                guard case .initialize(let i) = req else {
+                guard case .request(.initialize(let i)) = decoded else {
                     // Nothing but INIT is valid before INIT.
                     return h.opcode?.expectsReply == false ? nil : [FuseReplyEncoder.error(unique: u, errno: EIO)]
                 }
                 return try negotiate(u, i)
+            }
+            let req: FuseRequest
+            switch decoded {
+            case .write(let w, let data):
+                let n = try fs.write(c, w, data: data)
+                return ok(FuseWriteOut(size: min(n, w.size)))
+            case .request(let r):
+                req = r
             }
             switch req {
             case .initialize:
@@ -253,7 +261,8 @@ public final class FuseSession: @unchecked Sendable {
                 let data = try fs.read(c, r)
                 return FuseReplyEncoder.ok(unique: u, data.count > Int(r.size) ? Array(data.prefix(Int(r.size))) : data)
             case .write(let w, let data):
-                let n = try fs.write(c, w, data: data)
+                // Decoded with a copy (`FuseDecoder.decode`); the session itself borrows.
+                let n = try withBorrowed(data) { (p) throws(FuseError) in try fs.write(c, w, data: p) }
                 return ok(FuseWriteOut(size: min(n, w.size)))
             case .statfs: return ok(FuseStatfsOut(st: try fs.statfs(c)))
             case .release(let r): fs.release(c, r); return empty()
@@ -318,6 +327,15 @@ public final class FuseSession: @unchecked Sendable {
             guard h.opcode?.expectsReply ?? true else { return nil }
             return [FuseReplyEncoder.error(unique: u, errno: error.errno)]
         }
+    }
+
+    private func withBorrowed<R>(_ a: [UInt8], _ body: (UnsafeRawBufferPointer) throws(FuseError) -> R) throws(FuseError) -> R {
+        var result: Result<R, FuseError>? = nil
+        a.withUnsafeBytes { p in
+            do throws(FuseError) { result = .success(try body(p)) } catch { result = .failure(error) }
+        }
+        guard let result else { throw .io }
+        return try result.get()
     }
 
     /// GETXATTR/LISTXATTR: size 0 asks for the length, otherwise the value must fit.

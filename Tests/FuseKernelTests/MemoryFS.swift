@@ -147,8 +147,9 @@ final class MemoryFS: FuseFileSystem, @unchecked Sendable {
             return Array(n.data[start..<min(n.data.count, start + Int(a.size))])
         }
     }
-    func write(_ c: FuseContext, _ a: FuseWriteIn, data: [UInt8]) throws(FuseError) -> UInt32 {
-        try state.withLock { s throws(FuseError) in
+    func write(_ c: FuseContext, _ a: FuseWriteIn, data p: UnsafeRawBufferPointer) throws(FuseError) -> UInt32 {
+        let data = Array(p)
+        return try state.withLock { s throws(FuseError) in
             guard var n = s.nodes[c.nodeid] else { throw .noent }
             guard a.offset + UInt64(data.count) <= 64 << 20 else { throw .fbig }
             let end = Int(a.offset) + data.count
