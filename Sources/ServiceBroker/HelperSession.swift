@@ -597,6 +597,12 @@ public final class HelperSession {
             mounted = true
             mountFD = fd
         }
+        // A read-write mount may hold more dirty pages than FUSE's default
+        // (WritebackLimit.swift); the cap stays, and bounded.
+        if flags & MS.rdonly == 0 && mountFD >= 0,
+           let did = WritebackLimit.raise(mountFD: mountFD, fuseblk: request.blockDevice != nil) {
+            log(did)
+        }
         if !config.noMtab {
             Utab.add(source: request.source, target: config.mountpoint, fstype: request.fstype,
                      options: mtabOptions ?? (flags & MS.rdonly != 0 ? "ro" : "rw"), log: log)

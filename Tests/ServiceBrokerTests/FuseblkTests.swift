@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import Testing
 import LoopDevices
 @testable import ServiceBroker
@@ -59,6 +60,33 @@ struct FuseblkRulesTests {
         #expect(FuseBlock.mountBlockSize(fsBlockSize: 4096, logicalSectorSize: 8192, pageSize: 4096) == nil)
         #expect(FuseBlock.mountBlockSize(fsBlockSize: 4096, logicalSectorSize: 1000, pageSize: 4096) == nil)
         #expect(FuseBlock.mountBlockSize(fsBlockSize: 4096, logicalSectorSize: .max, pageSize: 4096) == nil)
+    }
+
+    @Test func writebackLimitRaisesOnlyALowerCap() throws {
+        let s = Scratch()
+        defer { s.cleanup() }
+        // A mount on this scratch directory's file system stands in for the
+        // FUSE mount: its device number names the fake bdi directory.
+        let root = open(s.dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        defer { close(root) }
+        guard let dev = DeviceNumber.of(fd: root) else { Issue.record("no device number"); return }
+        #expect(WritebackLimit.bdiName(dev, fuseblk: true) == "\(dev.major):\(dev.minor)-fuseblk")
+        #expect(WritebackLimit.bdiName(DeviceNumber(userDev(0, 52)), fuseblk: false) == "0:52")
+        let sysfs = s.dir + "/bdi"
+        let dir = sysfs + "/" + WritebackLimit.bdiName(dev, fuseblk: true)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let file = dir + "/max_bytes"
+        // Missing (an older kernel): nothing happens.
+        #expect(WritebackLimit.raise(mountFD: root, fuseblk: true, sysfs: sysfs) == nil)
+        #expect(!FileManager.default.fileExists(atPath: file))
+        // Below the target: raised.
+        try "50331648\n".write(toFile: file, atomically: false, encoding: .utf8)
+        #expect(WritebackLimit.raise(mountFD: root, fuseblk: true, sysfs: sysfs) != nil)
+        #expect(WritebackLimit.readNumber(file) == WritebackLimit.targetBytes)
+        // Already larger: left alone.
+        try "1073741824\n".write(toFile: file, atomically: false, encoding: .utf8)
+        #expect(WritebackLimit.raise(mountFD: root, fuseblk: true, sysfs: sysfs) == nil)
+        #expect(WritebackLimit.readNumber(file) == 1 << 30)
     }
 
     @Test func connectionNames() {
@@ -151,6 +179,20 @@ struct FuseblkSessionTests {
             #expect(m?.0 == loop && m?.1 == "fuseblk.ext4test", "\(String(describing: m))")
             #expect(superOptions(s.mnt).contains("blksize=4096"), "\(superOptions(s.mnt))")
             #expect(exclusiveOpenError(loop) == EBUSY, "the kernel claims the device for the mount")
+            // The mount's writeback domain: its dirty-page cap raised, the strict limit kept.
+            var st = stat()
+            if stat(loop, &st) == 0 {
+                let bdi = "/sys/class/bdi/" + WritebackLimit.bdiName(DeviceNumber(st.st_rdev), fuseblk: true)
+                if FileManager.default.fileExists(atPath: bdi + "/max_bytes") {
+                    #expect(WritebackLimit.readNumber(bdi + "/max_bytes").map { WritebackLimit.reached($0, WritebackLimit.targetBytes) } == true,
+                            "\(bdi)/max_bytes: \(String(describing: WritebackLimit.readNumber(bdi + "/max_bytes")))")
+                    #expect(WritebackLimit.readNumber(bdi + "/strict_limit") == 1)
+                } else {
+                    #expect(FileManager.default.fileExists(atPath: bdi), "no \(bdi) for the fuseblk mount")
+                }
+            } else {
+                Issue.record("stat \(loop): errno \(errno)")
+            }
             try ep.goodbye(status: 0)
             thread.join()
             #expect(result.value == .success(.goodbye(exitCode: 0, mounted: true)))
