@@ -20,7 +20,7 @@ final class BlockAllocator: @unchecked Sendable {
     private var gd: [GroupDescriptorRecord] = []
     private var gdBlock: [UInt64] = []
     private var gdOffset: [Int] = []
-    private var sbRaw: [UInt8]
+    private var sb: SuperblockRecord
     private var freeBlocksTotal: UInt64 = 0
     private var freeInodesTotal: UInt64 = 0
     private var dirRotor: Int = 0
@@ -30,8 +30,8 @@ final class BlockAllocator: @unchecked Sendable {
     /// In-memory reservations (preallocation windows, uncommitted frees).
     let reservations: Reservations
 
-    init(superblock: [UInt8], groupCount: Int, groupOf: @escaping @Sendable (UInt64) -> Int) {
-        sbRaw = superblock
+    init(superblock: SuperblockRecord, groupCount: Int, groupOf: @escaping @Sendable (UInt64) -> Int) {
+        sb = superblock
         groupLocks = (0..<groupCount).map { _ in NSLock() }
         reservations = Reservations(groupOf: groupOf)
     }
@@ -87,20 +87,20 @@ final class BlockAllocator: @unchecked Sendable {
         }
     }
 
-    /// Change the superblock bytes with `modify(&bytes, freeBlocks, freeInodes)`,
-    /// keep them, then `write` them, all under gdLock.
-    func updateSuperblock<E: Error>(_ modify: (inout [UInt8], UInt64, UInt64) -> Void,
+    /// Change the superblock with `modify(&record, freeBlocks, freeInodes)`,
+    /// keep it, then `write` its bytes, all under gdLock.
+    func updateSuperblock<E: Error>(_ modify: (inout SuperblockRecord, UInt64, UInt64) -> Void,
                                     write: ([UInt8]) throws(E) -> Void) throws(E) {
         try gdLock.with { () throws(E) in
-            var s = sbRaw
+            var s = sb
             modify(&s, freeBlocksTotal, freeInodesTotal)
-            sbRaw = s
-            try write(s)
+            sb = s
+            try write(s.b)
         }
     }
 
     /// s_last_orphan: the head of the on-disk orphan chain.
-    var lastOrphan: UInt32 { gdLock.with { sbRaw.le32(0xE8) } }
+    var lastOrphan: UInt32 { gdLock.with { sb.lastOrphan } }
 
     /// The next group to start a directory search at, of `groupCount`.
     func nextDirRotor(_ groupCount: Int) -> Int {

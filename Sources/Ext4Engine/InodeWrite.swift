@@ -65,7 +65,7 @@ extension Ext4FileSystem {
 
     /// Fresh inode bytes for a new inode.
     func newInodeBytes(_ ino: UInt32, mode: UInt16, uid: UInt32, gid: UInt32, now: Timespec) -> MInode {
-        let want = max(Int(sb.minExtraIsize), Int(sb.raw.le16(0x15E)), 32)  // s_min_extra_isize, s_want_extra_isize
+        let want = max(Int(sb.minExtraIsize), Int(sb.wantExtraIsize), 32)
         var m = InodeRecord(blank: ino, inodeSize: sb.inodeSize, extraIsize: want)
         m.mode = mode
         m.uid = uid

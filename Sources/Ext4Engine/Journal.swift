@@ -168,14 +168,13 @@ extension Ext4FileSystem {
             do throws(Ext4Error) { try dev.write(at: jsbPhys * bs, from: p) } catch { err = error }
         }
         if let err { throw err }
-        var sbb = [UInt8](repeating: 0, count: 1024)
-        try Ext4FileSystem.readRaw(dev, at: 1024, into: &sbb)
-        sbb.putLE32(0x60, sbb.le32(0x60) & ~Incompat.recover)
-        if sbb.le32(0x64) & RoCompat.metadataCsum != 0 {
-            sbb.putLE32(0x3FC, crc32c(~0, sbb[0..<0x3FC]))
-        }
-        sbb.withUnsafeBytes { p in
-            do throws(Ext4Error) { try dev.write(at: 1024, from: p) } catch { err = error }
+        var sbb = [UInt8](repeating: 0, count: SuperblockRecord.size)
+        try Ext4FileSystem.readRaw(dev, at: SuperblockRecord.deviceOffset, into: &sbb)
+        var rec = try SuperblockRecord(sbb)
+        rec.needsRecovery = false
+        rec.seal()
+        rec.b.withUnsafeBytes { p in
+            do throws(Ext4Error) { try dev.write(at: SuperblockRecord.deviceOffset, from: p) } catch { err = error }
         }
         if let err { throw err }
         try dev.flush()

@@ -969,3 +969,89 @@ struct XattrEntryRecord: Sendable, Equatable {
         b.putBytes(off &+ XattrEntryRecord.headerSize, name)
     }
 }
+
+// MARK: - superblock
+
+/// The 1024-byte ext2/3/4 superblock. `Superblock` (Superblock.swift) parses
+/// it once at mount through these offsets; the write side changes the few
+/// fields a mount updates (free counts, state, needs_recovery, times, mount
+/// count, the orphan chain head) through the setters and seals the checksum.
+struct SuperblockRecord: Sendable {
+    static let size = 1024
+    /// Byte offset of the superblock on the device.
+    static let deviceOffset: UInt64 = 1024
+
+    enum Off {
+        static let inodesCount = 0x0, blocksCountLo = 0x4, rBlocksCountLo = 0x8, freeBlocksLo = 0xC
+        static let freeInodes = 0x10, firstDataBlock = 0x14, logBlockSize = 0x18, logClusterSize = 0x1C
+        static let blocksPerGroup = 0x20, inodesPerGroup = 0x28, mtime = 0x2C, wtime = 0x30
+        static let mntCount = 0x34, magic = 0x38, state = 0x3A, revLevel = 0x4C
+        static let firstIno = 0x54, inodeSize = 0x58, featureCompat = 0x5C, featureIncompat = 0x60
+        static let featureRoCompat = 0x64, uuid = 0x68, volumeName = 0x78, reservedGdtBlocks = 0xCE
+        static let journalInum = 0xE0, lastOrphan = 0xE8, hashSeed = 0xEC, defHashVersion = 0xFC
+        static let descSize = 0xFE, firstMetaBG = 0x104, blocksCountHi = 0x150, rBlocksCountHi = 0x154
+        static let freeBlocksHi = 0x158, minExtraIsize = 0x15C, wantExtraIsize = 0x15E, flags = 0x160, checksumType = 0x175
+        static let overheadClusters = 0x248, backupBGs = 0x24C, checksumSeed = 0x270, checksum = 0x3FC
+    }
+
+    /// s_state: cleanly unmounted.
+    static let stateValid: UInt16 = 0x1
+
+    private(set) var b: [UInt8]
+
+    init(_ bytes: [UInt8]) throws(Ext4Error) {
+        guard bytes.count >= SuperblockRecord.size else { throw .corrupted("short superblock") }
+        b = Array(bytes.prefix(SuperblockRecord.size))
+    }
+
+    var incompat: UInt32 {
+        get { b.le32(Off.featureIncompat) }
+        set { b.putLE32(Off.featureIncompat, newValue) }
+    }
+    var roCompat: UInt32 { b.le32(Off.featureRoCompat) }
+    var is64: Bool { incompat & Incompat.bit64 != 0 }
+    var metadataCsum: Bool { roCompat & RoCompat.metadataCsum != 0 }
+
+    /// s_free_blocks_count (the high half only with 64bit).
+    var freeBlocks: UInt64 {
+        get { UInt64(b.le32(Off.freeBlocksLo)) | (is64 ? UInt64(b.le32(Off.freeBlocksHi)) << 32 : 0) }
+        set {
+            b.putLE32(Off.freeBlocksLo, UInt32(truncatingIfNeeded: newValue))
+            if is64 { b.putLE32(Off.freeBlocksHi, UInt32(truncatingIfNeeded: newValue >> 32)) }
+        }
+    }
+    var freeInodes: UInt32 {
+        get { b.le32(Off.freeInodes) }
+        set { b.putLE32(Off.freeInodes, newValue) }
+    }
+    var state: UInt16 {
+        get { b.le16(Off.state) }
+        set { b.putLE16(Off.state, newValue) }
+    }
+    var mtime: UInt32 {
+        get { b.le32(Off.mtime) }
+        set { b.putLE32(Off.mtime, newValue) }
+    }
+    var wtime: UInt32 {
+        get { b.le32(Off.wtime) }
+        set { b.putLE32(Off.wtime, newValue) }
+    }
+    var mountCount: UInt16 {
+        get { b.le16(Off.mntCount) }
+        set { b.putLE16(Off.mntCount, newValue) }
+    }
+    /// s_last_orphan: the head of the orphan chain.
+    var lastOrphan: UInt32 {
+        get { b.le32(Off.lastOrphan) }
+        set { b.putLE32(Off.lastOrphan, newValue) }
+    }
+    var needsRecovery: Bool {
+        get { incompat & Incompat.recover != 0 }
+        set { incompat = newValue ? incompat | Incompat.recover : incompat & ~Incompat.recover }
+    }
+
+    /// With metadata_csum, s_checksum over everything before it.
+    mutating func seal() {
+        if metadataCsum { b.putLE32(Off.checksum, crc32c(~0, b[0..<Off.checksum])) }
+    }
+}

@@ -22,10 +22,10 @@ extension Ext4FileSystem {
         }
         let now = UInt32(truncatingIfNeeded: nowSpec().sec)
         try updateSuper(writeThrough: true) { s in
-            s.putLE16(0x3A, s.le16(0x3A) & ~1) // not clean while mounted
-            if w.log != nil { s.putLE32(0x60, s.le32(0x60) | Incompat.recover) }
-            s.putLE32(0x2C, now)                // s_mtime
-            s.putLE16(0x34, s.le16(0x34) &+ 1)  // s_mnt_count
+            s.state &= ~SuperblockRecord.stateValid  // not clean while mounted
+            if w.log != nil { s.needsRecovery = true }
+            s.mtime = now
+            s.mountCount &+= 1
         }
         try dev.flush()
         try withHandle { () throws(Ext4Error) in try recoverOrphans() }
@@ -60,14 +60,14 @@ extension Ext4FileSystem {
             }
             ino = next
         }
-        try updateSuper { s in s.putLE32(0xE8, 0) }
+        try updateSuper { s in s.lastOrphan = 0 }
     }
 
     /// Put `ino` at the head of the orphan chain. The caller stores the inode afterwards.
     func addOrphan(_ ino: UInt32) throws(Ext4Error) {
         let w = try wstate
         try w.orphans.add(ino, head: { w.alloc.lastOrphan }) { (h: UInt32) throws(Ext4Error) in
-            try updateSuper { s in s.putLE32(0xE8, h) }
+            try updateSuper { s in s.lastOrphan = h }
         }
     }
 
@@ -77,7 +77,7 @@ extension Ext4FileSystem {
         try w.orphans.remove(ino, setNext: { (pred: UInt32, next: UInt32) throws(Ext4Error) in
             try patchDtime(pred, next)
         }, setHead: { (next: UInt32) throws(Ext4Error) in
-            try updateSuper { s in s.putLE32(0xE8, next) }
+            try updateSuper { s in s.lastOrphan = next }
         })
     }
 
@@ -142,9 +142,9 @@ extension Ext4FileSystem {
         }
         let now = UInt32(truncatingIfNeeded: nowSpec().sec)
         try updateSuper(writeThrough: true) { s in
-            s.putLE16(0x3A, s.le16(0x3A) | 1)
-            s.putLE32(0x60, s.le32(0x60) & ~Incompat.recover)
-            s.putLE32(0x30, now) // s_wtime
+            s.state |= SuperblockRecord.stateValid
+            s.needsRecovery = false
+            s.wtime = now
         }
         try dev.flush()
         // The superblock's block is still dirty in memory; nothing writes it again.

@@ -90,7 +90,8 @@ extension String {
 
 /// Parsed and validated superblock.
 struct Superblock: Sendable {
-    let raw: [UInt8]
+    /// The bytes, as the write side changes them.
+    let record: SuperblockRecord
     let inodesCount: UInt32
     let blocksCount: UInt64
     let rBlocksCount: UInt64
@@ -118,6 +119,7 @@ struct Superblock: Sendable {
     let descSize: Int
     let firstMetaBG: UInt32
     let minExtraIsize: UInt16
+    let wantExtraIsize: UInt16
     let flags: UInt32
     let checksumType: UInt8
     let checksumSeed: UInt32
@@ -134,50 +136,52 @@ struct Superblock: Sendable {
 
     /// Parse the 1024-byte superblock. Throws on anything not an ext2/3/4 fs.
     init(_ b: [UInt8]) throws(Ext4Error) {
-        guard b.count >= 1024 else { throw .corrupted("short superblock") }
-        raw = b
-        magic = b.le16(0x38)
+        guard b.count >= SuperblockRecord.size else { throw .corrupted("short superblock") }
+        typealias O = SuperblockRecord.Off
+        record = try SuperblockRecord(b)
+        magic = b.le16(O.magic)
         guard magic == 0xEF53 else { throw .invalid("bad magic number in superblock (not ext2/3/4)") }
-        inodesCount = b.le32(0x0)
-        incompat = b.le32(0x60)
-        compat = b.le32(0x5C)
-        roCompat = b.le32(0x64)
+        inodesCount = b.le32(O.inodesCount)
+        incompat = b.le32(O.featureIncompat)
+        compat = b.le32(O.featureCompat)
+        roCompat = b.le32(O.featureRoCompat)
         let is64 = incompat & Incompat.bit64 != 0
-        blocksCount = UInt64(b.le32(0x4)) | (is64 ? UInt64(b.le32(0x150)) << 32 : 0)
-        rBlocksCount = UInt64(b.le32(0x8)) | (is64 ? UInt64(b.le32(0x154)) << 32 : 0)
-        freeBlocksCount = UInt64(b.le32(0xC)) | (is64 ? UInt64(b.le32(0x158)) << 32 : 0)
-        freeInodesCount = b.le32(0x10)
-        firstDataBlock = b.le32(0x14)
-        logBlockSize = b.le32(0x18)
+        blocksCount = UInt64(b.le32(O.blocksCountLo)) | (is64 ? UInt64(b.le32(O.blocksCountHi)) << 32 : 0)
+        rBlocksCount = UInt64(b.le32(O.rBlocksCountLo)) | (is64 ? UInt64(b.le32(O.rBlocksCountHi)) << 32 : 0)
+        freeBlocksCount = UInt64(b.le32(O.freeBlocksLo)) | (is64 ? UInt64(b.le32(O.freeBlocksHi)) << 32 : 0)
+        freeInodesCount = b.le32(O.freeInodes)
+        firstDataBlock = b.le32(O.firstDataBlock)
+        logBlockSize = b.le32(O.logBlockSize)
         guard logBlockSize <= 6 else { throw .corrupted("invalid log block size \(logBlockSize)") }
         blockSize = 1024 << Int(logBlockSize)
-        let logCluster = b.le32(0x1C)
-        blocksPerGroup = b.le32(0x20)
-        inodesPerGroup = b.le32(0x28)
-        state = b.le16(0x3A)
-        revLevel = b.le32(0x4C)
+        let logCluster = b.le32(O.logClusterSize)
+        blocksPerGroup = b.le32(O.blocksPerGroup)
+        inodesPerGroup = b.le32(O.inodesPerGroup)
+        state = b.le16(O.state)
+        revLevel = b.le32(O.revLevel)
         if revLevel == 0 {
             firstIno = 11
             inodeSize = 128
         } else {
-            firstIno = b.le32(0x54)
-            inodeSize = Int(b.le16(0x58))
+            firstIno = b.le32(O.firstIno)
+            inodeSize = Int(b.le16(O.inodeSize))
         }
-        uuid = b.sub(0x68, 16) ?? []
-        volumeName = b.sub(0x78, 16) ?? []
-        reservedGdtBlocks = b.le16(0xCE)
-        journalInum = b.le32(0xE0)
-        hashSeed = [b.le32(0xEC), b.le32(0xF0), b.le32(0xF4), b.le32(0xF8)]
-        defHashVersion = b.u8(0xFC)
-        let ds = Int(b.le16(0xFE))
-        firstMetaBG = b.le32(0x104)
-        minExtraIsize = b.le16(0x15C)
-        flags = b.le32(0x160)
-        checksumType = b.u8(0x175)
-        backupBGs = (b.le32(0x24C), b.le32(0x250))
-        overheadClusters = b.le32(0x248)
-        checksumSeed = b.le32(0x270)
-        checksum = b.le32(0x3FC)
+        uuid = b.sub(O.uuid, 16) ?? []
+        volumeName = b.sub(O.volumeName, 16) ?? []
+        reservedGdtBlocks = b.le16(O.reservedGdtBlocks)
+        journalInum = b.le32(O.journalInum)
+        hashSeed = (0..<4).map { b.le32(O.hashSeed + 4 * $0) }
+        defHashVersion = b.u8(O.defHashVersion)
+        let ds = Int(b.le16(O.descSize))
+        firstMetaBG = b.le32(O.firstMetaBG)
+        minExtraIsize = b.le16(O.minExtraIsize)
+        wantExtraIsize = b.le16(O.wantExtraIsize)
+        flags = b.le32(O.flags)
+        checksumType = b.u8(O.checksumType)
+        backupBGs = (b.le32(O.backupBGs), b.le32(O.backupBGs + 4))
+        overheadClusters = b.le32(O.overheadClusters)
+        checksumSeed = b.le32(O.checksumSeed)
+        checksum = b.le32(O.checksum)
 
         // ---- sanity checks -------------------------------------------------
         if roCompat & RoCompat.bigalloc == 0 {

@@ -62,7 +62,7 @@ final class WriteState: @unchecked Sendable {
     let xattrShare = XattrShareIndex()
 
     init(sb: Superblock, groups: [GroupDescriptorRecord], groupOf: @escaping @Sendable (UInt64) -> Int) {
-        alloc = BlockAllocator(superblock: sb.raw, groupCount: groups.count, groupOf: groupOf)
+        alloc = BlockAllocator(superblock: sb.record, groupCount: groups.count, groupOf: groupOf)
     }
 }
 
@@ -168,21 +168,20 @@ extension Ext4FileSystem {
     /// fields. The block holding it joins the running transaction; with
     /// `writeThrough` it is also written to the device now (marking the file
     /// system in use at mount, clean at unmount). Takes gdLock.
-    func updateSuper(writeThrough: Bool = false, _ body: (inout [UInt8]) -> Void = { _ in }) throws(Ext4Error) {
+    func updateSuper(writeThrough: Bool = false, _ body: (inout SuperblockRecord) -> Void = { _ in }) throws(Ext4Error) {
         let w = try wstate
         try w.alloc.updateSuperblock({ s, freeBlocks, freeInodes in
             body(&s)
-            s.putLE32(0xC, UInt32(truncatingIfNeeded: freeBlocks))
-            if sb.is64 { s.putLE32(0x158, UInt32(truncatingIfNeeded: freeBlocks >> 32)) }
-            s.putLE32(0x10, UInt32(truncatingIfNeeded: freeInodes))
-            if sb.metadataCsum { s.putLE32(0x3FC, crc32c(~0, s[0..<0x3FC])) }
+            s.freeBlocks = freeBlocks
+            s.freeInodes = UInt32(truncatingIfNeeded: freeInodes)
+            s.seal()
         }, write: { (s: [UInt8]) throws(Ext4Error) in
             let sbBlock: UInt64 = blockSize == 1024 ? 1 : 0
             var blk = try block(sbBlock)
-            blk.putBytes(blockSize == 1024 ? 0 : 1024, s)
+            blk.putBytes(blockSize == 1024 ? 0 : Int(SuperblockRecord.deviceOffset), s)
             try writeMeta(sbBlock, blk, superblock: true)
             if writeThrough {
-                try w.flushLock.with { () throws(Ext4Error) in try devWrite(1024, s) }
+                try w.flushLock.with { () throws(Ext4Error) in try devWrite(SuperblockRecord.deviceOffset, s) }
             }
         })
     }

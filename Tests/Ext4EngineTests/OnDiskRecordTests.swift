@@ -395,6 +395,44 @@ struct OnDiskRecordTests {
 
     /// Random buffers of random sizes through every decoder: they throw or
     /// decode, and nothing traps.
+    @Test func superblockRecordRoundTrip() throws {
+        let tmp = try TempDir(prefix: "sbrec")
+        for (args, is64) in [(["-t", "ext4", "-O", "64bit,metadata_csum"], true), (["-t", "ext4", "-O", "^64bit"], false)] {
+            let img = tmp.sub("sb\(is64).img")
+            try mkfs(img, tree: nil, args: args, sizeMB: 16)
+            let raw = Array(try readWhole(img)[1024..<2048])
+            let parsed = try Superblock(raw)
+            var r = parsed.record
+            #expect(r.b == raw)
+            #expect(r.is64 == is64 && r.freeBlocks == parsed.freeBlocksCount && r.freeInodes == parsed.freeInodesCount)
+            r.freeBlocks = 0x1_2345_6789
+            r.freeInodes = 77
+            r.state = 0
+            r.needsRecovery = true
+            r.mtime = 1_700_000_000
+            r.mountCount = 9
+            r.lastOrphan = 12
+            r.seal()
+            let back = try Superblock(r.b)
+            #expect(back.freeBlocksCount == (is64 ? 0x1_2345_6789 : 0x2345_6789))
+            #expect(back.freeInodesCount == 77 && back.state == 0 && back.has(incompat: Incompat.recover))
+            #expect(r.b.le32(0x2C) == 1_700_000_000 && r.b.le16(0x34) == 9 && r.b.le32(0xE8) == 12)
+            if is64 {
+                #expect(r.b.le32(0x3FC) == crc32c(~0, r.b[0..<0x3FC]), "s_checksum sealed")
+            } else {
+                #expect(r.b.le32(0x15C - 4) == raw.le32(0x15C - 4), "no high half written without 64bit")
+            }
+            r.needsRecovery = false
+            #expect(!(try Superblock(r.b)).has(incompat: Incompat.recover))
+            // Only these fields changed.
+            let changed = (0..<1024).filter { r.b[$0] != raw[$0] }
+            let allowed = Set([0xC, 0xD, 0xE, 0xF, 0x10, 0x11, 0x2C, 0x2D, 0x2E, 0x2F, 0x34, 0x35, 0x3A, 0x3B, 0xE8, 0xE9, 0xEA, 0xEB]
+                              + Array(0x158..<0x15C) + Array(0x3FC..<0x400))
+            #expect(changed.allSatisfy(allowed.contains), "changed: \(changed.filter { !allowed.contains($0) })")
+        }
+        expectCorrupt("short superblock") { _ = try SuperblockRecord([UInt8](repeating: 0, count: 1023)) }
+    }
+
     @Test func randomBytesNeverTrap() {
         var rng = SplitMix(seed: 0x0D15_C0DE)
         var decoded = 0
