@@ -118,7 +118,11 @@ extension Ext4FileSystem {
         m.size = 0
     }
 
-    /// Free an unlinked, unreferenced inode completely (caller holds its lock).
+    /// Free an unlinked, unreferenced inode completely (caller holds its lock):
+    /// its storage, its record marked deleted (links 0, dtime set), its number.
+    /// Also the undo of `makeInode` when the operation fails afterwards: a
+    /// record left live with its bit clear is an "unattached inode" and a
+    /// bitmap difference to e2fsck.
     func destroyInode(_ m: inout MInode) throws(Ext4Error) {
         try releaseInodeStorage(&m)
         m.links = 0
@@ -188,8 +192,7 @@ extension Ext4FileSystem {
                 }
                 try dirAdd(&pm, name: name, ino: m.ino, ftype: ftypeCode(own.mode))
             } catch {
-                try? releaseInodeStorage(&m)
-                try? freeInodeBit(m.ino, isDir: isDir)
+                try? destroyInode(&m)
                 try storeInode(pm)
                 throw error
             }
@@ -246,8 +249,8 @@ extension Ext4FileSystem {
                     try addOrphan(m.ino)
                     try storeInode(m)
                 } catch {
-                    try? releaseInodeStorage(&m)
-                    try? freeInodeBit(m.ino, isDir: false)
+                    if w.orphans.isOrphan(m.ino) { try? removeOrphan(m.ino) }
+                    try? destroyInode(&m)
                     throw error
                 }
                 return try publicInode(m)

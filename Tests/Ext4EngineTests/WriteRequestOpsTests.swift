@@ -103,6 +103,47 @@ struct WriteRequestOpsTests {
         try fsckClean(img, "killsuid")
     }
 
+    /// A create that fails after its inode was made (no room for the
+    /// directory entry's new block, or for the inherited ACL's xattr block)
+    /// leaves no live inode behind: e2fsck once found "unattached inode" and
+    /// an inode bitmap difference after fstests' generic/077 filled a file
+    /// system under a directory with a default ACL.
+    @Test(arguments: [writeVariants[0], writeVariants[6], writeVariants[2]])
+    func failedCreateLeavesNoInode(_ v: WVariant) throws {
+        let tmp = try TempDir()
+        let img = try makeImage(tmp, v, sizeMB: 4)
+        let fs = try openRW(img)
+        let d = try fs.mkdir(parent: root, name: b("d"), NewInode(mode: 0o40777, uid: 0, gid: 0))
+        try fs.setxattr(d.ino, name: defaultName,
+                        value: acl([(0x01, 7, none), (0x02, 7, 1234), (0x04, 5, none), (0x10, 7, none), (0x20, 5, none)]), flags: 0)
+        // Fill every free block.
+        let fill = try fs.mknod(parent: root, name: b("fill"), fileMode)
+        var off: UInt64 = 0
+        while true {
+            do { try fs.put(fill.ino, off, pattern(64 * 1024, seed: 3)) } catch Ext4Error.noSpace { break }
+            off += 64 * 1024
+        }
+        while true {
+            do { try fs.put(fill.ino, off, pattern(1024, seed: 4)) } catch Ext4Error.noSpace { break }
+            off += 1024
+        }
+        // Creates until one fails for lack of space.
+        var failed = 0, made = 0
+        for i in 0..<2000 {
+            do {
+                _ = try fs.mknod(parent: d.ino, name: b("a-fairly-long-file-name-to-fill-the-block-\(i)"),
+                                 NewInode(mode: 0o100644, uid: 1000, gid: 1000, umask: 0o022))
+                made += 1
+            } catch Ext4Error.noSpace {
+                failed += 1
+                if failed >= 3 { break }
+            }
+        }
+        #expect(failed >= 1, "no create failed (\(made) made)")
+        try fs.unmount()
+        try fsckClean(img, "\(v.name): after \(made) creates and \(failed) that failed")
+    }
+
     @Test(arguments: [writeVariants[0], writeVariants[6]])
     func createWithInheritedACLIsAtomic(_ v: WVariant) throws {
         let tmp = try TempDir()
