@@ -80,23 +80,32 @@ extension Ext4FileSystem {
         }
     }
 
-    /// Check and reserve `n` blocks against the free total, keeping the reserved pool.
-    func reserveBlocks(_ n: UInt64) throws(Ext4Error) {
+    /// Check and reserve `n` blocks against the free total, keeping the
+    /// reserved pool (s_r_blocks_count) unless `mapBlock`.
+    func reserveBlocks(_ n: UInt64, mapBlock: Bool = false) throws(Ext4Error) {
         let w = try wstate
         let free = w.alloc.freeBlocks
-        guard free >= n, free - n >= sb.rBlocksCount else { throw .noSpace }
+        let keep = mapBlock ? 0 : sb.rBlocksCount
+        guard free >= n, free - n >= keep else { throw .noSpace }
     }
 
     /// Allocate up to `count` contiguous blocks, preferring `goal`. Returns
     /// (start, length >= 1). Blocks reserved in memory (Reservations.swift) are
     /// skipped. With `window`, only the first `mark` blocks are taken in the
     /// bitmap; the rest of the run becomes that inode's preallocation window.
-    func allocBlocks(goal: UInt64, count: Int, mark: Int = Int.max, window: UInt32? = nil) throws(Ext4Error) -> (UInt64, Int) {
+    /// `mapBlock`: a block of an extent tree that an operation needs to keep
+    /// its promise on a full file system (punching a hole or writing into
+    /// preallocated space splits extents). As the kernel's ext4 lets such
+    /// metadata use its reserve, it may take the blocks the reserved pool
+    /// keeps back from everything else.
+    func allocBlocks(goal: UInt64, count: Int, mark: Int = Int.max, window: UInt32? = nil,
+                     mapBlock: Bool = false) throws(Ext4Error) -> (UInt64, Int) {
         let w = try wstate
         let want = max(1, count)
-        try reserveBlocks(1)
+        try reserveBlocks(1, mapBlock: mapBlock)
         let free = w.alloc.freeBlocks
-        let allowed = Int(min(UInt64(want), free > sb.rBlocksCount ? free - sb.rBlocksCount : 0))
+        let keep = mapBlock ? 0 : sb.rBlocksCount
+        let allowed = Int(min(UInt64(want), free > keep ? free - keep : 0))
         guard allowed >= 1 else { throw .noSpace }
         let ng = groups.count
         let goal = (goal >= UInt64(sb.firstDataBlock) && goal < sb.blocksCount) ? goal : UInt64(sb.firstDataBlock)

@@ -128,7 +128,7 @@ extension Ext4FileSystem {
         let pn = Int(parent.header.entries), pmax = Int(parent.header.max), pdepth = Int(parent.header.depth)
         guard pn < pmax, ExtentHeader.entryOffset(pn) <= parent.node.count else { return false }
         let half = list.count / 2
-        let (newBlk, _) = try allocBlocks(goal: leafBlk + 1, count: 1)
+        let (newBlk, _) = try allocBlocks(goal: leafBlk + 1, count: 1, mapBlock: true)
         do throws(Ext4Error) {
             try writeMeta(newBlk, extentNode(entries[(ExtentLeafEntry.size * half)...], max: perBlock, depth: 0, blockSized: true, seed: seed))
             let ie = extentIndexEntry(first: UInt32(truncatingIfNeeded: list[half].logical), child: newBlk)

@@ -137,7 +137,7 @@ extension Ext4FileSystem {
         let goal = list.first?.physical ?? groupStart(Int(UInt64(m.ino - 1) / UInt64(sb.inodesPerGroup)))
         func newBlock() throws(Ext4Error) -> UInt64 {
             if !pool.isEmpty { return pool.removeFirst() }
-            let (b, _) = try allocBlocks(goal: goal, count: 1)
+            let (b, _) = try allocBlocks(goal: goal, count: 1, mapBlock: true)
             fresh.append(b)
             return b
         }

@@ -335,6 +335,41 @@ struct WriteTests {
         #expect(try debugfsCat(img, "/again") == pattern(100_000, seed: 1))
     }
 
+    /// On a file system full up to its reserved pool, punching holes and
+    /// writing into preallocated space still work: the extent blocks their
+    /// splits need may come from the reserve, as in the kernel's ext4
+    /// (fstests generic/256 and generic/274).
+    @Test(arguments: [writeVariants[0], writeVariants[2]])
+    func extentSplitsOnAFullFileSystem(_ v: WVariant) throws {
+        let tmp = try TempDir()
+        let img = try makeImage(tmp, v, sizeMB: 8)
+        let fs = try openRW(img)
+        let bs = UInt64(fs.statfs().bsize)
+        let pre = try fs.mknod(parent: root, name: b("pre"), fileMode)
+        try fs.put(pre.ino, 0, pattern(Int(16 * bs), seed: 1))
+        try fs.fallocate(pre.ino, mode: 1, offset: 16 * bs, length: 600 * bs)   // KEEP_SIZE: unwritten
+        let big = try fs.mknod(parent: root, name: b("big"), fileMode)
+        try fs.put(big.ino, 0, pattern(Int(600 * bs), seed: 2))
+        let fill = try fs.mknod(parent: root, name: b("fill"), fileMode)
+        var off: UInt64 = 0
+        while true {
+            do { try fs.put(fill.ino, off, pattern(Int(bs), seed: 3)) } catch Ext4Error.noSpace { break }
+            off += bs
+        }
+        // Every other block of the preallocated range written: each write splits an unwritten extent.
+        for i in stride(from: UInt64(17), to: 16 + 600, by: 2) {
+            try fs.put(pre.ino, i * bs, pattern(Int(bs), seed: UInt32(i)))
+        }
+        // A hole punched in every other block of the written file.
+        for i in stride(from: UInt64(1), to: 600, by: 2) {
+            try fs.fallocate(big.ino, mode: 3, offset: i * bs, length: bs)
+        }
+        let got = try fs.read(pre.ino, offset: 17 * bs, count: Int(bs))
+        #expect(got == pattern(Int(bs), seed: 17))
+        try fs.unmount()
+        try fsckClean(img, v.name)
+    }
+
     @Test func orphansAndTmpfile() throws {
         let tmp = try TempDir()
         let img = try makeImage(tmp, writeVariants[0])
