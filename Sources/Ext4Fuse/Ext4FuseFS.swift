@@ -287,10 +287,12 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
             let f = try Self.u32(input)
             // The kernel checked CAP_LINUX_IMMUTABLE (fileattr_set_prepare) before sending this.
             _ = try engine { () throws(Ext4Error) in try fs.setInodeFlags(ino, f, capLinuxImmutable: true) }
+            attributesChanged(c.nodeid)
         case Self.fsIocFssetxattr:
             try writable()
             let x = try Self.u32(input)
             _ = try engine { () throws(Ext4Error) in try fs.setFsxattrFlags(ino, x, capLinuxImmutable: true) }
+            attributesChanged(c.nodeid)
         case Self.fsIocFiemap:
             return FuseIoctlReply(result: 0, output: try fiemap(ino, input, outSize: Int(a.outSize)))
         default:
@@ -298,6 +300,14 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         }
         guard w.count <= Int(a.outSize) else { throw .inval }
         return FuseIoctlReply(result: 0, output: w.bytes)
+    }
+
+    /// A flag ioctl changed the inode's ctime (and flags), but the kernel keeps
+    /// its cached attributes after an ioctl: drop them (offset -1: attributes
+    /// only), before the reply, so the caller's next stat asks again.
+    func attributesChanged(_ nodeid: UInt64) {
+        guard let ch = iomapState.state.withLock({ $0.channel }) else { return }
+        _ = ch.notify(.invalInode, payload: FuseReplyEncoder.invalInode(ino: nodeid, offset: -1, length: 0))
     }
 
     /// The first 4 bytes of an ioctl argument, little-endian.
