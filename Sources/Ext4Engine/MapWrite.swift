@@ -129,34 +129,63 @@ extension Ext4FileSystem {
 
     /// Store `exts` as the inode's map, reusing `oldMeta` blocks; frees surplus
     /// meta blocks and sets i_blocks (data + map + xattr block). Does not store the inode.
+    ///
+    /// Failure-atomic: every block the new map needs is in hand before the
+    /// first one is written. The new map is written over the old map's blocks,
+    /// and a rewrite that ran out of space halfway would leave the inode's
+    /// (unchanged) root pointing into a mix of old and new nodes, some naming
+    /// blocks the failed operation then frees (fstests generic/300 found it).
     func storeMap(_ m: inout MInode, _ exts: [Extent], oldMeta: [UInt64]) throws(Ext4Error) {
         let list = Ext4FileSystem.normalize(exts)
-        var pool = oldMeta
-        var fresh: [UInt64] = []
         let reused = Set(oldMeta)
         let goal = list.first?.physical ?? groupStart(Int(UInt64(m.ino - 1) / UInt64(sb.inodesPerGroup)))
-        func newBlock() throws(Ext4Error) -> UInt64 {
-            if !pool.isEmpty { return pool.removeFirst() }
-            let (b, _) = try allocBlocks(goal: goal, count: 1, mapBlock: true)
-            fresh.append(b)
-            return b
-        }
-        var metaCount: UInt64 = 0
+        let blockMap = m.hasExtents ? nil : try blockMapNodes(list)
+        let need = blockMap?.count ?? extentTreeNodeCount(list.count)
+        var blocks = Array(oldMeta.prefix(need))
+        let surplus = oldMeta.dropFirst(need)
+        var fresh: [UInt64] = []
         do throws(Ext4Error) {
-            if m.hasExtents {
-                metaCount = try storeExtentTree(&m, list, newBlock, reused)
-            } else {
-                metaCount = try storeBlockMap(&m, list, newBlock, reused)
+            while blocks.count < need {
+                let (b, n) = try allocBlocks(goal: fresh.last.map { $0 + 1 } ?? goal, count: need - blocks.count, mapBlock: true)
+                for i in 0..<UInt64(n) { fresh.append(b + i); blocks.append(b + i) }
             }
         } catch {
             for b in fresh { try? freeBlocks(b, 1) }
             throw error
         }
-        for b in pool { try freeBlocks(b, 1) }
+        var next = 0
+        func newBlock() throws(Ext4Error) -> UInt64 {
+            guard next < blocks.count else { throw .io(EIO) }  // counted above; never short
+            next += 1
+            return blocks[next - 1]
+        }
+        var metaCount: UInt64 = 0
+        do throws(Ext4Error) {
+            if let nodes = blockMap {
+                metaCount = try storeBlockMap(&m, list, nodes, newBlock, reused)
+            } else {
+                metaCount = try storeExtentTree(&m, list, newBlock, reused)
+            }
+        } catch {
+            for b in fresh { try? freeBlocks(b, 1) }
+            throw error
+        }
+        for b in surplus { try freeBlocks(b, 1) }
         var data: UInt64 = 0
         for x in list { data += x.length }
         let xb: UInt64 = m.fileACL(sb.is64) != 0 ? 1 : 0
         try setBlocks(&m, fsBlocks: data + metaCount + xb)
+    }
+
+    /// Blocks an extent tree of `entries` leaf entries needs below its root.
+    func extentTreeNodeCount(_ entries: Int) -> Int {
+        let per = ExtentHeader.capacity(nodeBytes: blockSize)
+        var n = entries, total = 0
+        while n > ExtentHeader.rootCapacity {
+            n = (n + per - 1) / per
+            total += n
+        }
+        return total
     }
 
     /// Write one block of a file's map. A block this map already owned (`reused`)
@@ -203,20 +232,19 @@ extension Ext4FileSystem {
 
     private struct NodeKey: Hashable { let level: Int; let base: UInt64 }
 
-    private func storeBlockMap(_ m: inout MInode, _ list: [Extent], _ newBlock: () throws(Ext4Error) -> UInt64,
-                               _ reused: Set<UInt64>) throws(Ext4Error) -> UInt64 {
+    /// The indirect blocks of a block map of `list`, by level and first
+    /// logical block, with the entries each holds for level 1.
+    private func blockMapNodes(_ list: [Extent]) throws(Ext4Error) -> [NodeKey: [UInt32]] {
         let p = UInt64(blockSize / 4)
-        var direct = [UInt32](repeating: 0, count: 12)
         var nodes: [NodeKey: [UInt32]] = [:]
-        let tops: [(Int, UInt64, UInt64)] = [(1, 12, p), (2, 12 + p, p * p), (3, 12 + p + p * p, p * p * p)]
         for x in list {
             guard !x.unwritten else { throw .unsupported("unwritten extents in a block-mapped file") }
             guard x.physical + x.length <= (1 << 32) else { throw .noSpace }
             for k in 0..<x.length {
                 let l = x.logical + k
                 let phys = UInt32(x.physical + k)
-                if l < 12 { direct[Int(l)] = phys; continue }
-                guard let top = tops.first(where: { l >= $0.1 && l < $0.1 + $0.2 }) else { throw .fileTooBig }
+                if l < 12 { continue }
+                guard let top = blockMapTops.first(where: { l >= $0.1 && l < $0.1 + $0.2 }) else { throw .fileTooBig }
                 var level = top.0, base = top.1, span = top.2
                 while true {
                     let childSpan = span / p
@@ -231,6 +259,23 @@ extension Ext4FileSystem {
                     level -= 1
                 }
             }
+        }
+        return nodes
+    }
+
+    /// (level, first logical block, blocks covered) of the single, double and triple indirect trees.
+    private var blockMapTops: [(Int, UInt64, UInt64)] {
+        let p = UInt64(blockSize / 4)
+        return [(1, 12, p), (2, 12 + p, p * p), (3, 12 + p + p * p, p * p * p)]
+    }
+
+    private func storeBlockMap(_ m: inout MInode, _ list: [Extent], _ nodes: [NodeKey: [UInt32]],
+                               _ newBlock: () throws(Ext4Error) -> UInt64, _ reused: Set<UInt64>) throws(Ext4Error) -> UInt64 {
+        let p = UInt64(blockSize / 4)
+        let tops = blockMapTops
+        var direct = [UInt32](repeating: 0, count: 12)
+        for x in list where x.logical < 12 {
+            for k in 0..<min(x.length, 12 - x.logical) { direct[Int(x.logical + k)] = UInt32(truncatingIfNeeded: x.physical + k) }
         }
         var meta: UInt64 = 0
         var blockOf: [NodeKey: UInt64] = [:]
