@@ -182,21 +182,35 @@ extension Ext4FileSystem {
         return out
     }
 
+    /// What a WRITE did: bytes written, and whether it cleared set-ID bits
+    /// (the caller's cached mode is then stale).
+    public struct WriteOutcome: Sendable, Equatable {
+        public let count: Int
+        public let clearedSetID: Bool
+    }
+
     /// WRITE as one operation: the data, the size, the times and, with
     /// `killSuidgid` (a writer without CAP_FSETID), the set-ID bits it clears.
     public func write(_ ino: UInt32, offset: UInt64, data: UnsafeRawBufferPointer,
                       killSuidgid: Bool = false) throws(Ext4Error) -> Int {
-        return try withHandle { () throws(Ext4Error) -> Int in
+        try writeRequest(ino, offset: offset, data: data, killSuidgid: killSuidgid).count
+    }
+
+    /// `write`, also saying whether set-ID bits were cleared.
+    public func writeRequest(_ ino: UInt32, offset: UInt64, data: UnsafeRawBufferPointer,
+                             killSuidgid: Bool) throws(Ext4Error) -> WriteOutcome {
+        return try withHandle { () throws(Ext4Error) -> WriteOutcome in
             let w = try wstate
-            guard data.count > 0 else { return 0 }
+            guard data.count > 0 else { return WriteOutcome(count: 0, clearedSetID: false) }
             let (end, o) = offset.addingReportingOverflow(UInt64(data.count))
             guard !o, end <= maxFileSize else { throw .fileTooBig }
-            return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> Int in
+            return try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) -> WriteOutcome in
                 var m = try loadInode(ino)
                 try writeLocked(&m, offset: offset, data)
-                if killSuidgid, let k = Ext4FileSystem.suidgidKilled(m.mode) { m.mode = k }
+                var cleared = false
+                if killSuidgid, let k = Ext4FileSystem.suidgidKilled(m.mode) { m.mode = k; cleared = true }
                 try storeInode(m)
-                return data.count
+                return WriteOutcome(count: data.count, clearedSetID: cleared)
             }
         }
     }

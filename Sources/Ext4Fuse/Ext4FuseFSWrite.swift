@@ -135,9 +135,12 @@ extension Ext4FuseFS {
         // leaves clearing the set-ID bits of a writer without CAP_FSETID to us.
         // (It still removes security.capability itself.)
         let kill = a.writeFlags & FuseMiscFlags.writeKillSuidgid != 0
-        return UInt32(clamping: try engine { () throws(Ext4Error) in
-            try fs.write(ino, offset: a.offset, data: data, killSuidgid: kill)
-        })
+        let done = try engine { () throws(Ext4Error) in
+            try fs.writeRequest(ino, offset: a.offset, data: data, killSuidgid: kill)
+        }
+        // The kernel keeps the mode it cached; with the bits gone, drop it.
+        if done.clearedSetID { attributesChanged(c.nodeid) }
+        return UInt32(clamping: done.count)
     }
 
     public func fallocate(_ c: FuseContext, _ a: FuseFallocateIn) throws(FuseError) {
