@@ -95,9 +95,19 @@ struct RequestOpsTests {
         _ = try check("LINK", .link(FuseLinkIn(oldnodeid: f.nodeid), name: n("hard")), node: d.nodeid)
 
         let data = [UInt8](repeating: 0x61, count: 5000)
+        let notesBefore = s.kernel.notifications.count
         _ = try check("WRITE that kills set-ID bits",
                       .write(FuseWriteIn(fh: 0, offset: 0, size: UInt32(data.count), writeFlags: FuseMiscFlags.writeKillSuidgid),
                              data: data), node: f.nodeid)
+        // The kernel's cached mode is stale: its attributes were invalidated, before the reply.
+        let notes = s.kernel.notifications.dropFirst(notesBefore)
+        #expect(notes.count == 1 && notes.first?.code == FuseNotifyCode.invalInode.rawValue
+                && notes.first?.payload == FuseReplyEncoder.invalInode(ino: f.nodeid, offset: -1, length: 0),
+                "\(notes.map { ($0.code, $0.payload.count) })")
+        _ = try check("WRITE that kills nothing more",
+                      .write(FuseWriteIn(fh: 0, offset: 0, size: UInt32(data.count), writeFlags: FuseMiscFlags.writeKillSuidgid),
+                             data: data), node: f.nodeid)
+        #expect(s.kernel.notifications.count == notesBefore + 1, "a WRITE that cleared nothing invalidated attributes")
         #expect(try FuseAttrOut.decode(try s.kernel.call(.getattr(FuseGetattrIn()), node: f.nodeid).payload).attr.mode == 0o100775)
         let chmod = try check("SETATTR chmod (access ACL in step)", .setattr(FuseSetattrIn(valid: 1 << 0, mode: 0o6750)),
                               node: f.nodeid)

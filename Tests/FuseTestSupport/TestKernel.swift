@@ -14,6 +14,9 @@ public final class TestKernel: @unchecked Sendable {
     private let done = DispatchSemaphore(value: 0)
     public private(set) var runError: (any Error)?
     private var unique: UInt64 = 0
+    /// Notifications (unique 0) the server sent while a call waited for its
+    /// reply: (code, payload), oldest first.
+    public private(set) var notifications: [(code: Int32, payload: [UInt8])] = []
 
     public init(fs: any FuseFileSystem, workers: Int = 3, logLevel: Logger.Level = .warning) throws {
         var sv: [Int32] = [-1, -1]
@@ -51,10 +54,17 @@ public final class TestKernel: @unchecked Sendable {
         unique += 2
         let u = unique
         sendRaw(FuseRequestEncoder.encode(FuseRequestHeader(opcodeRaw: 0, unique: u, nodeid: node), req))
-        guard let r = receive() else { throw FuseError(ETIMEDOUT) }
-        let h = try FuseOutHeader.decode(Array(r.prefix(16)))
-        guard h.unique == u, Int(h.len) == r.count else { throw FuseError(EPROTO) }
-        return (h.error, Array(r.dropFirst(16)))
+        while true {
+            guard let r = receive() else { throw FuseError(ETIMEDOUT) }
+            let h = try FuseOutHeader.decode(Array(r.prefix(16)))
+            guard Int(h.len) == r.count else { throw FuseError(EPROTO) }
+            if h.unique == 0 {
+                notifications.append((h.error, Array(r.dropFirst(16))))
+                continue
+            }
+            guard h.unique == u else { throw FuseError(EPROTO) }
+            return (h.error, Array(r.dropFirst(16)))
+        }
     }
 
     public func initialize(minor: UInt32 = 45, flags: FuseInitFlags) throws -> FuseInitOut {
