@@ -53,6 +53,14 @@ int cshim_fsopen(const char *fsname, unsigned int flags) {
 int cshim_fsconfig(int fd, unsigned int cmd, const char *key, const void *value, int aux) {
     return ret_or_errno(syscall(SYS_fsconfig, fd, cmd, key, value, aux));
 }
+int cshim_mount_setattr(int dfd, const char *path, unsigned int flags, unsigned long long attr_set,
+                        unsigned long long attr_clr) {
+    struct { unsigned long long attr_set, attr_clr, propagation, userns_fd; } a = { attr_set, attr_clr, 0, 0 };
+    return ret_or_errno(syscall(SYS_mount_setattr, dfd, path, flags, &a, sizeof a));
+}
+int cshim_fspick(int dfd, const char *path, unsigned int flags) {
+    return ret_or_errno(syscall(SYS_fspick, dfd, path, flags));
+}
 int cshim_fsmount(int fd, unsigned int flags, unsigned int attr_flags) {
     return ret_or_errno(syscall(SYS_fsmount, fd, flags, attr_flags));
 }

@@ -125,6 +125,18 @@ if let ns = cmd.namespace { enterNamespace(ns) }
 let source = absolute(src)
 let mountpoint = absolute(dir)
 var opts = cmd.options ?? ""
+if Remount.requested(opts) {
+    // mount -o remount[,ro|rw] DIR: no server, no source; only ro/rw change.
+    if cmd.readOnly && !MountOptions.tokens(opts).contains("ro") { opts += ",ro" }
+    if cmd.fake { exit(0) }
+    do {
+        let did = try Remount.run(mountpoint: mountpoint, subtype: sub, options: opts)
+        if cmd.verbose { eprint("fuservicemount: \(did)\n") }
+        exit(0)
+    } catch {
+        fail(Exit.mountFailure, "cannot remount \(mountpoint): \(error)")
+    }
+}
 if cmd.readOnly && !MountOptions.tokens(opts).contains("ro") { opts = opts.isEmpty ? "ro" : opts + ",ro" }
 let config = HelperConfiguration(subtype: sub, source: source, mountpoint: mountpoint, options: opts,
                                  readOnly: cmd.readOnly, noMtab: cmd.noMtab, fake: cmd.fake,

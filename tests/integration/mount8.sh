@@ -167,11 +167,33 @@ check "the loop device is writable (RO=$(losetup -n -O RO "$LOOP" | tr -d ' '))"
 SPID=$(server_of "$LOOP")
 echo "written through mount(8)" > "$MNT/dir/new.txt"
 check "write and read back" [ "$(cat "$MNT/dir/new.txt")" = "written through mount(8)" ]
+# -- remount: ro and back to rw, through the helper (mount -t given, as fstests
+# does) and through libmount alone (no type); the same server keeps serving
+if mount -t fuse.ext4 -o remount,ro "$IMG" "$MNT" 2>"$work/remount.err"; then pass "mount -t fuse.ext4 -o remount,ro IMG DIR"
+else cat "$work/remount.err"; fail "mount -t fuse.ext4 -o remount,ro IMG DIR"; fi
+opts=$(findmnt -n -o OPTIONS --mountpoint "$MNT")
+check "findmnt after remount,ro: ro ($opts)" [ "${opts%%,*}" = ro ]
+check "the same server still serves it" [ "$(server_of "$LOOP")" = "$SPID" ]
+check "remount,ro: a write is refused" bash -c "! touch '$MNT/dir/after-ro' 2>/dev/null"
+check "remount,ro: reads work" [ "$(cat "$MNT/dir/new.txt")" = "written through mount(8)" ]
+if mount -t fuse.ext4 -o remount,rw,noexec "$IMG" "$MNT" 2>"$work/remount.err"; then pass "mount -t fuse.ext4 -o remount,rw,noexec"
+else cat "$work/remount.err"; fail "mount -t fuse.ext4 -o remount,rw,noexec"; fi
+opts=$(findmnt -n -o OPTIONS --mountpoint "$MNT")
+check "findmnt after remount,rw,noexec: rw and noexec, still nosuid,nodev ($opts)" \
+  bash -c "[ '${opts%%,*}' = rw ] && [[ ',$opts,' == *,noexec,* ]] && [[ ',$opts,' == *,nosuid,nodev,* ]]"
+if mount -o remount,ro "$MNT" 2>"$work/remount.err" && mount -o remount,rw "$MNT" 2>>"$work/remount.err"; then pass "mount -o remount,ro then rw DIR (libmount alone)"
+else cat "$work/remount.err"; fail "mount -o remount,ro then rw DIR"; fi
+check "the same server still serves it" [ "$(server_of "$LOOP")" = "$SPID" ]
+opts=$(findmnt -n -o OPTIONS --mountpoint "$MNT")
+check "findmnt after remount,rw: rw ($opts)" [ "${opts%%,*}" = rw ]
+echo "after remount" > "$MNT/dir/after-rw.txt"
+check "remount,rw: writes work again" [ "$(cat "$MNT/dir/after-rw.txt")" = "after remount" ]
 if umount "$MNT" 2>"$work/umount.err"; then pass "umount DIR (read-write)"; else cat "$work/umount.err"; fail "umount DIR (read-write)"; fi
 for _ in $(seq 100); do [ -n "$SPID" ] && [ -d /proc/$SPID ] || break; sleep 0.1; done
 for _ in $(seq 50); do [ -z "$(losetup -j "$IMG" -O NAME -n)" ] && break; sleep 0.1; done
 check "e2fsck -fn clean after the read-write mount" e2fsck -fn "$IMG"
 check "the file is on disk (debugfs)" grep -q "written through mount(8)" <(debugfs -R "cat /dir/new.txt" "$IMG" 2>/dev/null)
+check "the file written after remount,rw is on disk" grep -q "after remount" <(debugfs -R "cat /dir/after-rw.txt" "$IMG" 2>/dev/null)
 # A missing source is a mount failure (32), as mount(8) reports it.
 refused "missing source" "32" "$work/missing.img" -t fuse.ext4 -o ro "$work/missing.img" "$MNT"
 sleep 0.5

@@ -50,6 +50,9 @@ int cshim_memfd_create(const char *name, unsigned int flags);
 int cshim_fsopen(const char *fsname, unsigned int flags);
 int cshim_fsconfig(int fd, unsigned int cmd, const char *key, const void *value, int aux);
 int cshim_fsmount(int fd, unsigned int flags, unsigned int attr_flags);
+int cshim_fspick(int dfd, const char *path, unsigned int flags);
+int cshim_mount_setattr(int dfd, const char *path, unsigned int flags, unsigned long long attr_set,
+                        unsigned long long attr_clr);
 int cshim_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags);
 pid_t cshim_gettid(void);
 /// Name the calling thread (PR_SET_NAME, 15 bytes max).
