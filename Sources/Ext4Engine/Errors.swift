@@ -27,6 +27,8 @@ public enum Ext4Error: Error, Equatable, Sendable {
     case wouldBlock
     /// SEEK_DATA / SEEK_HOLE: no such offset at or past the one asked for.
     case noSuchOffset
+    /// A file handle names an inode that no longer exists (or never did).
+    case stale
 
     public var errno: Int32 {
         switch self {
@@ -52,6 +54,7 @@ public enum Ext4Error: Error, Equatable, Sendable {
         case .crossDevice: return EXDEV
         case .wouldBlock: return EAGAIN
         case .noSuchOffset: return ENXIO
+        case .stale: return ESTALE
         }
     }
 }

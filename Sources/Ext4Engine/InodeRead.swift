@@ -26,6 +26,25 @@ extension Ext4FileSystem {
         }
     }
 
+    /// The inode a file handle names (name_to_handle_at / open_by_handle_at,
+    /// which reach us as a lookup of "." on the handle's inode number). As
+    /// the kernel's ext4 answers handles: ESTALE for a number outside the
+    /// inode table or reserved, for a free inode, and for one without a name
+    /// left (links 0, even while still open). The caller compares the
+    /// generation.
+    public func inodeForHandle(_ ino: UInt32) throws(Ext4Error) -> Inode {
+        guard ino == Ext4FileSystem.rootIno || (ino >= sb.firstIno && ino <= sb.inodesCount) else { throw .stale }
+        return try withReadLock(ino) { () throws(Ext4Error) -> Inode in
+            let r: RawInode
+            do throws(Ext4Error) { r = try rawInode(ino, checkLive: false) } catch {
+                if case .corrupted = error { throw .stale }  // a free slot holds anything
+                throw error
+            }
+            guard r.pub.links > 0, r.pub.mode & 0xF000 != 0 else { throw .stale }
+            return r.pub
+        }
+    }
+
     public func inodeFlags(_ ino: UInt32) throws(Ext4Error) -> UInt32 {
         try withReadLock(ino) { () throws(Ext4Error) -> UInt32 in
             try rawInode(ino).flags & InodeFlag.userVisible

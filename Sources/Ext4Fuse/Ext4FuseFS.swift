@@ -128,6 +128,13 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
     // MARK: read side
 
     public func lookup(_ c: FuseContext, parent: UInt64, name: FuseName) throws(FuseError) -> FuseEntryOut {
+        if name == [0x2E] {
+            // FUSE_EXPORT_SUPPORT: to turn a file handle back into a dentry
+            // the kernel looks "." up on the handle's node, file or directory
+            // (and compares the generation itself).
+            guard parent <= UInt64(UInt32.max), let ino = try? Self.ino(parent) else { throw .stale }
+            return referenced(try engine { () throws(Ext4Error) in try fs.inodeForHandle(ino) })
+        }
         let dir = try Self.ino(parent)
         let i: Inode
         do { i = try fs.lookupInode(dir: dir, name: name) } catch {

@@ -13,6 +13,7 @@ public struct FuseError: Error, Equatable, Sendable, CustomStringConvertible {
     public static let noent = FuseError(ENOENT)
     public static let io = FuseError(EIO)
     public static let badf = FuseError(EBADF)
+    public static let stale = FuseError(ESTALE)
     public static let access = FuseError(EACCES)
     public static let exist = FuseError(EEXIST)
     public static let notdir = FuseError(ENOTDIR)
