@@ -1,7 +1,8 @@
 /// File contents, inline data and symlink targets.
 extension Ext4FileSystem {
     public func read(_ ino: UInt32, offset: UInt64, count: Int) throws(Ext4Error) -> [UInt8] {
-        try withReadLock(ino) { () throws(Ext4Error) -> [UInt8] in
+        try checkAlive()
+        return try withReadLock(ino) { () throws(Ext4Error) -> [UInt8] in
             guard count >= 0 else { throw .invalid("negative count") }
             let ri = try rawInode(ino)
             if ri.isDir { throw .isDirectory }
@@ -56,7 +57,8 @@ extension Ext4FileSystem {
     }
 
     public func readlink(_ ino: UInt32) throws(Ext4Error) -> [UInt8] {
-        try withReadLock(ino) { () throws(Ext4Error) -> [UInt8] in
+        try checkAlive()
+        return try withReadLock(ino) { () throws(Ext4Error) -> [UInt8] in
             let ri = try rawInode(ino)
             guard ri.pub.fileType == .symlink else { throw .notSymlink }
             let size = ri.pub.size

@@ -31,6 +31,8 @@ public final class Ext4FileSystem: @unchecked Sendable {
     let inodesPerBlock: Int
     /// Mutable state of a read-write mount (nil when read-only).
     let w: WriteState?
+    /// FS_IOC_SHUTDOWN happened: every operation fails (JournalCommit.swift).
+    let shutDown = Atomic<Bool>(false)
 
     public let blockSize: Int
     public let readOnly: Bool

@@ -369,6 +369,7 @@ extension Ext4FileSystem {
     /// anything (one handle); the others read. Returns the inode.
     public func open(_ ino: UInt32, forWriting: Bool, appending: Bool, truncate: Bool,
                      killSuidgid: Bool = false) throws(Ext4Error) -> Inode {
+        try checkAlive()
         guard truncate else {
             return try withReadLock(ino) { () throws(Ext4Error) -> Inode in
                 let i = try rawInode(ino).pub

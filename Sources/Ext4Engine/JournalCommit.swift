@@ -1,5 +1,6 @@
 import CShim
 import Foundation
+import Synchronization
 import Glibc
 
 /// The journal's log as the commit path sees it: where the next transaction
@@ -199,6 +200,32 @@ extension Ext4FileSystem {
             clog.logger.critical("ext4 journal aborted after a device error (\(e)); the file system is read-only from now on, changes not yet committed are lost")
         }
         meta.txn.abort(e)
+    }
+
+    // ---- shutdown ------------------------------------------------------------------------
+
+    /// FS_IOC_SHUTDOWN: stop as a crash would. With `flushLog`, the running
+    /// transaction is committed first (the log flushed); without it, it is
+    /// lost. From then on every operation fails with EIO (`checkAlive`),
+    /// nothing more is written, and unmount leaves the journal as it is, for
+    /// the next mount (ours, the kernel's or e2fsck) to replay.
+    public func shutdown(flushLog: Bool) {
+        guard !shutDown.load(ordering: .acquiring) else { return }
+        if flushLog, w != nil, meta.txn.isAborted == nil { try? commitAll() }
+        shutDown.store(true, ordering: .releasing)
+        clog.logger.warning("ext4: file system shut down\(flushLog ? " after committing the journal" : ""); every operation now fails with EIO, and the next mount replays the journal")
+        if w != nil { meta.txn.abort(.io(EIO)) }
+    }
+
+    /// Whether `shutdown` happened.
+    public var isShutDown: Bool { shutDown.load(ordering: .acquiring) }
+
+    /// Where the kernel's ext4 checks for a shutdown: every change (withHandle),
+    /// open, reads of data, symlinks and xattr values, fsync. Not lookups,
+    /// stat, readdir or listxattr, which it still answers.
+    @inline(__always)
+    func checkAlive() throws(Ext4Error) {
+        if shutDown.load(ordering: .acquiring) { throw .io(EIO) }
     }
 
     /// Log blocks a transaction needs: descriptors, copies, revoke blocks, commit.

@@ -172,6 +172,7 @@ extension Ext4FileSystem {
     /// that frees them is durable). Every operation undoes its own partial
     /// allocations before it throws, so the rerun starts from the same state.
     func withHandle<R>(_ body: () throws(Ext4Error) -> R) throws(Ext4Error) -> R {
+        try checkAlive()
         let w = try wstate
         let tx = meta.txn
         if !tx.inHandle { try throttle(w) }

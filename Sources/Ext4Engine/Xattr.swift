@@ -142,7 +142,8 @@ extension Ext4FileSystem {
     }
 
     public func getxattr(_ ino: UInt32, name: [UInt8]) throws(Ext4Error) -> [UInt8] {
-        try withReadLock(ino) { () throws(Ext4Error) -> [UInt8] in
+        try checkAlive()
+        return try withReadLock(ino) { () throws(Ext4Error) -> [UInt8] in
             let (idx, suffix) = try Ext4FileSystem.splitName(name)
             let ri = try rawInode(ino)
             for e in try allXattrs(ri) where e.index == idx && e.name == suffix {

@@ -276,6 +276,8 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
     static let fsIocFsgetxattr: UInt32 = 0x801c_581f, fsIocFssetxattr: UInt32 = 0x401c_5820
     static let fsIocSetflags: UInt32 = 0x4008_6602, fsIoc32Setflags: UInt32 = 0x4004_6602
     static let fsIocFiemap: UInt32 = 0xC020_660B
+    /// FS_IOC_SHUTDOWN (XFS_IOC_GOINGDOWN), _IOR('X', 125, __u32).
+    static let fsIocShutdown: UInt32 = 0x8004_587D
 
     public func ioctl(_ c: FuseContext, _ a: FuseIoctlIn, input: [UInt8]) throws(FuseError) -> FuseIoctlReply {
         let ino = try Self.ino(c.nodeid)
@@ -300,6 +302,13 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
             let x = try Self.u32(input)
             _ = try engine { () throws(Ext4Error) in try fs.setFsxattrFlags(ino, x, capLinuxImmutable: true) }
             attributesChanged(c.nodeid)
+        case Self.fsIocShutdown:
+            // As ext4, root only (CAP_SYS_ADMIN, which FUSE does not pass on).
+            // The flag (flush the log or not) is the ioctl's input, which FUSE
+            // does not send for an _IOR ioctl; the log is always flushed, so a
+            // shutdown never loses more than a crash after a commit would.
+            guard c.uid == 0 else { throw .perm }
+            fs.shutdown(flushLog: true)
         case Self.fsIocFiemap:
             return FuseIoctlReply(result: 0, output: try fiemap(ino, input, outSize: Int(a.outSize)))
         default:

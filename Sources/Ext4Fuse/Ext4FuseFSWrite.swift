@@ -222,6 +222,10 @@ extension Ext4FuseFS {
     /// session ends. Runs once.
     public func destroy() {
         guard destroyed.withLock({ d -> Bool in let first = !d; d = true; return first }) else { return }
+        if fs.isShutDown {
+            logger.warning("unmounted after a shutdown: the journal is replayed at the next mount")
+            return
+        }
         do {
             if !readOnly { try fs.unmount() }
             logger.info("unmounted cleanly")
