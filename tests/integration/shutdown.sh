@@ -44,12 +44,7 @@ steps() {  # steps DIR: before, shutdown, after; one line per outcome
   done
 }
 
-ours=$(steps "$AM") || fail "scenario on our mount: $ours"
-theirs=$(steps "$BM") || fail "scenario on the kernel's mount: $theirs"
-if [ "$ours" != "$theirs" ]; then
-  diff <(echo "$theirs") <(echo "$ours") | sed 's/^/    /'
-  fail "outcomes differ from the kernel's ext4 (< kernel, > ours)"
-fi
+twin_compare steps
 echo "$ours" | grep -q '^after shutdown: cat Input/output error$' || fail "a read after shutdown did not fail with EIO: $ours"
 python3 "$TOOLS/fstarget.py" umount "$AM" --image "$A" || fail "unmount of ours after shutdown"
 python3 "$TOOLS/fstarget.py" umount "$BM" --image "$B" || fail "unmount of the kernel's after shutdown"

@@ -7,6 +7,8 @@
 #   twin_init NAME              scratch directory, trap, fail() prefixed NAME
 #   twin_mount SIZE [OPTS]      mkfs A, copy it to B, mount ours (OPTS) on AM
 #                               and the kernel's on BM
+#   twin_compare CMD...         run CMD DIR on our mount and on the kernel's; the
+#                               outputs ($ours, $theirs) must be equal
 #   twin_unmount_fsck           unmount both, e2fsck -fn both must be clean
 #   twin_view_ours / twin_view_done
 #                               the kernel mounts our image read-only on AM
@@ -37,6 +39,15 @@ twin_mount() {
       > "$WORK/mount.out" 2>&1 || { cat "$WORK/mount.out"; fail "mounting ours read-write"; }
   python3 "$TOOLS/fstarget.py" mount kernel "$B" "$BM" > "$WORK/kmount.out" 2>&1 \
     || { cat "$WORK/kmount.out"; fail "mounting the kernel's"; }
+}
+
+twin_compare() {
+  ours=$("$@" "$AM") || fail "$* on our mount: $ours"
+  theirs=$("$@" "$BM") || fail "$* on the kernel's mount: $theirs"
+  if [ "$ours" != "$theirs" ]; then
+    diff <(echo "$theirs") <(echo "$ours") | sed 's/^/    /'
+    fail "outcomes differ from the kernel's ext4 (< kernel, > ours)"
+  fi
 }
 
 twin_unmount_fsck() {
