@@ -362,13 +362,22 @@ extension Ext4FileSystem {
         throw corrupt("directory loop above inode \(dir)")
     }
 
-    public func rename(parent: UInt32, name: [UInt8], newParent: UInt32, newName: [UInt8], flags: UInt32) throws(Ext4Error) {
+    /// renameat2 flags.
+    public static let renameNoReplace: UInt32 = 1, renameExchange: UInt32 = 2, renameWhiteout: UInt32 = 4
+
+    /// RENAME as one operation. With RENAME_WHITEOUT the old name is left
+    /// pointing at a new whiteout (a character device 0:0, owned by `owner`,
+    /// the caller), made before anything else changes, as ext4 does.
+    public func rename(parent: UInt32, name: [UInt8], newParent: UInt32, newName: [UInt8], flags: UInt32,
+                       owner: (uid: UInt32, gid: UInt32) = (0, 0)) throws(Ext4Error) {
         try withHandle { () throws(Ext4Error) -> Void in
             let w = try wstate
             try checkName(name); try checkName(newName)
-            guard flags & ~3 == 0, flags != 3 else { throw .invalid("rename flags") }
+            let exchange = flags & Self.renameExchange != 0, noReplace = flags & Self.renameNoReplace != 0
+            let whiteout = flags & Self.renameWhiteout != 0
+            guard flags & ~(Self.renameNoReplace | Self.renameExchange | Self.renameWhiteout) == 0,
+                  !(exchange && (noReplace || whiteout)) else { throw .invalid("rename flags") }
             if Ext4FileSystem.isDots(name) || Ext4FileSystem.isDots(newName) { throw .busy }
-            let exchange = flags & 2 != 0, noReplace = flags & 1 != 0
             try w.renameLock.with { () throws(Ext4Error) in
                 for _ in 0..<100 {
                     let src = try lookup(dir: parent, name: name)
@@ -388,7 +397,8 @@ extension Ext4FileSystem {
                         guard (try? lookup(dir: parent, name: name)) == src,
                               (try? lookup(dir: newParent, name: newName)) == dst else { return false }
                         try renameLocked(parent: parent, name: name, newParent: newParent, newName: newName,
-                                         src: src, dst: dst, exchange: exchange, noReplace: noReplace)
+                                         src: src, dst: dst, exchange: exchange, noReplace: noReplace,
+                                         whiteout: whiteout ? owner : nil)
                         return true
                     }
                     if done { return }
@@ -399,7 +409,8 @@ extension Ext4FileSystem {
     }
 
     private func renameLocked(parent: UInt32, name: [UInt8], newParent: UInt32, newName: [UInt8],
-                              src: UInt32, dst: UInt32?, exchange: Bool, noReplace: Bool) throws(Ext4Error) {
+                              src: UInt32, dst: UInt32?, exchange: Bool, noReplace: Bool,
+                              whiteout: (uid: UInt32, gid: UInt32)? = nil) throws(Ext4Error) {
         if exchange && dst == nil { throw .notFound }
         if noReplace && dst != nil { throw .exists }
         if let dst, dst == src { return }
@@ -427,6 +438,34 @@ extension Ext4FileSystem {
             if npm.links >= linkMax - 1 && npm.links != 1 && !sb.has(roCompat: RoCompat.dirNlink) { throw .tooManyLinks }
         }
         let now = nowSpec()
+        // The whiteout first: without room for it, nothing has changed yet.
+        var wo: MInode? = nil
+        if let owner = whiteout {
+            wo = try makeInode(parent: parent, mode: Ext4FileSystem.whiteoutMode, uid: owner.uid, gid: owner.gid,
+                               rdev: (0, 0), symlink: nil, links: 1, now: now)
+        }
+        do throws(Ext4Error) {
+            try renameSteps(parent: parent, name: name, newParent: newParent, newName: newName, src: src, dst: dst,
+                            exchange: exchange, now: now, whiteout: wo, ms: &ms)
+        } catch {
+            if var m = wo { try? destroyInode(&m) }
+            throw error
+        }
+    }
+
+    /// A whiteout: a character device 0:0 with no permission bits (as the VFS makes it).
+    static let whiteoutMode: UInt16 = 0x2000
+
+    private func renameSteps(parent: UInt32, name: [UInt8], newParent: UInt32, newName: [UInt8], src: UInt32, dst: UInt32?,
+                             exchange: Bool, now: Timespec, whiteout wo: MInode?, ms: inout [UInt32: MInode]) throws(Ext4Error) {
+        func get(_ i: UInt32) throws(Ext4Error) -> MInode {
+            if let m = ms[i] { return m }
+            let m = try loadInode(i)
+            ms[i] = m
+            return m
+        }
+        let sm = try get(src)
+        let dm: MInode? = try dst.map { (d) throws(Ext4Error) -> MInode in try get(d) }
         func mod(_ i: UInt32, _ f: (inout MInode) throws(Ext4Error) -> Void) throws(Ext4Error) {
             var m = try get(i)
             try f(&m)
@@ -454,7 +493,11 @@ extension Ext4FileSystem {
             } else {
                 try mod(newParent) { (m) throws(Ext4Error) in try dirAdd(&m, name: newName, ino: src, ftype: ftypeCode(sm.mode)) }
             }
-            try mod(parent) { (m) throws(Ext4Error) in _ = try dirRemove(&m, name: name) }
+            if let wo {
+                try mod(parent) { (m) throws(Ext4Error) in try dirRetarget(&m, name: name, ino: wo.ino, ftype: ftypeCode(wo.mode)) }
+            } else {
+                try mod(parent) { (m) throws(Ext4Error) in _ = try dirRemove(&m, name: name) }
+            }
             if sm.isDir && parent != newParent {
                 try mod(src) { (m) throws(Ext4Error) in try dirRetarget(&m, name: [0x2E, 0x2E], ino: newParent, ftype: 2) }
                 try mod(parent) { (m) throws(Ext4Error) in dirDecLinks(&m) }

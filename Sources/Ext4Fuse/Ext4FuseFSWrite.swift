@@ -94,12 +94,12 @@ extension Ext4FuseFS {
 
     public func rename(_ c: FuseContext, name: FuseName, newParent: UInt64, newName: FuseName, flags: UInt32) throws(FuseError) {
         try writable()
-        guard flags & ~(FuseMiscFlags.renameNoreplace | FuseMiscFlags.renameExchange) == 0,
-              flags != FuseMiscFlags.renameNoreplace | FuseMiscFlags.renameExchange
+        guard flags & ~(FuseMiscFlags.renameNoreplace | FuseMiscFlags.renameExchange | FuseMiscFlags.renameWhiteout) == 0
         else { throw .inval }
         let from = try Self.ino(c.nodeid), to = try Self.ino(newParent)
+        // A whiteout belongs to the caller, as the VFS makes it.
         try engine { () throws(Ext4Error) in
-            try fs.rename(parent: from, name: name, newParent: to, newName: newName, flags: flags)
+            try fs.rename(parent: from, name: name, newParent: to, newName: newName, flags: flags, owner: (c.uid, c.gid))
         }
     }
 

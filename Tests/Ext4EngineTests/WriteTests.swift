@@ -335,6 +335,39 @@ struct WriteTests {
         #expect(try debugfsCat(img, "/again") == pattern(100_000, seed: 1))
     }
 
+    /// RENAME_WHITEOUT: the old name points at a new character device 0:0
+    /// owned by the caller, the file is at the new name, a replaced target is
+    /// gone; with EXCHANGE it is refused; e2fsck is clean (fstests generic/078).
+    @Test(arguments: [writeVariants[0], writeVariants[4]])
+    func renameWhiteout(_ v: WVariant) throws {
+        let tmp = try TempDir()
+        let img = try makeImage(tmp, v)
+        let fs = try openRW(img)
+        let f = try fs.mknod(parent: root, name: b("f"), fileMode)
+        try fs.put(f.ino, 0, b("data"))
+        let victim = try fs.mknod(parent: root, name: b("victim"), fileMode)
+        let d = try fs.mkdir(parent: root, name: b("d"), dirMode)
+        try fs.rename(parent: root, name: b("f"), newParent: d.ino, newName: b("g"), flags: 4, owner: (1000, 1001))
+        let w = try fs.inode(try fs.lookup(dir: root, name: b("f")))
+        #expect(w.fileType == .charDevice && w.rdev == (0, 0) && w.mode == 0x2000 && w.uid == 1000 && w.gid == 1001 && w.links == 1)
+        #expect(try fs.lookup(dir: d.ino, name: b("g")) == f.ino)
+        // Over an existing name, with NOREPLACE refused first.
+        _ = try fs.mknod(parent: root, name: b("h"), fileMode)
+        #expect(throws: Ext4Error.exists) {
+            try fs.rename(parent: root, name: b("h"), newParent: root, newName: b("victim"), flags: 5)
+        }
+        try fs.rename(parent: root, name: b("h"), newParent: root, newName: b("victim"), flags: 4)
+        #expect(try fs.inode(try fs.lookup(dir: root, name: b("h"))).fileType == .charDevice)
+        #expect(throws: Ext4Error.invalid("rename flags")) {
+            try fs.rename(parent: d.ino, name: b("g"), newParent: root, newName: b("victim"), flags: 6)
+        }
+        _ = victim
+        try fs.unmount()
+        try fsckClean(img, v.name)
+        #expect(try debugfs(img, "stat /f").contains("Type: character special"))
+        #expect(try debugfsCat(img, "/d/g") == b("data"))
+    }
+
     /// On a file system full up to its reserved pool, punching holes and
     /// writing into preallocated space still work: the extent blocks their
     /// splits need may come from the reserve, as in the kernel's ext4
