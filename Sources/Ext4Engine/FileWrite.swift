@@ -427,14 +427,21 @@ extension Ext4FileSystem {
     /// FALLOCATE as one operation. `mapOnly`: the caller zeroes partial
     /// blocks itself (iomap), so PUNCH_HOLE and ZERO_RANGE change whole
     /// blocks of the map only (`fallocateMapped`).
+    /// FALLOCATE as one operation. With `killSuidgid` (a caller without
+    /// CAP_FSETID) it clears the set-ID bits, as ext4 does for every
+    /// fallocate mode; returns whether it did.
+    @discardableResult
     public func fallocate(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64,
-                          mapOnly: Bool = false) throws(Ext4Error) {
-        if mapOnly { return try fallocateMapped(ino, mode: mode, offset: offset, length: length) }
-        try withHandle { () throws(Ext4Error) -> Void in
+                          mapOnly: Bool = false, killSuidgid: Bool = false) throws(Ext4Error) -> Bool {
+        if mapOnly { try fallocateMapped(ino, mode: mode, offset: offset, length: length); return false }
+        return try withHandle { () throws(Ext4Error) -> Bool in
             let w = try wstate
             let (end, keepSize, punch, zero) = try checkFallocate(mode: mode, offset: offset, length: length)
+            var cleared = false
             try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
                 var m = try loadForFallocate(ino, mode: mode)
+                // Every way out below stores `m`.
+                if killSuidgid, let k = Ext4FileSystem.suidgidKilled(m.mode) { m.mode = k; cleared = true }
                 if m.hasInline { try convertInlineFile(&m) }
                 // Block maps cannot describe unwritten blocks: like the kernel, only
                 // PUNCH_HOLE works on them.
@@ -495,6 +502,7 @@ extension Ext4FileSystem {
                 m.bumpVersion()
                 try storeInode(m)
             }
+            return cleared
         }
     }
 }

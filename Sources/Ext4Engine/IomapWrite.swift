@@ -244,14 +244,15 @@ extension Ext4FileSystem {
     /// engine's `fallocate`, which touches no data.
     func fallocateMapped(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64) throws(Ext4Error) {
         try withHandle { () throws(Ext4Error) -> Void in
-            guard mode & 0x12 != 0 else { return try fallocate(ino, mode: mode, offset: offset, length: length) }
+            guard mode & 0x12 != 0 else { try fallocate(ino, mode: mode, offset: offset, length: length); return }
             let w = try wstate
             let (end, keepSize, punch, zero) = try checkFallocate(mode: mode, offset: offset, length: length)
             try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
                 var m = try loadForFallocate(ino, mode: mode)
                 if m.hasInline {
                     // Not an iomap file: the classic fallocate converts and zeroes.
-                    return try fallocate(ino, mode: mode, offset: offset, length: length)
+                    try fallocate(ino, mode: mode, offset: offset, length: length)
+                    return
                 }
                 guard m.hasExtents || punch else { throw .unsupported("fallocate mode \(mode) on a block-mapped file") }
                 let bs = UInt64(blockSize)

@@ -149,9 +149,13 @@ extension Ext4FuseFS {
         // An iomap inode: whole blocks only, the kernel zeroes the partial
         // edges through its page cache.
         let mapOnly = kernelDoesIO(ino)
-        try engine { () throws(Ext4Error) in
-            try fs.fallocate(ino, mode: a.mode, offset: a.offset, length: a.length, mapOnly: mapOnly)
+        // FUSE_FALLOCATE carries no kill flag; as for the kernel's ext4, a
+        // caller without CAP_FSETID (here: not root) loses the set-ID bits.
+        let cleared = try engine { () throws(Ext4Error) in
+            try fs.fallocate(ino, mode: a.mode, offset: a.offset, length: a.length, mapOnly: mapOnly,
+                             killSuidgid: c.uid != 0)
         }
+        if cleared { attributesChanged(c.nodeid) }
     }
 
     public func copyFileRange(_ c: FuseContext, _ a: FuseCopyFileRangeIn) throws(FuseError) -> UInt64 {

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Set-user-ID and set-group-ID clearing, with the kernel's ext4 as the oracle.
+# Set-user-ID and set-group-ID clearing, with the kernel's ext4 as the oracle
+# (write, direct write, truncate, O_TRUNC, chown, fallocate, punch, zero range,
+# ACLs).
 # The server negotiates FUSE_HANDLE_KILLPRIV_V2 on the classic path, so it, not
 # the kernel, clears the bits on write (FUSE_WRITE_KILL_SUIDGID), truncate and
 # chown (FATTR_KILL_SUIDGID) and open(O_TRUNC) (FUSE_OPEN_KILL_SUIDGID), and
@@ -19,7 +21,7 @@ TOOLS="$repo/tests/tools"
 
 skip() { echo "$1"; exit 77; }
 [ "$(id -u)" -eq 0 ] || skip "killpriv: needs root (loop and FUSE mounts)"
-for c in python3 mkfs.ext4 e2fsck mount setpriv truncate setfacl; do
+for c in python3 mkfs.ext4 e2fsck mount setpriv truncate setfacl xfs_io; do
   command -v "$c" >/dev/null || skip "killpriv: $c not installed"
 done
 getent passwd nobody >/dev/null || skip "killpriv: no user nobody"
@@ -32,7 +34,7 @@ twin_init killpriv
 steps() {  # steps DIR: the scenario; prints one line per file
   local d=$1/s
   mkdir "$d" && chmod 777 "$d" || return 1
-  for f in append trunc otrunc chown rootw direct overwrite; do
+  for f in append trunc otrunc chown rootw direct overwrite falloc fpunch fzero; do
     : > "$d/$f"; echo seed > "$d/$f"
     chown nobody:"$grp" "$d/$f"; chmod 6775 "$d/$f"
   done
@@ -46,7 +48,8 @@ steps() {  # steps DIR: the scenario; prints one line per file
     stat -c %a '$d/direct' '$d/overwrite' >/dev/null  # the kernel caches the mode (fstests generic/355)
     dd if=/dev/zero of='$d/direct' bs=4096 count=1 oflag=direct conv=notrunc status=none
     printf x | dd of='$d/overwrite' conv=notrunc status=none
-    stat -c '%n %a' '$d/direct' '$d/overwrite' > '$d/.seen-by-writer'
+    xfs_io -c 'falloc 0 8192' '$d/falloc'; xfs_io -c 'fpunch 0 1' '$d/fpunch'; xfs_io -c 'fzero 0 1' '$d/fzero'
+    stat -c '%n %a' '$d/direct' '$d/overwrite' '$d/falloc' '$d/fpunch' '$d/fzero' > '$d/.seen-by-writer'
     setfacl -m u:nobody:rwx '$d/acl-other' && setfacl -m u:nobody:rwx '$d/acl-own'" || return 1
   chown root "$d/chown"
   echo root >> "$d/rootw"
@@ -60,6 +63,9 @@ twin_compare steps
 echo "$ours" | grep -q '^append 775 ' || fail "append by a non-root writer kept set-ID bits: $ours"
 echo "$ours" | grep -q '^seen direct 775$' || fail "stat right after a direct write that cleared set-ID bits shows the old mode: $ours"
 echo "$ours" | grep -q '^seen overwrite 775$' || fail "stat right after a write that cleared set-ID bits shows the old mode: $ours"
+for f in falloc fpunch fzero; do
+  echo "$ours" | grep -q "^seen $f 775\$" || fail "$f by a non-root owner kept set-ID bits, or stat saw a stale mode (fstests generic/683-685): $ours"
+done
 echo "$ours" | grep -q '^direct 775 ' || fail "a direct write by a non-root writer kept set-ID bits, or stat saw a stale mode: $ours"
 echo "$ours" | grep -q '^overwrite 775 ' || fail "an overwrite by a non-root writer kept set-ID bits, or stat saw a stale mode: $ours"
 echo "$ours" | grep -q '^rootw 6775 ' || fail "root's write cleared set-ID bits: $ours"
