@@ -15,26 +15,46 @@ enum InodeFlag {
     static let append: UInt32 = 0x20
     static let noDump: UInt32 = 0x40
     static let noAtime: UInt32 = 0x80
+    static let noCompress: UInt32 = 0x400
     static let encrypt: UInt32 = 0x800
     static let index: UInt32 = 0x1000
+    static let journalData: UInt32 = 0x4000
+    static let noTail: UInt32 = 0x8000
     static let dirSync: UInt32 = 0x10000
     static let topDir: UInt32 = 0x20000
     static let hugeFile: UInt32 = 0x40000
     static let extents: UInt32 = 0x80000
     static let verity: UInt32 = 0x100000
     static let eaInode: UInt32 = 0x200000
+    static let dax: UInt32 = 0x0200_0000
     static let inlineData: UInt32 = 0x10000000
     static let projectInherit: UInt32 = 0x20000000
     static let casefold: UInt32 = 0x40000000
     /// EXT4_FL_USER_VISIBLE: what FS_IOC_GETFLAGS reports.
-    static let userVisible: UInt32 = 0x705B_DFFF
+    static let userVisible: UInt32 = 0x725B_DFFF
     /// What FS_IOC_SETFLAGS may change here: the plain attribute flags.
+    /// DAX is kept as a flag: no mount of ours maps file data directly.
     /// (The kernel also converts between extents and block maps, journals
-    /// data, sets DAX and project inheritance; we do not.)
+    /// data and sets project inheritance; we do not.)
     static let userSettable: UInt32 = secureDelete | undelete | sync | immutable | append | noDump | noAtime
-        | dirSync | topDir
+        | dirSync | topDir | dax
     /// Setting or clearing these needs CAP_LINUX_IMMUTABLE.
     static let needCapLinuxImmutable: UInt32 = immutable | append
+
+    /// What a new inode takes from its directory (ext4's EXT4_FL_INHERITED),
+    /// narrowed by the new inode's type: a directory takes all of them, a
+    /// regular file all but the directory-only ones (dirsync, topdir,
+    /// casefold, project inheritance), anything else only nodump and noatime.
+    static let inherited: UInt32 = secureDelete | undelete | compressed | sync | noDump | noAtime | noCompress
+        | journalData | noTail | dirSync | projectInherit | casefold | dax
+    static func inherited(from parentFlags: UInt32, mode: UInt16) -> UInt32 {
+        let f = parentFlags & inherited
+        switch mode & 0xF000 {
+        case 0x4000: return f
+        case 0x8000: return f & ~(dirSync | topDir | casefold | projectInherit)
+        default: return f & (noDump | noAtime)
+        }
+    }
 
     /// `Inode.mayOpen` on raw flags.
     static func mayOpen(_ flags: UInt32, forWriting: Bool, appending: Bool) throws(Ext4Error) {
@@ -52,10 +72,12 @@ enum FsxFlag {
     static let noAtime: UInt32 = 0x40
     static let noDump: UInt32 = 0x80
     static let projectInherit: UInt32 = 0x200
+    static let dax: UInt32 = 0x8000
 
     static let pairs: [(iflag: UInt32, xflag: UInt32)] = [
         (InodeFlag.sync, sync), (InodeFlag.immutable, immutable), (InodeFlag.append, append),
         (InodeFlag.noDump, noDump), (InodeFlag.noAtime, noAtime), (InodeFlag.projectInherit, projectInherit),
+        (InodeFlag.dax, dax),
     ]
     /// The i_flags the fsxattr view describes.
     static let described: UInt32 = pairs.reduce(0) { $0 | $1.iflag }
@@ -236,6 +258,11 @@ extension Ext4FileSystem {
         guard fixedNow == fixedReq || (flags & ~settable) == 0 else { throw .unsupported("flags not settable") }
         guard flags & ~InodeFlag.userVisible == 0 else { throw .unsupported("unknown flags") }
         try m.mayChangeFlags(to: flags, capLinuxImmutable: capLinuxImmutable)
+        // No DAX for an inode whose data could never be mapped directly.
+        if flags & ~m.flags & InodeFlag.dax != 0,
+           m.flags & (InodeFlag.inlineData | InodeFlag.verity | InodeFlag.encrypt) != 0 {
+            throw .unsupported("DAX on an inline, verity or encrypted inode")
+        }
         m.flags = (m.flags & ~settable) | (flags & settable)
         m.setTime(.ctime, nowSpec())
         m.bumpVersion()

@@ -55,8 +55,10 @@ extension Ext4FileSystem {
         case 0x8000, 0x4000, 0xA000, 0x2000, 0x6000, 0x1000, 0xC000: break
         default: throw .invalid("bad file type")
         }
+        let parentFlags = try loadInode(parent).flags
         let ino = try allocInode(parent: parent, isDir: isDir)
         var m = newInodeBytes(ino, mode: mode, uid: uid, gid: gid, now: now)
+        m.flags |= InodeFlag.inherited(from: parentFlags, mode: mode)
         m.links = links
         let ext = sb.has(incompat: Incompat.extents)
         do throws(Ext4Error) {

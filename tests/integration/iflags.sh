@@ -14,7 +14,7 @@ TOOLS="$repo/tests/tools"
 
 skip() { echo "$1"; exit 77; }
 [ "$(id -u)" -eq 0 ] || skip "iflags: needs root (loop and FUSE mounts)"
-for c in python3 mkfs.ext4 e2fsck mount chattr lsattr setfattr; do
+for c in python3 mkfs.ext4 e2fsck mount chattr lsattr setfattr xfs_io; do
   command -v "$c" >/dev/null || skip "iflags: $c not installed"
 done
 
@@ -58,6 +58,13 @@ steps() {  # steps DIR
   done
   (cd "$d" && lsattr -d a i adir idir | awk '{print $2, $1}' && stat -c '%n %a %s' a i)
   chattr -a "$d/a" "$d/adir" && chattr -i "$d/i" "$d/idir"
+  # Flags a directory passes on to what is made in it (ext4's inheritance,
+  # narrowed by type), including DAX, which only the fsxattr view sets
+  # (fstests generic/607).
+  mkdir "$d/inh" && chattr +S +d +A +D "$d/inh" && xfs_io -c 'chattr +x' "$d/inh" || return 1
+  touch "$d/inh/file"; mkdir "$d/inh/sub"
+  (cd "$d/inh" && lsattr -d file sub | awk '{print "inherit", $2, $1}')
+  (cd "$d/inh" && for f in file sub; do echo "inherit-fsx $f $(xfs_io -c lsattr "$f" | awk '{print $1}')"; done)
   # chattr changes ctime, and the very next stat sees it (fstests generic/277).
   echo c > "$d/c"
   local before after
