@@ -75,8 +75,6 @@ final class MetadataStore: Sendable {
         cache.fill(n, b, since: since)
     }
 
-    var cachedBlocks: Int { cache.count }
-
     // ---- the running transaction --------------------------------------------------------
 
     /// Keep `b` as the newest contents of block `n`, in the running
