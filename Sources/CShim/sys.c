@@ -58,6 +58,9 @@ int cshim_mount_setattr(int dfd, const char *path, unsigned int flags, unsigned 
     struct { unsigned long long attr_set, attr_clr, propagation, userns_fd; } a = { attr_set, attr_clr, 0, 0 };
     return ret_or_errno(syscall(SYS_mount_setattr, dfd, path, flags, &a, sizeof a));
 }
+int cshim_open_tree(int dfd, const char *path, unsigned int flags) {
+    return ret_or_errno(syscall(SYS_open_tree, dfd, path, flags));
+}
 int cshim_fspick(int dfd, const char *path, unsigned int flags) {
     return ret_or_errno(syscall(SYS_fspick, dfd, path, flags));
 }

@@ -24,7 +24,7 @@ public enum Remount {
     }
 
     // MOUNT_ATTR_* (linux/mount.h)
-    static let attrNosuid: UInt64 = 0x2, attrNodev: UInt64 = 0x4, attrNoexec: UInt64 = 0x8
+    static let attrReadOnly: UInt64 = 0x1, attrNosuid: UInt64 = 0x2, attrNodev: UInt64 = 0x4, attrNoexec: UInt64 = 0x8
     static let attrAtimeMask: UInt64 = 0x70, attrRelatime: UInt64 = 0x0, attrNoatime: UInt64 = 0x10
     static let attrStrictatime: UInt64 = 0x20, attrNodiratime: UInt64 = 0x80, attrNosymfollow: UInt64 = 0x0020_0000
 

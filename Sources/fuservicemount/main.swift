@@ -138,6 +138,18 @@ if Remount.requested(opts) {
     }
 }
 if cmd.readOnly && !MountOptions.tokens(opts).contains("ro") { opts = opts.isEmpty ? "ro" : opts + ",ro" }
+// A source an ext4iomap mount already serves: one more mount point of that
+// file system, as the kernel gives a block device mounted twice.
+if let existing = SharedMount.existing(source: source, subtype: sub) {
+    if cmd.fake { exit(0) }
+    do {
+        try SharedMount.bind(existing, at: mountpoint, options: opts)
+        if cmd.verbose { eprint("fuservicemount: \(source) is already mounted at \(existing.mountpoint); mounted it at \(mountpoint) too\n") }
+        exit(0)
+    } catch {
+        fail(Exit.mountFailure, "cannot mount \(source) on \(mountpoint): \(error)")
+    }
+}
 let config = HelperConfiguration(subtype: sub, source: source, mountpoint: mountpoint, options: opts,
                                  readOnly: cmd.readOnly, noMtab: cmd.noMtab, fake: cmd.fake,
                                  receiveTimeoutMs: max(1, min(cmd.timeout, 3600)) * 1000,

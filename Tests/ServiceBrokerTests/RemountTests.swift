@@ -27,4 +27,19 @@ struct RemountTests {
         #expect(Remount.fstype(at: "/nowhere", mountinfo: info) == nil)
         #expect(Remount.unescape("a\\134b\\011c\\0") == "a\\b\tc\\0", "a short escape stays as it is")
     }
+
+    @Test func sharedMountLookup() {
+        let info = """
+        22 1 253:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+        40 22 7:2 / /srv/a rw,nosuid,nodev,relatime shared:20 - fuseblk.ext4 /dev/loop2 rw,user_id=0
+        43 22 7:3 / /srv/b ro,relatime shared:23 - fuseblk.ext4 /dev/loop3 ro,user_id=0
+        44 22 7:4 / /srv/c rw,relatime shared:24 - fuseblk.ext3 /dev/loop4 rw,user_id=0
+        """
+        #expect(SharedMount.find(DeviceNumber(major: 7, minor: 2), fstype: "fuseblk.ext4", mountinfo: info)
+                == SharedMount.Existing(mountpoint: "/srv/a", readOnly: false))
+        #expect(SharedMount.find(DeviceNumber(major: 7, minor: 3), fstype: "fuseblk.ext4", mountinfo: info)?.readOnly == true)
+        #expect(SharedMount.find(DeviceNumber(major: 7, minor: 4), fstype: "fuseblk.ext4", mountinfo: info) == nil,
+                "another type's mount is not ours to share")
+        #expect(SharedMount.find(DeviceNumber(major: 253, minor: 0), fstype: "fuseblk.ext4", mountinfo: info) == nil)
+    }
 }

@@ -186,6 +186,20 @@ else cat "$work/remount.err"; fail "mount -o remount,ro then rw DIR"; fi
 check "the same server still serves it" [ "$(server_of "$LOOP")" = "$SPID" ]
 opts=$(findmnt -n -o OPTIONS --mountpoint "$MNT")
 check "findmnt after remount,rw: rw ($opts)" [ "${opts%%,*}" = rw ]
+# -- the same image mounted twice: one server, one file system, two mount points
+MNT2="$work/mnt2"; mkdir -p "$MNT2"
+if mount -t fuse.ext4 "$IMG" "$MNT2" 2>"$work/mount2.err"; then pass "mount -t fuse.ext4 IMG DIR2 while mounted at DIR"
+else cat "$work/mount2.err"; fail "second mount of the image"; fi
+check "DIR2 is fuseblk.ext4 on the same loop device" [ "$(findmnt -n -o SOURCE,FSTYPE --mountpoint "$MNT2" | tr -s ' ')" = "$LOOP fuseblk.ext4" ]
+check "no second server" [ "$(for p in /proc/[0-9]*; do for f in "$p"/fd/*; do [ "$(readlink "$f" 2>/dev/null)" = "$LOOP" ] && echo "${p#/proc/}"; done; done | sort -u | wc -l)" = 1 ]
+echo "through DIR2" > "$MNT2/dir/two.txt"
+check "a file written through DIR2 is seen through DIR" [ "$(cat "$MNT/dir/two.txt")" = "through DIR2" ]
+umount "$MNT2" && pass "umount DIR2" || fail "umount DIR2"
+check "DIR still serves after DIR2 is gone" [ "$(cat "$MNT/dir/two.txt")" = "through DIR2" ]
+if mount -t fuse.ext4 -o ro "$IMG" "$MNT2" 2>"$work/mount2.err"; then pass "mount -o ro IMG DIR2 while mounted read-write at DIR"
+else cat "$work/mount2.err"; fail "second, read-only mount of the image"; fi
+check "DIR2 refuses writes, DIR takes them" bash -c "! touch '$MNT2/dir/no' 2>/dev/null && touch '$MNT/dir/yes'"
+umount "$MNT2" || fail "umount DIR2 (ro)"
 echo "after remount" > "$MNT/dir/after-rw.txt"
 check "remount,rw: writes work again" [ "$(cat "$MNT/dir/after-rw.txt")" = "after remount" ]
 if umount "$MNT" 2>"$work/umount.err"; then pass "umount DIR (read-write)"; else cat "$work/umount.err"; fail "umount DIR (read-write)"; fi

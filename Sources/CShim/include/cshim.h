@@ -51,6 +51,7 @@ int cshim_fsopen(const char *fsname, unsigned int flags);
 int cshim_fsconfig(int fd, unsigned int cmd, const char *key, const void *value, int aux);
 int cshim_fsmount(int fd, unsigned int flags, unsigned int attr_flags);
 int cshim_fspick(int dfd, const char *path, unsigned int flags);
+int cshim_open_tree(int dfd, const char *path, unsigned int flags);
 int cshim_mount_setattr(int dfd, const char *path, unsigned int flags, unsigned long long attr_set,
                         unsigned long long attr_clr);
 int cshim_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags);
