@@ -1,5 +1,6 @@
 import CShim
 import Glibc
+import Synchronization
 
 /// Random-access storage holding the file system image.
 public protocol BlockDevice: Sendable {
@@ -120,4 +121,59 @@ public final class MemoryBlockDevice: BlockDevice, @unchecked Sendable {
             d.copyMemory(from: s + start, byteCount: buffer.count)
         }
     }
+}
+
+/// A device whose writes stay in memory over a base it never writes: the
+/// journal of a file system mounted read-only is replayed into one, so the
+/// mount sees the recovered file system while the disk stays as it was (the
+/// kernel's ext4 writes the replay even for a read-only mount). Writes must
+/// be whole 1 KiB units at 1 KiB offsets, as every write of the replay is
+/// (blocks of 1 KiB and more, the superblock at byte 1024).
+final class OverlayBlockDevice: BlockDevice, Sendable {
+    static let unit = 1024
+    private let base: any BlockDevice
+    private let units = Mutex<[UInt64: [UInt8]]>([:])
+    var size: UInt64 { base.size }
+
+    init(base: any BlockDevice) { self.base = base }
+
+    /// Bytes held in memory.
+    var overlayBytes: Int { units.withLock { $0.count * OverlayBlockDevice.unit } }
+
+    func read(at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Ext4Error) {
+        try base.read(at: offset, into: buffer)
+        let u = UInt64(OverlayBlockDevice.unit)
+        guard buffer.count > 0, let dst = buffer.baseAddress else { return }
+        let (end, o) = offset.addingReportingOverflow(UInt64(buffer.count))
+        guard !o else { throw .io(EIO) }
+        units.withLock { m in
+            guard !m.isEmpty else { return }
+            var k = offset / u
+            while k * u < end {
+                if let b = m[k] {
+                    // The overlap of unit k with [offset, end).
+                    let from = max(k * u, offset), to = min((k + 1) * u, end)
+                    b.withUnsafeBytes { src in
+                        guard let s = src.baseAddress else { return }
+                        (dst + Int(from - offset)).copyMemory(from: s + Int(from - k * u), byteCount: Int(to - from))
+                    }
+                }
+                k += 1
+            }
+        }
+    }
+
+    func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(Ext4Error) {
+        let u = OverlayBlockDevice.unit
+        guard offset % UInt64(u) == 0, buffer.count % u == 0 else { throw .io(EINVAL) }
+        let (end, o) = offset.addingReportingOverflow(UInt64(buffer.count))
+        guard !o, end <= size else { throw .io(EIO) }
+        units.withLock { m in
+            for i in 0..<(buffer.count / u) {
+                m[offset / UInt64(u) + UInt64(i)] = Array(buffer[(i * u)..<((i + 1) * u)])
+            }
+        }
+    }
+
+    func flush() throws(Ext4Error) {}
 }

@@ -86,8 +86,9 @@ public final class Ext4FileSystem: @unchecked Sendable {
 
     /// Open a file system. Refuses unknown INCOMPAT features (and encrypt,
     /// casefold, compression, bigalloc, verity); unknown RO_COMPAT features force
-    /// read-only (see `warnings`). A journal needing recovery is refused for
-    /// read-only opens unless `noRecovery`; read-write opens replay it first.
+    /// read-only (see `warnings`). A journal needing recovery is replayed:
+    /// for read-only opens into memory over the device (which they never
+    /// write), for read-write opens onto it; `noRecovery` skips it.
     public static func open(device: any BlockDevice, options: MountOptions) throws(Ext4Error) -> Ext4FileSystem {
         try open(device: device, options: options, replaying: false)
     }
@@ -143,23 +144,24 @@ public final class Ext4FileSystem: @unchecked Sendable {
             guard c == sb.checksum else { throw fail(.corrupted("superblock checksum mismatch")) }
         }
         if sb.has(incompat: Incompat.recover) && !options.noRecovery {
-            if options.readOnly {
-                throw .unsupported("journal needs recovery; mount with noRecovery to access the unrecovered file system read-only")
-            }
-            // Read-write open: replay the journal onto the device, then start over.
+            // Replay the journal, then start over: read-write, onto the
+            // device; read-only, into memory over it (the device is never
+            // written), so a crashed file system mounts read-only whole.
+            let target: any BlockDevice = options.readOnly ? OverlayBlockDevice(base: device) : device
             var tmpOpts = options
             tmpOpts.readOnly = true
             tmpOpts.noRecovery = true
             tmpOpts.cacheBlocks = 64
-            let tmp = try open(device: device, options: tmpOpts, replaying: true)
+            let tmp = try open(device: target, options: tmpOpts, replaying: true)
             let r = try tmp.replayJournal()
             var again = options
             again.noRecovery = true
-            let fs = try open(device: device, options: again, replaying: true)
+            let fs = try open(device: target, options: again, replaying: true)
             guard !fs.sb.has(incompat: Incompat.recover) else { throw .corrupted("journal recovery did not complete") }
             var w = fs.warnings
-            w.insert("journal recovered: \(r.transactions) transaction(s), \(r.blocksWritten) block(s) written, \(r.blocksRevoked) revoked" + (r.badDataChecksums > 0 ? ", \(r.badDataChecksums) skipped for bad checksums" : ""), at: 0)
-            let out = Ext4FileSystem(dev: device, sb: fs.sb, groups: fs.groups, options: options, readOnly: fs.readOnly,
+            let how = options.readOnly ? "journal replayed in memory for this read-only mount, the device unchanged" : "journal recovered"
+            w.insert("\(how): \(r.transactions) transaction(s), \(r.blocksWritten) block(s) written, \(r.blocksRevoked) revoked" + (r.badDataChecksums > 0 ? ", \(r.badDataChecksums) skipped for bad checksums" : ""), at: 0)
+            let out = Ext4FileSystem(dev: target, sb: fs.sb, groups: fs.groups, options: options, readOnly: fs.readOnly,
                                      warnings: w, clog: fs.clog, csumSeed: fs.csumSeed)
             if !out.readOnly { try out.startWriting(commitInterval: options.effectiveCommitInterval) }
             return out
