@@ -23,8 +23,9 @@ target (default ours):
   --target fuse2fs   e2fsprogs' fuse2fs (FSTYP=fuse, FUSE_SUBTYP=.fuse2fs)
 
 tests (any mix; default: -g quick):
-  -g GROUP           an fstests group, e.g. -g auto (generic/ only unless a
-                     directory is named: -g ext4/auto)
+  -g GROUP           an fstests group, e.g. -g generic/auto (a bare group such
+                     as -g auto also takes the FSTYP's own directory: ext4/ for
+                     the kernel target)
   -x GROUP           exclude a group
   --list FILE        test names, one a line (# comments allowed)
   TEST...            e.g. generic/001 generic/013
@@ -108,17 +109,6 @@ if [ ! -f "$FST/.ext4iomap-built" ]; then
   fi
   touch "$FST/.ext4iomap-built"
 fi
-# Local changes: restore every file a patch touches from the tarball, then apply
-# the project's patches, so the tree always matches tests/fstests/patches.
-top=$(tar tzf "$TARBALL" | head -1 | cut -d/ -f1)
-touched=$(sed -n 's#^+++ b/\([^[:space:]]*\).*#\1#p' "$here"/patches/*.patch | sort -u)
-tmpx=$(mktemp -d)
-tar xzf "$TARBALL" -C "$tmpx" $(for f in $touched; do echo "$top/$f"; done) || { echo "run.sh: cannot restore patched files"; exit 2; }
-for f in $touched; do cp "$tmpx/$top/$f" "$FST/$f"; done
-rm -rf "$tmpx"
-for p in "$here"/patches/*.patch; do
-  patch -s -p1 -d "$FST" < "$p" || { echo "run.sh: patch $(basename "$p") does not apply"; exit 2; }
-done
 flock -u 9
 
 # fstests runs some tests as these users.
@@ -143,11 +133,30 @@ mkdir -p "$RESULTS" && RESULTS=$(cd "$RESULTS" && pwd)
 case $RESULTS/ in "$repo"/*) echo "run.sh: --results must be outside the repository"; exit 2 ;; esac
 WORK=$(mktemp -d "$BASE/run.XXXXXX")
 
+# Each run works on its own copy of the built tree (33 MB), with the project's
+# patches applied to the files as they are in the tarball: runs side by side
+# never see each other's changes, and the cache stays as built.
+cp -a "$FST" "$WORK/xfstests" || { echo "run.sh: cannot copy the fstests tree"; rm -rf "$WORK"; exit 2; }
+FST=$WORK/xfstests
+top=$(tar tzf "$TARBALL" | head -1 | cut -d/ -f1)
+touched=$(sed -n 's#^+++ b/\([^[:space:]]*\).*#\1#p' "$here"/patches/*.patch | sort -u)
+mkdir "$WORK/pristine"
+# shellcheck disable=SC2046
+tar xzf "$TARBALL" -C "$WORK/pristine" $(for f in $touched; do echo "$top/$f"; done) \
+  || { echo "run.sh: cannot restore the files the patches change"; rm -rf "$WORK"; exit 2; }
+for f in $touched; do cp "$WORK/pristine/$top/$f" "$FST/$f"; done
+for p in "$here"/patches/*.patch; do
+  patch -s -p1 -d "$FST" < "$p" || { echo "run.sh: patch $(basename "$p") does not apply"; rm -rf "$WORK"; exit 2; }
+done
+
 # ---- cleanup on every path -----------------------------------------------
 cleanup() {
   local l p f
-  # The namespace's own trap unmounts; this catches a killed inner shell.
-  [ -n "${INNER_PID:-}" ] && kill -TERM "$INNER_PID" 2>/dev/null && sleep 2
+  # The namespace's own trap stops check and unmounts; wait for it, then
+  # catch what a killed inner shell left.
+  if [ -n "${INNER_PID:-}" ] && kill -TERM "$INNER_PID" 2>/dev/null; then
+    for _ in $(seq 60); do kill -0 "$INNER_PID" 2>/dev/null || break; sleep 0.5; done
+  fi
   for img in "$WORK"/*.img; do
     [ -e "$img" ] || continue
     for l in $(losetup -j "$img" -O NAME -n 2>/dev/null); do
@@ -215,8 +224,14 @@ cat > "$WORK/inner.sh" <<'EOF'
 set -uo pipefail
 WORK=$1 FST=$2 RESULTS=$3 TIMEOUT=$4 HERE=$5; shift 5
 . "$WORK/local.config"
+kill_tree() {  # SIGKILL a process and everything below it, children first
+  local c
+  for c in $(ps -o pid= --ppid "$1" 2>/dev/null); do kill_tree "$c"; done
+  kill -KILL "$1" 2>/dev/null
+}
 inner_cleanup() {
   [ -n "${WD:-}" ] && kill "$WD" 2>/dev/null
+  [ -n "${CHECK:-}" ] && kill_tree "$CHECK"
   for m in "$SCRATCH_MNT" "$TEST_DIR"; do
     mountpoint -q "$m" 2>/dev/null && { /usr/bin/umount "$m" 2>/dev/null || /usr/bin/umount -l "$m"; }
   done
@@ -234,6 +249,7 @@ python3 "$HERE/watchdog.py" "$CHECK" "$TIMEOUT" "$RESULTS/watchdog.log" "$TEST_D
 WD=$!
 wait "$CHECK"
 rc=$?
+CHECK=
 kill "$WD" 2>/dev/null; WD=
 exit $rc
 EOF

@@ -4,13 +4,13 @@
 usage: watchdog.py CHECK_PID SECONDS LOGFILE MOUNTPOINT...
 
 Every few seconds, find the test script that `check` (CHECK_PID) is running
-(a descendant whose command line runs ./tests/<dir>/<name>). When one has run
+(a descendant whose command line runs .../tests/<dir>/<name>). When one has run
 longer than SECONDS, SIGKILL it and everything below it; `check` then records
 that test as failed and goes on. If the test is still there 30 seconds later
 (stuck in the kernel on a FUSE request that will never be answered), abort the
 FUSE connections of the given mountpoints. Ends when CHECK_PID ends.
 """
-import os, signal, sys, time
+import os, re, signal, sys, time
 
 
 def procs():
@@ -44,10 +44,15 @@ def descendants(table, root):
     return found
 
 
+TEST_RE = re.compile(r"(?:^|/)tests/([a-z0-9]+/[0-9]+)$")
+
+
 def test_of(argv):
+    """generic/001 for a process running tests/generic/001, else None."""
     for a in argv[1:3]:
-        if a.startswith("./tests/") or a.startswith("tests/"):
-            return a.split("tests/", 1)[1]
+        m = TEST_RE.search(a)
+        if m:
+            return m.group(1)
     return None
 
 
