@@ -132,6 +132,7 @@ stamp=$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RESULTS" && RESULTS=$(cd "$RESULTS" && pwd)
 case $RESULTS/ in "$repo"/*) echo "run.sh: --results must be outside the repository"; exit 2 ;; esac
 WORK=$(mktemp -d "$BASE/run.XXXXXX")
+chmod 0755 "$BASE" "$WORK"   # tests run steps as fsgqa, nobody, daemon: they must reach the mounts
 
 # Each run works on its own copy of the built tree (33 MB), with the project's
 # patches applied to the files as they are in the tarball: runs side by side
