@@ -182,8 +182,8 @@ mkfs.ext4 -q -F $MKFS_OPTIONS "$TEST_DEV" || { echo "run.sh: mkfs of the TEST de
 mkdir -p "$WORK/test" "$WORK/scratch"
 
 case $TARGET in
-  ours)    FSTYP=fuse FUSE_SUBTYP=.ext4    MOPTS="-osuid,dev" ;;
-  fuse2fs) FSTYP=fuse FUSE_SUBTYP=.fuse2fs MOPTS="-osuid,dev" ;;
+  ours)    FSTYP=fuse FUSE_SUBTYP=.ext4    MOPTS="" ;;   # suid,dev: bin/mount.fuse.ext4
+  fuse2fs) FSTYP=fuse FUSE_SUBTYP=.fuse2fs MOPTS="" ;;
   kernel)  FSTYP=ext4 FUSE_SUBTYP=""       MOPTS="" ;;
 esac
 cat > "$WORK/local.config" <<EOF
