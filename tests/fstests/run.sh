@@ -208,7 +208,7 @@ if [ "$TARGET" = ours ]; then
     || { cat "$WORK/install.log"; echo "run.sh: make install into the staging root failed"; exit 2; }
 fi
 mkdir -p "$WORK/stage/usr/sbin" "$WORK/stage/usr/bin" "$WORK/stage/usr/libexec"
-cp "$here/bin/mount.fuse.fuse2fs" "$WORK/stage/usr/sbin/"
+cp "$here/bin/mount.fuse.fuse2fs" "$here/bin/mount.fuse" "$WORK/stage/usr/sbin/"
 [ "$TARGET" = ours ] && { rm -f "$WORK/stage/usr/sbin/mount.fuse.ext4"; cp "$here/bin/mount.fuse.ext4" "$WORK/stage/usr/sbin/"; }
 
 {
