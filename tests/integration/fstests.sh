@@ -23,14 +23,21 @@ if [ -S /run/filesystems/ext4 ]; then
 fi
 
 out=$(mktemp -d /tmp/ext4iomap-fstests-ci.XXXXXX)
-trap 'rm -rf "$out"' EXIT
+RUN=
+# run.sh cleans up after itself on TERM: stop it (and wait) before leaving.
+stop() { [ -n "$RUN" ] && kill -TERM "$RUN" 2>/dev/null && wait "$RUN"; rm -rf "$out"; }
+trap stop EXIT
+trap 'exit 130' INT TERM
 fails=0
 for bs in 4096 1024; do
   echo "== fstests CI list, ${bs}-byte blocks"
   t0=$(date +%s)
   EXT4IOMAP_FSTESTS_TARBALL=$tarball bash "$repo/tests/fstests/run.sh" --target ours --block-size "$bs" \
-    --build "$BUILD" --list "$LIST" --strict --timeout 300 --size 2G --results "$out/$bs" > "$out/$bs.log" 2>&1
+    --build "$BUILD" --list "$LIST" --strict --timeout 300 --size 2G --results "$out/$bs" > "$out/$bs.log" 2>&1 &
+  RUN=$!
+  wait "$RUN"
   rc=$?
+  RUN=
   dt=$(( $(date +%s) - t0 ))
   tsv=$out/$bs/summary.tsv
   want=$(sed -e 's/#.*//' "$LIST" | awk 'NF {print $1}' | sort)
