@@ -167,6 +167,7 @@ cleanup() {
       losetup -d "$l" 2>/dev/null
     done
   done
+  chattr -i "$WORK/test" "$WORK/scratch" 2>/dev/null
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -180,6 +181,9 @@ SCRATCH_DEV=$(losetup -f --show "$WORK/scratch.img") || { echo "run.sh: losetup 
 # shellcheck disable=SC2086
 mkfs.ext4 -q -F $MKFS_OPTIONS "$TEST_DEV" || { echo "run.sh: mkfs of the TEST device failed"; exit 2; }
 mkdir -p "$WORK/test" "$WORK/scratch"
+# The bare mountpoints are immutable: a test whose mount did not happen gets
+# EPERM instead of filling the host's disk under an unmounted mountpoint.
+chattr +i "$WORK/test" "$WORK/scratch" || { echo "run.sh: chattr +i on the mountpoints failed"; exit 2; }
 
 case $TARGET in
   ours)    FSTYP=fuse FUSE_SUBTYP=.ext4    MOPTS="" ;;   # suid,dev: bin/mount.fuse.ext4
