@@ -12,6 +12,9 @@ PACKAGES=(
   systemd systemd-container fio python3 gzip bzip2
   # libfuse-interop.sh builds libfuse master's helper and service_ll example
   meson ninja-build gcc
+  # tests/fstests (fstests.sh in CI) builds and runs fstests
+  make autoconf automake libtool-bin xfslibs-dev uuid-dev libgdbm-dev gawk uuid-runtime
+  libaio-dev libacl1-dev libattr1-dev liburing-dev libcap-dev bc psmisc quota xfsprogs
 )
 
 SUDO=""
