@@ -417,12 +417,7 @@ extension Ext4FileSystem {
         if noReplace && dst != nil { throw .exists }
         if let dst, dst == src { return }
         var ms: [UInt32: MInode] = [:]
-        func get(_ i: UInt32) throws(Ext4Error) -> MInode {
-            if let m = ms[i] { return m }
-            let m = try loadInode(i)
-            ms[i] = m
-            return m
-        }
+        func get(_ i: UInt32) throws(Ext4Error) -> MInode { try loadOnce(i, &ms) }
         let sm = try get(src)
         let pm = try get(parent), npm = try get(newParent)
         guard pm.isDir, npm.isDir else { throw .notDirectory }
@@ -455,17 +450,20 @@ extension Ext4FileSystem {
         }
     }
 
+    /// `ms[i]`, loaded the first time a rename needs inode `i`.
+    private func loadOnce(_ i: UInt32, _ ms: inout [UInt32: MInode]) throws(Ext4Error) -> MInode {
+        if let m = ms[i] { return m }
+        let m = try loadInode(i)
+        ms[i] = m
+        return m
+    }
+
     /// A whiteout: a character device 0:0 with no permission bits (as the VFS makes it).
     static let whiteoutMode: UInt16 = 0x2000
 
     private func renameSteps(parent: UInt32, name: [UInt8], newParent: UInt32, newName: [UInt8], src: UInt32, dst: UInt32?,
                              exchange: Bool, now: Timespec, whiteout wo: MInode?, ms: inout [UInt32: MInode]) throws(Ext4Error) {
-        func get(_ i: UInt32) throws(Ext4Error) -> MInode {
-            if let m = ms[i] { return m }
-            let m = try loadInode(i)
-            ms[i] = m
-            return m
-        }
+        func get(_ i: UInt32) throws(Ext4Error) -> MInode { try loadOnce(i, &ms) }
         let sm = try get(src)
         let dm: MInode? = try dst.map { (d) throws(Ext4Error) -> MInode in try get(d) }
         func mod(_ i: UInt32, _ f: (inout MInode) throws(Ext4Error) -> Void) throws(Ext4Error) {
