@@ -61,55 +61,14 @@ public enum Remount {
 
     /// The file system type of the topmost mount at `mountpoint`, from mountinfo.
     static func fstype(at mountpoint: String, mountinfo: String) -> String? {
-        var found: String? = nil
-        for line in mountinfo.split(separator: "\n") {
-            let parts = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
-            guard parts.count >= 10, let dash = parts.firstIndex(of: "-"), dash >= 6, dash + 1 < parts.count else { continue }
-            if unescape(parts[4]) == mountpoint { found = parts[dash + 1] }
-        }
-        return found
-    }
-
-    /// mountinfo writes space, tab, newline and backslash as \ooo.
-    static func unescape(_ s: String) -> String {
-        var out: [UInt8] = []
-        let b = Array(s.utf8)
-        var i = 0
-        while i < b.count {
-            if b[i] == 0x5C, i + 3 < b.count {
-                let digits = b[(i + 1)...(i + 3)]
-                if digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x37 }) {
-                    let v = digits.reduce(0) { $0 * 8 + Int($1 - 0x30) }
-                    if v < 256 { out.append(UInt8(v)); i += 4; continue }
-                }
-            }
-            out.append(b[i])
-            i += 1
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    static func readMountinfo() -> String? {
-        var fd: Int32
-        repeat { fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC) } while fd < 0 && errno == EINTR
-        guard fd >= 0 else { return nil }
-        defer { FD.close(fd) }
-        var out: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        return String(decoding: out, as: UTF8.self)
+        Mountinfo.entries(mountinfo).last { $0.mountpoint == mountpoint }?.fstype
     }
 
     /// Remount the ext4iomap mount at `mountpoint` (an absolute path) as
     /// `options` ask. `subtype`: ext4, ext3 or ext2. Returns what it did, for
     /// the verbose log.
     public static func run(mountpoint: String, subtype: String, options: String) throws(BrokerError) -> String {
-        guard let info = readMountinfo() else { throw .system(operation: "read /proc/self/mountinfo", errno: errno) }
+        guard let info = Mountinfo.read() else { throw .system(operation: "read /proc/self/mountinfo", errno: errno) }
         guard let type = fstype(at: mountpoint, mountinfo: info) else {
             throw .denied("\(mountpoint) is not a mount point", errno: EINVAL)
         }

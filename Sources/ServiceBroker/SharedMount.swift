@@ -37,20 +37,15 @@ public enum SharedMount {
         default:
             return nil
         }
-        guard let info = Remount.readMountinfo() else { return nil }
+        guard let info = Mountinfo.read() else { return nil }
         return find(DeviceNumber(dev), fstype: "fuseblk.\(subtype)", mountinfo: info)
     }
 
     /// The first mount in `mountinfo` of type `fstype` on device `dev`.
     static func find(_ dev: DeviceNumber, fstype: String, mountinfo: String) -> Existing? {
-        for line in mountinfo.split(separator: "\n") {
-            let parts = line.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
-            guard parts.count >= 10, let dash = parts.firstIndex(of: "-"), dash >= 6, dash + 3 < parts.count else { continue }
-            guard parts[2] == dev.description, parts[dash + 1] == fstype else { continue }
-            let superOptions = parts[dash + 3].split(separator: ",")
-            return Existing(mountpoint: Remount.unescape(parts[4]), readOnly: superOptions.first == "ro")
+        Mountinfo.entries(mountinfo).first { $0.device == dev.description && $0.fstype == fstype }.map {
+            Existing(mountpoint: $0.mountpoint, readOnly: $0.superOptions.split(separator: ",").first == "ro")
         }
-        return nil
     }
 
     /// Attach a clone of `existing` at `target` with the per-mount flags `options` ask for.

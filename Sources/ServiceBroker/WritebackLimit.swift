@@ -1,5 +1,6 @@
 import CShim
 import Glibc
+import LoopDevices
 
 /// How much dirty page cache the kernel lets a FUSE mount hold.
 ///
@@ -40,15 +41,7 @@ enum WritebackLimit {
     }
 
     static func readNumber(_ path: String) -> UInt64? {
-        var fd: Int32
-        repeat { fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW) } while fd < 0 && errno == EINTR
-        guard fd >= 0 else { return nil }
-        defer { FD.close(fd) }
-        var buf = [UInt8](repeating: 0, count: 32)
-        var n: Int
-        repeat { n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } } while n < 0 && errno == EINTR
-        guard n > 0 else { return nil }
-        var text = String(decoding: buf[0..<n], as: UTF8.self)
+        guard var text = readSysfsValue(path) else { return nil }
         while text.last == "\n" || text.last == " " { text.removeLast() }
         return UInt64(text)
     }

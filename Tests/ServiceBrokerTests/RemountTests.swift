@@ -25,7 +25,7 @@ struct RemountTests {
         #expect(Remount.fstype(at: "/tmp/a b", mountinfo: info) == "fuseblk.ext4")
         #expect(Remount.fstype(at: "/mnt", mountinfo: info) == "fuse.ext4", "the topmost mount")
         #expect(Remount.fstype(at: "/nowhere", mountinfo: info) == nil)
-        #expect(Remount.unescape("a\\134b\\011c\\0") == "a\\b\tc\\0", "a short escape stays as it is")
+        #expect(Mountinfo.unescape("a\\134b\\011c\\0") == "a\\b\tc\\0", "a short escape stays as it is")
     }
 
     @Test func sharedMountLookup() {
