@@ -47,7 +47,8 @@ extension Ext4FileSystem {
     }
 
     /// Build and store a new inode (not yet linked anywhere).
-    func makeInode(parent: UInt32, mode: UInt16, uid: UInt32, gid: UInt32, rdev: (UInt32, UInt32),
+    /// `parentFlags`: the directory's i_flags, which the new inode inherits from.
+    func makeInode(parent: UInt32, parentFlags: UInt32, mode: UInt16, uid: UInt32, gid: UInt32, rdev: (UInt32, UInt32),
                    symlink: [UInt8]?, links: UInt16, now: Timespec) throws(Ext4Error) -> MInode {
         let type = mode & 0xF000
         let isDir = type == 0x4000
@@ -55,7 +56,6 @@ extension Ext4FileSystem {
         case 0x8000, 0x4000, 0xA000, 0x2000, 0x6000, 0x1000, 0xC000: break
         default: throw .invalid("bad file type")
         }
-        let parentFlags = try loadInode(parent).flags
         let ino = try allocInode(parent: parent, isDir: isDir)
         var m = newInodeBytes(ino, mode: mode, uid: uid, gid: gid, now: now)
         m.flags |= InodeFlag.inherited(from: parentFlags, mode: mode)
@@ -185,7 +185,7 @@ extension Ext4FileSystem {
             if isDir && pm.links >= linkMax - 1 && !sb.has(roCompat: RoCompat.dirNlink) { throw .tooManyLinks }
             let own = try newInodeOwnership(pm, mode: mode, gid: gid, umask: umask)
             let now = nowSpec()
-            var m = try makeInode(parent: parent, mode: own.mode, uid: uid, gid: own.gid, rdev: rdev, symlink: symlink,
+            var m = try makeInode(parent: parent, parentFlags: pm.flags, mode: own.mode, uid: uid, gid: own.gid, rdev: rdev, symlink: symlink,
                                   links: isDir ? 2 : 1, now: now)
             do throws(Ext4Error) {
                 if let acl = own.acl, acl.access != nil || acl.defaultACL != nil {
@@ -244,7 +244,7 @@ extension Ext4FileSystem {
                 guard pm.isDir else { throw .notDirectory }
                 try pm.mayAddEntry()
                 let own = try newInodeOwnership(pm, mode: mode, gid: n.gid, umask: n.umask)
-                var m = try makeInode(parent: parent, mode: own.mode, uid: n.uid, gid: own.gid, rdev: (0, 0), symlink: nil,
+                var m = try makeInode(parent: parent, parentFlags: pm.flags, mode: own.mode, uid: n.uid, gid: own.gid, rdev: (0, 0), symlink: nil,
                                       links: 0, now: nowSpec())
                 do throws(Ext4Error) {
                     if let acl = own.acl { try storeInherited(&m, acl) }
@@ -438,7 +438,7 @@ extension Ext4FileSystem {
         // The whiteout first: without room for it, nothing has changed yet.
         var wo: MInode? = nil
         if let owner = whiteout {
-            wo = try makeInode(parent: parent, mode: Ext4FileSystem.whiteoutMode, uid: owner.uid, gid: owner.gid,
+            wo = try makeInode(parent: parent, parentFlags: pm.flags, mode: Ext4FileSystem.whiteoutMode, uid: owner.uid, gid: owner.gid,
                                rdev: (0, 0), symlink: nil, links: 1, now: now)
         }
         do throws(Ext4Error) {
