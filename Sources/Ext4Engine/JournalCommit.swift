@@ -252,7 +252,9 @@ extension Ext4FileSystem {
             try resetLog(log)
             return
         }
-        if log.used + need > log.capacity { try makeRoom(log) }
+        // The log starts afresh below `t`, whose blocks stay journaled:
+        // freeing one of them later needs a revoke.
+        if log.used + need > log.capacity { try makeRoom(log, keeping: t.blocks.map(\.block)) }
         let seq = log.nextSeq
         let j = log.jsb
         var writes: [(UInt64, [UInt8])] = []   // (log block, bytes)
@@ -353,13 +355,15 @@ extension Ext4FileSystem {
 
     /// Every committed transaction is checkpointed; once the device has its
     /// home blocks, the whole log is free again.
-    private func makeRoom(_ log: JournalLog) throws(Ext4Error) {
+    private func makeRoom(_ log: JournalLog, keeping: [UInt64]) throws(Ext4Error) {
         try dev.flush()
-        try resetLog(log)
+        try resetLog(log, keeping: keeping)
     }
 
-    /// Mark the log empty on disk; the next transaction written takes `log.nextSeq`.
-    func resetLog(_ log: JournalLog) throws(Ext4Error) {
+    /// Mark the log empty on disk; the next transaction written takes
+    /// `log.nextSeq`. `keeping`: the blocks of the transaction about to be
+    /// written, which were marked journaled when it closed.
+    func resetLog(_ log: JournalLog, keeping: [UInt64] = []) throws(Ext4Error) {
         _ = try wstate
         log.jsb.start = 0
         log.jsb.sequence = log.nextSeq
@@ -367,7 +371,7 @@ extension Ext4FileSystem {
         try dev.flush()
         log.used = 0
         log.emptyOnDisk = true
-        meta.forgetJournaled()
+        meta.forgetJournaled(except: keeping)
     }
 
     /// Step 5: write a committed transaction's copies home.

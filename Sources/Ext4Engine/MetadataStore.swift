@@ -143,9 +143,10 @@ final class MetadataStore: Sendable {
         }
     }
 
-    /// The log is empty: no block has a copy in it.
-    func forgetJournaled() {
-        state.withLock { $0.journaled = [] }
+    /// The log is empty: no block has a copy in it but `except`, the blocks
+    /// of a closed transaction that is yet to be written to it.
+    func forgetJournaled(except: [UInt64] = []) {
+        state.withLock { $0.journaled = Set(except) }
     }
 
     /// Forget every dirty block and the running transaction's blocks (unmount).

@@ -180,6 +180,80 @@ struct JournalWriteTests {
         try fs.unmount()
     }
 
+    /// A metadata block freed while its copy is in the live log needs a
+    /// revoke record, or a replay writes the old copy over the block's next
+    /// owner. That holds for the transaction written first after the log
+    /// filled and started afresh, too. On a full file system with one free
+    /// block, each round: a directory takes the block in one commit, frees it
+    /// in the next, a file's data takes it and is fsynced in the third; the
+    /// small log wraps every few dozen rounds, at each of these steps. After
+    /// every round, what a crash leaves must replay to the file's data.
+    @Test func freedBlocksOfTheFirstTransactionAfterAWrapAreRevoked() throws {
+        let tmp = try TempDir()
+        let img = tmp.sub("fs.img"), crash = tmp.sub("crash.img")
+        try mkfs(img, tree: nil, args: ["-t", "ext4", "-b", "1024", "-J", "size=1", "-N", "64", "-m", "0"], sizeMB: 8)
+        let dev = try FileBlockDevice(path: img, readOnly: false)
+        let fs = try Ext4FileSystem.open(device: dev, options: MountOptions(readOnly: false, commitInterval: 3600))
+        let root = Ext4FileSystem.rootIno
+        // Fill every block: one large file, then one-block files.
+        let big = try fs.mknod(parent: root, name: Array("big".utf8), fileMode)
+        let chunk = [UInt8](repeating: 0xEE, count: 1 << 16)
+        var off: UInt64 = 0
+        while true {
+            do {
+                let n = try chunk.withUnsafeBytes { p in try fs.write(big.ino, offset: off, data: p) }
+                if n == 0 { break }
+                off += UInt64(n)
+            } catch let e as Ext4Error where e == .noSpace { break }
+        }
+        var small = 0
+        while true {
+            let f = try fs.mknod(parent: root, name: Array("s\(small)".utf8), fileMode)
+            do {
+                _ = try [UInt8](repeating: 0x55, count: 1024).withUnsafeBytes { p in try fs.write(f.ino, offset: 0, data: p) }
+            } catch let e as Ext4Error where e == .noSpace { break }
+            small += 1
+        }
+        #expect(small > 0 && small < 60)
+        _ = try fs.unlink(parent: root, name: Array("s0".utf8))
+        try fs.sync()
+        #expect(fs.statfs().bfree == 1, "one free block")
+        var reused = 0
+        for round in 0..<200 {
+            // Commits of varying number, so the log fills at every step of a round.
+            for i in 0..<(round % 3) {
+                try fs.setxattr(root, name: Array("user.r".utf8), value: Array("\(round).\(i)".utf8), flags: 0)
+                try fs.sync()
+            }
+            let d = try fs.mkdir(parent: root, name: Array("d".utf8), dirMode)
+            let dirBlock = try fs.bmap(d.ino, block: 0)
+            try fs.sync()
+            try fs.rmdir(parent: root, name: Array("d".utf8))
+            try fs.sync()
+            let f = try fs.mknod(parent: root, name: Array("f".utf8), fileMode)
+            let data = pattern(1024, seed: UInt32(round + 1))
+            _ = try data.withUnsafeBytes { p in try fs.write(f.ino, offset: 0, data: p) }
+            try fs.fsync(f.ino, dataOnly: false)
+            if try fs.bmap(f.ino, block: 0) == dirBlock { reused += 1 }
+            // What a crash leaves now, replayed in memory by a read-only open.
+            try? FileManager.default.removeItem(atPath: crash)
+            try FileManager.default.copyItem(atPath: img, toPath: crash)
+            let view = try Ext4FileSystem.open(device: try FileBlockDevice(path: crash, readOnly: true),
+                                               options: MountOptions(readOnly: true))
+            let got = try view.read(try view.lookup(dir: root, name: Array("f".utf8)), offset: 0, count: 4096)
+            let same = got == data
+            #expect(same, "round \(round): the file replays to other bytes (a directory block's copy?)")
+            if !same { break }
+            _ = try fs.unlink(parent: root, name: Array("f".utf8))
+            try fs.sync()
+        }
+        // The scenario happened: the data took over the freed directory block.
+        #expect(reused >= 190, "only \(reused) rounds reused the directory's block")
+        try fs.unmount()
+        let out = try run("/usr/sbin/e2fsck", ["-fn", img], allowFail: true)
+        #expect(!out.contains("Fix?") && !out.contains("UNEXPECTED"), "\(out)")
+    }
+
     /// Blocks freed by a transaction that has not committed yet cannot be
     /// reused (a crash would bring their old owner back), but they count:
     /// an operation that finds no other space commits and retries, as ext4
