@@ -187,11 +187,13 @@ extension Ext4FileSystem {
                     }
                     i += 1
                 }
+                // Not reused before this transaction commits: until then a
+                // crash brings back their owner. Reserved before the group's
+                // lock is let go, or an allocation on another thread could
+                // take the blocks between the bitmap and the reservation.
+                w.alloc.reservations.add(b, e - b, .freedIn(meta.txn.runningTid))
                 try storeBlockBitmap(g, bm, freeDelta: n)
             }
-            // Not reused before this transaction commits: until then a crash
-            // brings back their owner.
-            w.alloc.reservations.add(b, e - b, .freedIn(meta.txn.runningTid))
             b = e
         }
         if let observe = w.alloc.freedObserver { observe(start, count) }
