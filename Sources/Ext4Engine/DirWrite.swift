@@ -141,23 +141,47 @@ extension Ext4FileSystem {
     /// Append one block to a directory; returns its physical number.
     @discardableResult
     func appendDirBlock(_ dm: inout MInode, firstBlock: [UInt8]? = nil) throws(Ext4Error) -> UInt64 {
+        let p = try appendDirBlocks(&dm, count: 1, firstBlock: firstBlock)
+        guard let first = p.first else { throw corrupt("directory \(dm.ino): no block appended") }
+        return first
+    }
+
+    /// Append `count` blocks to a directory, all or none: when one cannot be
+    /// had (ENOSPC, also for the map's own blocks) those already taken are
+    /// given back and `dm` and its map are as they were. The first block
+    /// holds `firstBlock`, the others an empty leaf. Returns the physical
+    /// numbers in logical order.
+    @discardableResult
+    func appendDirBlocks(_ dm: inout MInode, count: Int, firstBlock: [UInt8]? = nil) throws(Ext4Error) -> [UInt64] {
+        guard count > 0 else { return [] }
         var exts = try allExtents(dm)
         let meta = try mapMetaBlocks(dm)
-        let l = (dm.size + UInt64(blockSize) - 1) / UInt64(blockSize)
-        let goal = exts.last.map { $0.physical + $0.length } ?? groupStart(Int(UInt64(dm.ino - 1) / UInt64(sb.inodesPerGroup)))
-        let (p, _) = try allocBlocks(goal: goal, count: 1)
-        var b = firstBlock ?? emptyLeaf(dm)
-        if firstBlock != nil { finishLeaf(dm, &b) }
+        let bs = UInt64(blockSize)
+        var l = (dm.size + bs - 1) / bs
+        var goal = exts.last.map { $0.physical + $0.length } ?? groupStart(Int(UInt64(dm.ino - 1) / UInt64(sb.inodesPerGroup)))
+        var taken: [(start: UInt64, count: Int)] = []
+        var out: [UInt64] = []
         do throws(Ext4Error) {
-            try writeMeta(p, b)
-            Ext4FileSystem.put(&exts, Extent(logical: l, physical: p, length: 1, unwritten: false))
+            while out.count < count {
+                let (p, n) = try allocBlocks(goal: goal, count: count - out.count)
+                taken.append((p, n))
+                for i in 0..<n {
+                    var b = out.isEmpty ? (firstBlock ?? emptyLeaf(dm)) : emptyLeaf(dm)
+                    if out.isEmpty && firstBlock != nil { finishLeaf(dm, &b) }
+                    try writeMeta(p + UInt64(i), b)
+                    out.append(p + UInt64(i))
+                }
+                Ext4FileSystem.put(&exts, Extent(logical: l, physical: p, length: UInt64(n), unwritten: false))
+                l += UInt64(n)
+                goal = p + UInt64(n)
+            }
             try storeMap(&dm, exts, oldMeta: meta)
         } catch {
-            try? freeBlocks(p, 1)
+            for r in taken { try? freeBlocks(r.start, UInt64(r.count)) }
             throw error
         }
-        dm.size = (l + 1) * UInt64(blockSize)
-        return p
+        dm.size = l * bs
+        return out
     }
 
     // ---- insert ------------------------------------------------------------------------
@@ -297,10 +321,9 @@ extension Ext4FileSystem {
         }
         if levels == 2 && !sb.has(incompat: Incompat.largeDir) { throw .noSpace }
         let needBlocks = 1 + nodes + nLeaves
-        while blocks.count < needBlocks {
-            try appendDirBlock(&dm)
-            blocks = try dirBlocks(dm)
-        }
+        // Everything that can fail comes before the first change: the
+        // distribution, then the new blocks, all or none. A rebuild that
+        // stopped halfway would leave blocks the index does not reference.
         // Distribute entries over leaves by size, keeping equal hashes mostly together.
         var leaves: [[DirItem]] = Array(repeating: [], count: nLeaves)
         var li = 0, used = 0
@@ -316,6 +339,11 @@ extension Ext4FileSystem {
             guard used + sz <= cap else { throw .noSpace }
             leaves[li].append(it)
             used += sz
+        }
+        if blocks.count < needBlocks {
+            try appendDirBlocks(&dm, count: needBlocks - blocks.count)
+            blocks = try dirBlocks(dm)
+            guard blocks.count >= needBlocks else { throw corrupt("directory \(dm.ino) did not grow") }
         }
         // Index keys.
         var keys: [UInt32] = []
