@@ -243,6 +243,12 @@ inner_cleanup() {
 }
 trap inner_cleanup EXIT
 trap 'exit 130' INT TERM
+# This namespace began as a copy of the host's mounts. A copy of another FUSE
+# mount would keep its server from getting DESTROY at the host's umount, and a
+# copy of a loop-backed mount would keep its loop device busy: let go of them
+# here (only here; the host keeps its mounts), deepest first.
+findmnt -rn -o TARGET,SOURCE,FSTYPE | awk '($3 ~ /^fuse/ && $3 != "fusectl") || $2 ~ /^\/dev\/loop/ { print $1 }' \
+  | sort -r | while read -r m; do /usr/bin/umount -l "$(printf '%b' "$m")" 2>/dev/null; done
 for d in sbin bin libexec; do
   mount -t overlay overlay -o "lowerdir=$WORK/stage/usr/$d:/usr/$d" "/usr/$d" || { echo "overlay on /usr/$d failed"; exit 2; }
 done
