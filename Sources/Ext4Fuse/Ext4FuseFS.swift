@@ -109,6 +109,13 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
             // FUSE_OPEN_KILL_SUIDGID). In return the kernel sets SB_NOSEC and
             // stops asking for security.capability before every write.
             w.flags.insert(.handleKillprivV2)
+            // No FUSE_ASYNC_DIO: the kernel completes an asynchronous direct
+            // write without invalidating the page cache over it, so a
+            // buffered read that raced with it (and cached the old bytes)
+            // stays stale behind KEEP_CACHE (fstests generic/451). Sent
+            // synchronously, the write returns through the VFS, which
+            // invalidates the range after it, as for every other file system.
+            w.flags.remove(.asyncDIO)
         }
         if !iomap && !readOnly && options.writebackCache {
             // Classic read-write path: buffered writes stay in the kernel's page
