@@ -991,7 +991,8 @@ struct SuperblockRecord: Sendable {
         static let journalInum = 0xE0, lastOrphan = 0xE8, hashSeed = 0xEC, defHashVersion = 0xFC
         static let descSize = 0xFE, firstMetaBG = 0x104, blocksCountHi = 0x150, rBlocksCountHi = 0x154
         static let freeBlocksHi = 0x158, minExtraIsize = 0x15C, wantExtraIsize = 0x15E, flags = 0x160, checksumType = 0x175
-        static let overheadClusters = 0x248, backupBGs = 0x24C, checksumSeed = 0x270, checksum = 0x3FC
+        static let overheadClusters = 0x248, backupBGs = 0x24C, checksumSeed = 0x270
+        static let orphanFileInum = 0x280, checksum = 0x3FC
     }
 
     /// s_state: cleanly unmounted.
@@ -1008,7 +1009,10 @@ struct SuperblockRecord: Sendable {
         get { b.le32(Off.featureIncompat) }
         set { b.putLE32(Off.featureIncompat, newValue) }
     }
-    var roCompat: UInt32 { b.le32(Off.featureRoCompat) }
+    var roCompat: UInt32 {
+        get { b.le32(Off.featureRoCompat) }
+        set { b.putLE32(Off.featureRoCompat, newValue) }
+    }
     var is64: Bool { incompat & Incompat.bit64 != 0 }
     var metadataCsum: Bool { roCompat & RoCompat.metadataCsum != 0 }
 
@@ -1049,9 +1053,47 @@ struct SuperblockRecord: Sendable {
         get { incompat & Incompat.recover != 0 }
         set { incompat = newValue ? incompat | Incompat.recover : incompat & ~Incompat.recover }
     }
+    /// RO_COMPAT_ORPHAN_PRESENT: the orphan file may hold entries.
+    var orphanPresent: Bool {
+        get { roCompat & RoCompat.orphanPresent != 0 }
+        set { roCompat = newValue ? roCompat | RoCompat.orphanPresent : roCompat & ~RoCompat.orphanPresent }
+    }
 
     /// With metadata_csum, s_checksum over everything before it.
     mutating func seal() {
         if metadataCsum { b.putLE32(Off.checksum, crc32c(~0, b[0..<Off.checksum])) }
     }
+}
+
+/// One block of the orphan file (COMPAT_ORPHAN_FILE): little-endian inode
+/// numbers (0 is a free slot), then an 8-byte tail of the magic 0x0b10ca04
+/// and, with metadata_csum, a crc32c over the orphan file's inode seed (file
+/// system seed, its inode number and generation), the block's physical number
+/// as 64 bits little-endian, and the entries.
+struct OrphanBlockRecord: Sendable {
+    static let magic: UInt32 = 0x0B10_CA04
+    static let tailSize = 8
+
+    private(set) var b: [UInt8]
+    /// The block's physical number (part of the checksum).
+    let block: UInt64
+
+    init(_ bytes: [UInt8], block: UInt64) throws(Ext4Error) {
+        guard bytes.count >= 1024, bytes.count % 4 == 0 else { throw .corrupted("orphan file block \(block) has a bad size") }
+        b = bytes
+        self.block = block
+        guard b.le32(b.count - 8) == OrphanBlockRecord.magic else {
+            throw .corrupted("orphan file block \(block) has a bad magic number")
+        }
+    }
+
+    var entryCount: Int { (b.count - OrphanBlockRecord.tailSize) / 4 }
+    func entry(_ i: Int) -> UInt32 { b.le32(4 * i) }
+    mutating func clear(_ i: Int) { b.putLE32(4 * i, 0) }
+
+    func checksum(inodeSeed: UInt32) -> UInt32 {
+        crc32c(crc32c(inodeSeed, leBytes64(block)), b[0..<(b.count - OrphanBlockRecord.tailSize)])
+    }
+    func checksumMatches(inodeSeed: UInt32) -> Bool { b.le32(b.count - 4) == checksum(inodeSeed: inodeSeed) }
+    mutating func seal(inodeSeed: UInt32) { b.putLE32(b.count - 4, checksum(inodeSeed: inodeSeed)) }
 }

@@ -28,7 +28,10 @@ extension Ext4FileSystem {
             s.mountCount &+= 1
         }
         try dev.flush()
-        try withHandle { () throws(Ext4Error) in try recoverOrphans() }
+        try withHandle { () throws(Ext4Error) in
+            try recoverOrphans()
+            try recoverOrphanFile()
+        }
         try commitOnce()
         startCommitter()
     }
@@ -52,15 +55,22 @@ extension Ext4FileSystem {
             var m = try loadInode(ino, checkLive: false)
             let next = m.dtime
             m.dtime = 0
-            if m.links == 0 {
-                try destroyInode(&m)
-            } else {
-                if m.fileType == .regular { try truncateInode(&m, m.size) }
-                try storeInode(m)
-            }
+            try releaseRecoveredOrphan(&m)
             ino = next
         }
         try updateSuper { s in s.lastOrphan = 0 }
+    }
+
+    /// An orphan left by a crash: freed when no name links it, else cut back
+    /// to its size (blocks past it were allocated by an extension or a
+    /// truncate that did not finish).
+    func releaseRecoveredOrphan(_ m: inout MInode) throws(Ext4Error) {
+        if m.links == 0 {
+            try destroyInode(&m)
+        } else {
+            if m.fileType == .regular { try truncateInode(&m, m.size) }
+            try storeInode(m)
+        }
     }
 
     /// Put `ino` at the head of the orphan chain. The caller stores the inode afterwards.

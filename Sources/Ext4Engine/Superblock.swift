@@ -5,6 +5,8 @@ enum Compat {
     static let resizeInode: UInt32 = 0x10
     static let dirIndex: UInt32 = 0x20
     static let sparseSuper2: UInt32 = 0x200
+    static let fastCommit: UInt32 = 0x400
+    static let orphanFile: UInt32 = 0x1000
 }
 
 enum Incompat {
@@ -123,6 +125,8 @@ struct Superblock: Sendable {
     let flags: UInt32
     let checksumType: UInt8
     let checksumSeed: UInt32
+    /// s_orphan_file_inum (with COMPAT_ORPHAN_FILE).
+    let orphanFileInum: UInt32
     let overheadClusters: UInt32
     let backupBGs: (UInt32, UInt32)
     let checksum: UInt32
@@ -181,6 +185,7 @@ struct Superblock: Sendable {
         backupBGs = (b.le32(O.backupBGs), b.le32(O.backupBGs + 4))
         overheadClusters = b.le32(O.overheadClusters)
         checksumSeed = b.le32(O.checksumSeed)
+        orphanFileInum = b.le32(O.orphanFileInum)
         checksum = b.le32(O.checksum)
 
         // ---- sanity checks -------------------------------------------------

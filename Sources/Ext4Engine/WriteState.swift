@@ -75,8 +75,7 @@ extension Ext4FileSystem {
     }
 
     static func writeRefusal(_ sb: Superblock) -> String? {
-        if sb.has(compat: 0x1000) { return "orphan_file feature not supported for writing" }
-        if sb.has(compat: 0x400) { return "stable_inodes/exclude_bitmap not supported for writing" }
+        if sb.has(compat: Compat.fastCommit) { return "fast_commit not supported for writing" }
         if sb.has(roCompat: RoCompat.quota) || sb.has(roCompat: RoCompat.project) {
             return "quota/project features not supported for writing"
         }
