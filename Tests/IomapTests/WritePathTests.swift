@@ -24,6 +24,8 @@ struct FsConfig: CustomStringConvertible, Sendable {
         FsConfig(type: "ext4", blockSize: 4096, args: ["-O", "^extents,^64bit"], extents: false),
         FsConfig(type: "ext2", blockSize: 1024, extents: false),
         FsConfig(type: "ext3", blockSize: 4096, extents: false),
+        // e2fsprogs 1.47's defaults.
+        FsConfig(type: "ext4", blockSize: 4096, args: ["-O", "orphan_file,metadata_csum_seed"], extents: true),
     ]
 }
 
