@@ -11,6 +11,9 @@ public protocol BlockDevice: Sendable {
     func write(at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(Ext4Error)
     /// Make previous writes durable. Default: no-op.
     func flush() throws(Ext4Error)
+    /// Forget what this host caches of [offset, offset+count), so the next
+    /// read comes from the medium (a block another node writes). Default: no-op.
+    func dropCached(at offset: UInt64, count: Int)
 }
 
 extension BlockDevice {
@@ -18,6 +21,7 @@ extension BlockDevice {
         throw .readOnly
     }
     public func flush() throws(Ext4Error) {}
+    public func dropCached(at offset: UInt64, count: Int) {}
 }
 
 /// A block device backed by a file descriptor (regular file or block device).
@@ -104,6 +108,11 @@ public final class FileBlockDevice: BlockDevice, @unchecked Sendable {
             guard let base = buffer.baseAddress else { return 0 }
             return pread(fd, base + done, buffer.count - done, off)
         }
+    }
+
+    public func dropCached(at offset: UInt64, count: Int) {
+        guard let off = off_t(exactly: offset), let len = off_t(exactly: count) else { return }
+        _ = posix_fadvise(fd, off, len, POSIX_FADV_DONTNEED)
     }
 }
 

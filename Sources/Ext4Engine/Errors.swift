@@ -22,6 +22,8 @@ public enum Ext4Error: Error, Equatable, Sendable {
     case fileTooBig
     case permission
     case busy
+    /// Another node or e2fsck holds the file system (multi-mount protection).
+    case inUse(String)
     case crossDevice
     /// The operation would have to wait (allocate, do IO) and was asked not to.
     case wouldBlock
@@ -50,7 +52,7 @@ public enum Ext4Error: Error, Equatable, Sendable {
         case .nameTooLong: return ENAMETOOLONG
         case .fileTooBig: return EFBIG
         case .permission: return EPERM
-        case .busy: return EBUSY
+        case .busy, .inUse: return EBUSY
         case .crossDevice: return EXDEV
         case .wouldBlock: return EAGAIN
         case .noSuchOffset: return ENXIO

@@ -33,6 +33,8 @@ public final class Ext4FileSystem: @unchecked Sendable {
     let w: WriteState?
     /// FS_IOC_SHUTDOWN happened: every operation fails (JournalCommit.swift).
     let shutDown = Atomic<Bool>(false)
+    /// Multi-mount protection held by this read-write mount (MMP.swift).
+    let mmp = Mutex<MultiMountProtection?>(nil)
 
     public let blockSize: Int
     public let readOnly: Bool
@@ -134,15 +136,22 @@ public final class Ext4FileSystem: @unchecked Sendable {
             ro = true
             warnings.append("mounting read-only: revision level \(sb.revLevel) too high")
         }
-        if sb.has(incompat: Incompat.mmp) && !ro {
-            ro = true
-            warnings.append("mounting read-only: mmp (multi-mount protection) not supported for writing")
-        }
         if sb.metadataCsum {
             guard sb.checksumType == 1 else { throw fail(.corrupted("unknown checksum type \(sb.checksumType)")) }
             let c = crc32c(~0, sbBytes[0..<0x3FC])
             guard c == sb.checksum else { throw fail(.corrupted("superblock checksum mismatch")) }
         }
+        // Multi-mount protection before anything is written, the journal's
+        // replay included; given back if the mount does not become read-write.
+        var mmp: MultiMountProtection? = nil
+        if !ro && !replaying && sb.has(incompat: Incompat.mmp) && Ext4FileSystem.writeRefusal(sb) == nil {
+            let seed: UInt32? = sb.metadataCsum ? (sb.has(incompat: Incompat.csumSeed) ? sb.checksumSeed : crc32c(~0, sb.uuid)) : nil
+            mmp = try MultiMountProtection.acquire(dev: device, sb: sb, seed: seed,
+                                                   node: options.nodeName.isEmpty ? "ext4iomapd" : options.nodeName,
+                                                   device: options.deviceName, logger: clog)
+        }
+        var mmpHandedOver = false
+        defer { if !mmpHandedOver, let mmp { try? mmp.release() } }
         if sb.has(incompat: Incompat.recover) && !options.noRecovery {
             // Replay the journal, then start over: read-write, onto the
             // device; read-only, into memory over it (the device is never
@@ -163,7 +172,10 @@ public final class Ext4FileSystem: @unchecked Sendable {
             w.insert("\(how): \(r.transactions) transaction(s), \(r.blocksWritten) block(s) written, \(r.blocksRevoked) revoked" + (r.badDataChecksums > 0 ? ", \(r.badDataChecksums) skipped for bad checksums" : ""), at: 0)
             let out = Ext4FileSystem(dev: target, sb: fs.sb, groups: fs.groups, options: options, readOnly: fs.readOnly,
                                      warnings: w, clog: fs.clog, csumSeed: fs.csumSeed)
-            if !out.readOnly { try out.startWriting(commitInterval: options.effectiveCommitInterval) }
+            if !out.readOnly {
+                try out.startWriting(commitInterval: options.effectiveCommitInterval)
+                if let mmp { out.holdMMP(mmp); mmpHandedOver = true }
+            }
             return out
         }
         if sb.has(incompat: Incompat.recover) && !replaying {
@@ -241,7 +253,10 @@ public final class Ext4FileSystem: @unchecked Sendable {
         }
         let fs = Ext4FileSystem(dev: device, sb: sb, groups: groups, options: options, readOnly: ro,
                                 warnings: warnings, clog: clog, csumSeed: csumSeed)
-        if !ro && !replaying { try fs.startWriting(commitInterval: options.effectiveCommitInterval) }
+        if !ro && !replaying {
+            try fs.startWriting(commitInterval: options.effectiveCommitInterval)
+            if let mmp { fs.holdMMP(mmp); mmpHandedOver = true }
+        }
         return fs
     }
 

@@ -38,7 +38,8 @@ import Glibc
   Below all of these: flushLock → the MetadataStore dirty-state mutex
   (MetaWriteback.swift, MetadataStore.swift). Leaves:
   preallocLock, the Reservations mutex, the XattrShareIndex mutex (the hash →
-  block index), the Transactions condition.
+  block index), the multi-mount protection state (MMP.swift), the
+  Transactions condition.
 */
 
 

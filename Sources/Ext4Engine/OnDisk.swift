@@ -992,7 +992,7 @@ struct SuperblockRecord: Sendable {
         static let descSize = 0xFE, firstMetaBG = 0x104, blocksCountHi = 0x150, rBlocksCountHi = 0x154
         static let freeBlocksHi = 0x158, minExtraIsize = 0x15C, wantExtraIsize = 0x15E, flags = 0x160, checksumType = 0x175
         static let overheadClusters = 0x248, backupBGs = 0x24C, checksumSeed = 0x270
-        static let orphanFileInum = 0x280, checksum = 0x3FC
+        static let mmpUpdateInterval = 0x166, mmpBlock = 0x168, orphanFileInum = 0x280, checksum = 0x3FC
     }
 
     /// s_state: cleanly unmounted.
@@ -1096,4 +1096,62 @@ struct OrphanBlockRecord: Sendable {
     }
     func checksumMatches(inodeSeed: UInt32) -> Bool { b.le32(b.count - 4) == checksum(inodeSeed: inodeSeed) }
     mutating func seal(inodeSeed: UInt32) { b.putLE32(b.count - 4, checksum(inodeSeed: inodeSeed)) }
+}
+
+/// The multi-mount protection block (INCOMPAT_MMP), struct mmp_struct at the
+/// start of block s_mmp_block: a sequence number a mounted node changes every
+/// interval, the time, node and device names (for the admin), the interval,
+/// and, with metadata_csum, crc32c over the file system's seed and the first
+/// 0x3FC bytes.
+struct MMPRecord: Sendable {
+    static let size = 1024
+    static let magic: UInt32 = 0x004D_4D50
+    /// Nobody holds the file system.
+    static let seqClean: UInt32 = 0xFF4D_4D50
+    /// e2fsck holds it.
+    static let seqFsck: UInt32 = 0xE24D_4D50
+    /// Largest sequence number a mount uses.
+    static let seqMax: UInt32 = 0xE24D_4D4F
+
+    enum Off {
+        static let magic = 0x0, seq = 0x4, time = 0x8, nodeName = 0x10, deviceName = 0x50
+        static let checkInterval = 0x70, checksum = 0x3FC
+    }
+
+    private(set) var b: [UInt8]
+
+    init(_ bytes: [UInt8]) throws(Ext4Error) {
+        guard bytes.count >= MMPRecord.size else { throw .corrupted("short MMP block") }
+        b = Array(bytes.prefix(MMPRecord.size))
+        guard b.le32(Off.magic) == MMPRecord.magic else { throw .corrupted("MMP block has a bad magic number") }
+    }
+
+    var seq: UInt32 {
+        get { b.le32(Off.seq) }
+        set { b.putLE32(Off.seq, newValue) }
+    }
+    var time: UInt64 {
+        get { b.le64(Off.time) }
+        set { b.putLE64(Off.time, newValue) }
+    }
+    var checkInterval: UInt16 {
+        get { b.le16(Off.checkInterval) }
+        set { b.putLE16(Off.checkInterval, newValue) }
+    }
+    /// A NUL-padded name field, read leniently (for messages).
+    func name(_ off: Int, _ len: Int) -> String {
+        let raw = b[off..<(off + len)].prefix { $0 != 0 }
+        return String(decoding: raw, as: UTF8.self)
+    }
+    var nodeName: String { name(Off.nodeName, 64) }
+    var deviceName: String { name(Off.deviceName, 32) }
+    mutating func setNames(node: String, device: String) {
+        for (off, len, s) in [(Off.nodeName, 64, node), (Off.deviceName, 32, device)] {
+            let bytes = Array(s.utf8.prefix(len - 1))
+            for i in 0..<len { b[off + i] = i < bytes.count ? bytes[i] : 0 }
+        }
+    }
+
+    func checksumMatches(seed: UInt32) -> Bool { b.le32(Off.checksum) == crc32c(seed, b[0..<Off.checksum]) }
+    mutating func seal(seed: UInt32) { b.putLE32(Off.checksum, crc32c(seed, b[0..<Off.checksum])) }
 }

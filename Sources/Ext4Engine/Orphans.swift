@@ -126,7 +126,7 @@ extension Ext4FileSystem {
     /// every block home, empty the journal and mark the file system clean.
     public func unmount() throws(Ext4Error) {
         let w = try wstate
-        if meta.txn.isAborted != nil { stopCommitter(); throw .io(EIO) }
+        if meta.txn.isAborted != nil { stopCommitter(); try? releaseMMP(); throw .io(EIO) }
         try withHandle { () throws(Ext4Error) in
             try dropAllPreallocations()
             try packAllExtentTrees()
@@ -159,5 +159,6 @@ extension Ext4FileSystem {
         try dev.flush()
         // The superblock's block is still dirty in memory; nothing writes it again.
         meta.discardDirty()
+        try releaseMMP()
     }
 }

@@ -127,6 +127,9 @@ struct Superblock: Sendable {
     let checksumSeed: UInt32
     /// s_orphan_file_inum (with COMPAT_ORPHAN_FILE).
     let orphanFileInum: UInt32
+    /// s_mmp_block and s_mmp_update_interval (with INCOMPAT_MMP).
+    let mmpBlock: UInt64
+    let mmpUpdateInterval: UInt16
     let overheadClusters: UInt32
     let backupBGs: (UInt32, UInt32)
     let checksum: UInt32
@@ -186,6 +189,8 @@ struct Superblock: Sendable {
         overheadClusters = b.le32(O.overheadClusters)
         checksumSeed = b.le32(O.checksumSeed)
         orphanFileInum = b.le32(O.orphanFileInum)
+        mmpBlock = b.le64(O.mmpBlock)
+        mmpUpdateInterval = b.le16(O.mmpUpdateInterval)
         checksum = b.le32(O.checksum)
 
         // ---- sanity checks -------------------------------------------------

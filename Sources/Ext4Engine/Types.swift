@@ -5,11 +5,18 @@ public struct MountOptions: Sendable {
     public var cacheBlocks: Int
     /// Seconds between journal commits (`commit=`, as ext4; 0 means the default, 5).
     public var commitInterval: Double
-    public init(readOnly: Bool = true, noRecovery: Bool = false, cacheBlocks: Int = 8192, commitInterval: Double = 5) {
+    /// What a read-write mount writes into the multi-mount protection block
+    /// for the admin of another node: this host's name and the source.
+    public var nodeName: String
+    public var deviceName: String
+    public init(readOnly: Bool = true, noRecovery: Bool = false, cacheBlocks: Int = 8192, commitInterval: Double = 5,
+                nodeName: String = "", deviceName: String = "") {
         self.readOnly = readOnly
         self.noRecovery = noRecovery
         self.cacheBlocks = cacheBlocks
         self.commitInterval = commitInterval
+        self.nodeName = nodeName
+        self.deviceName = deviceName
     }
 }
 

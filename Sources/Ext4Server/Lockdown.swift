@@ -368,6 +368,9 @@ extension Lockdown {
         r.append(Rule("prctl", [eq(0, K.prSetName)]))
         r.append(Rule("prctl", [eq(0, K.prGetName)]))
         r.append(Rule("getrandom"))
+        // Multi-mount protection rereads its block from the medium: drop the
+        // cached copy first (POSIX_FADV_DONTNEED only).
+        r.append(Rule("fadvise64", [eq(3, UInt64(POSIX_FADV_DONTNEED))]))
         // A test helper may hand a socket in place of /dev/fuse: its peer plays
         // the kernel, and the transport reads with recv(MSG_TRUNC) so that an
         // oversized message is seen. Nothing else in the server calls recvfrom.

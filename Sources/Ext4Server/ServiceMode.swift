@@ -115,9 +115,10 @@ private func serveMount(_ endpoint: ServiceEndpoint, _ transport: any FuseFDTran
     // name is read now, through /proc/self/fd opened before HELLO.
     let sourceName = deviceName(devFD, procFDs: procFDs)
     if procFDs >= 0 { _ = Glibc.close(procFDs); procFDs = -1 }
+    let host = hostName()
     // Lock down before the engine parses anything from the device.
     do { try sandbox.apply(.setup) } catch { throw ServerFailure(2, "sandbox: \(error)") }
-    let fs = try openFileSystem(deviceFD: devFD, name: args.source, options: options, logger: logger)
+    let fs = try openFileSystem(deviceFD: devFD, name: args.source, options: options, logger: logger, nodeName: host)
     endpoint.finishFileRequests()
     let mtab = options.readOnly ? "ro" : "rw"
     try broker("mounting \(args.mountpoint)") { () throws(BrokerError) in

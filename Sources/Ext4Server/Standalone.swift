@@ -18,13 +18,22 @@ public struct ServerFailure: Error, CustomStringConvertible {
 }
 
 /// Opens the engine on an already-open device fd, applying the server's option policy.
-public func openFileSystem(deviceFD: Int32, name: String, options: ServerOptions, logger: Logger) throws(ServerFailure) -> Ext4FileSystem {
+/// This host's name, for the multi-mount protection block; read before the
+/// sandbox, which allows no uname. Empty when it cannot be had.
+public func hostName() -> String {
+    var buf = [CChar](repeating: 0, count: 256)
+    guard gethostname(&buf, buf.count - 1) == 0 else { return "" }
+    return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+public func openFileSystem(deviceFD: Int32, name: String, options: ServerOptions, logger: Logger,
+                           nodeName: String = "") throws(ServerFailure) -> Ext4FileSystem {
     let dev: FileBlockDevice
     do { dev = try FileBlockDevice(fd: deviceFD, closeOnDeinit: true) } catch {
         throw ServerFailure(2, "\(name): cannot use the device: \(error)")
     }
     let opts = MountOptions(readOnly: options.readOnly, noRecovery: options.noRecovery, cacheBlocks: options.cacheBlocks,
-                            commitInterval: Double(options.commitSeconds))
+                            commitInterval: Double(options.commitSeconds), nodeName: nodeName, deviceName: name)
     do {
         let fs = try Ext4FileSystem.open(device: dev, options: opts)
         for w in fs.warnings { logger.warning("\(name): \(w)") }
@@ -39,6 +48,7 @@ public func describe(_ e: Ext4Error) -> String {
     switch e {
     case .corrupted(let s): return "file system is corrupted: \(s)"
     case .unsupported(let s): return "unsupported: \(s)"
+    case .inUse(let s): return s
     case .invalid(let s): return "not a valid ext2/3/4 file system: \(s)"
     case .io(let n): return "I/O error: \(String(cString: strerror(n)))"
     default: return String(cString: strerror(e.errno))
@@ -108,7 +118,7 @@ public func runStandalone(device: String, mountpoint: String, options: ServerOpt
     }
     let devFD = Glibc.open(device, (options.readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
     guard devFD >= 0 else { throw ServerFailure(2, "\(device): \(String(cString: strerror(errno)))") }
-    let fs = try openFileSystem(deviceFD: devFD, name: device, options: options, logger: logger)
+    let fs = try openFileSystem(deviceFD: devFD, name: device, options: options, logger: logger, nodeName: hostName())
     let rings = makeUringRings(options, workers: workers, logger: logger)
     var st = stat()
     guard stat(mountpoint, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else {
