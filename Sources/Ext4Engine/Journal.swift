@@ -57,11 +57,12 @@ extension Ext4FileSystem {
         // ---- journal superblock --------------------------------------------------------
         var jsb = try JournalSuperblock(try jread(0))
         guard UInt64(jsb.blockSize) == bs else { throw .unsupported("journal block size differs from fs block size") }
-        let maxlen = UInt64(jsb.maxLen)
+        // The log proper ends where a fast-commit area begins.
+        let maxlen = UInt64(jsb.logEnd)
         let first = UInt64(jsb.first)
         var seq = jsb.sequence
         let start = UInt64(jsb.start)
-        guard maxlen <= jblocks, first >= 1, first < maxlen else { throw corrupt("journal geometry invalid") }
+        guard UInt64(jsb.maxLen) <= jblocks, first >= 1, first < maxlen else { throw corrupt("journal geometry invalid") }
         let incompat = jsb.incompat
         guard incompat & ~JBD2.incompatKnown == 0 else {
             throw .unsupported("journal has unsupported features 0x\(String(incompat, radix: 16))")
@@ -128,6 +129,10 @@ extension Ext4FileSystem {
                 default:
                     break scan
                 }
+            }
+            // Fast commits after the last full commit: refused before anything is written.
+            if jsb.fastCommit, maxlen + 1 < UInt64(jsb.maxLen), FastCommitArea.pending(try jread(maxlen + 1), tid: seq) {
+                throw .unsupported("the journal holds fast-commit records (the kernel's ext4 wrote them after its last full commit), which ext4iomapd cannot replay; mount the file system once with the kernel's ext4 or run e2fsck -fy, or mount with norecovery to see it as of the last full commit")
             }
             // ---- revoke table --------------------------------------------------------------
             var revoked: [UInt64: UInt32] = [:]

@@ -29,7 +29,9 @@ final class JournalLog: @unchecked Sendable {
         self.jsb = jsb
         self.map = map
         first = UInt64(jsb.first)
-        maxLen = UInt64(jsb.maxLen)
+        // With fast commits the log wraps before their area, as the kernel's
+        // replay expects it to.
+        maxLen = UInt64(jsb.logEnd)
         head = first
         nextSeq = jsb.sequence
     }
@@ -84,7 +86,7 @@ extension Ext4FileSystem {
         var jsb = try JournalSuperblock(raw)
         guard jsb.version == 2 else { throw .unsupported("journal superblock v1") }
         guard UInt64(jsb.blockSize) == bs else { throw .unsupported("journal block size differs") }
-        guard UInt64(jsb.maxLen) <= jblocks, jsb.first >= 1, UInt64(jsb.first) + 8 < UInt64(jsb.maxLen) else {
+        guard UInt64(jsb.maxLen) <= jblocks, jsb.first >= 1, UInt64(jsb.first) + 8 < UInt64(jsb.logEnd) else {
             throw corrupt("journal geometry invalid")
         }
         // Every log block must be mapped.
@@ -94,6 +96,7 @@ extension Ext4FileSystem {
         guard jsb.start == 0 else { throw .unsupported("journal still holds transactions") }
         guard jsb.compat & JBD2.compatChecksumV1 == 0 else { throw .unsupported("journal checksum v1") }
         let writable = JBD2.incompatRevoke | JBD2.incompat64bit | JBD2.incompatCsumV2 | JBD2.incompatCsumV3
+            | JBD2.incompatFastCommit
         guard jsb.incompat & ~writable == 0 else {
             throw .unsupported("journal features 0x\(String(jsb.incompat, radix: 16))")
         }
@@ -107,7 +110,17 @@ extension Ext4FileSystem {
             jsb.incompat |= JBD2.incompatRevoke
             try devWrite(p0.physical * bs, jsb.sealed())
         }
-        return JournalLog(jsb: jsb, map: map)
+        let log = JournalLog(jsb: jsb, map: map)
+        if jsb.fastCommit {
+            // Only full commits from here on: no record left in the fast-commit
+            // area may be taken for one of ours by a later replay.
+            let zero = [UInt8](repeating: 0, count: blockSize)
+            for l in UInt64(jsb.logEnd)..<UInt64(jsb.maxLen) {
+                guard let p = log.physical(l) else { throw corrupt("journal block \(l) not mapped") }
+                try devWrite(p * bs, zero)
+            }
+        }
+        return log
     }
 
     // ---- the committer ---------------------------------------------------------------

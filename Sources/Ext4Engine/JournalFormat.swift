@@ -16,8 +16,11 @@ enum JBD2 {
     static let compatChecksumV1: UInt32 = 0x1
     static let incompatRevoke: UInt32 = 0x1, incompat64bit: UInt32 = 0x2, incompatAsyncCommit: UInt32 = 0x4
     static let incompatCsumV2: UInt32 = 0x8, incompatCsumV3: UInt32 = 0x10, incompatFastCommit: UInt32 = 0x20
-    /// Incompat features recovery understands.
-    static let incompatKnown: UInt32 = 0x1F
+    /// Incompat features recovery understands (fast commit: the area it
+    /// reserves; records in it are refused, `FastCommitArea`).
+    static let incompatKnown: UInt32 = 0x3F
+    /// Fast-commit blocks when the superblock does not say (the kernel's default).
+    static let defaultFastCommitBlocks: UInt32 = 256
     static let checksumTypeCRC32C: UInt8 = 4
 
     static func header(_ type: BlockType, _ seq: UInt32, size: Int) -> [UInt8] {
@@ -62,6 +65,20 @@ struct JournalSuperblock: Sendable {
     }
     var uuid: [UInt8] { raw.sub(0x30, 16) ?? [] }
     var checksumType: UInt8 { raw.u8(0x50) }
+    /// s_num_fc_blks: the fast-commit area at the end of the journal.
+    var fastCommitBlocks: UInt32 {
+        let n = raw.be32(0x54)
+        return n == 0 ? JBD2.defaultFastCommitBlocks : n
+    }
+    var fastCommit: Bool { incompat & JBD2.incompatFastCommit != 0 }
+    /// One past the last block of the log proper: with fast commits the log
+    /// wraps before it, the block there is unused, and the fast-commit area
+    /// is the rest (from `logEnd + 1`), as the kernel's jbd2 lays it out.
+    var logEnd: UInt32 {
+        guard fastCommit else { return maxLen }
+        let fc = fastCommitBlocks
+        return fc < maxLen ? maxLen - fc : 0
+    }
     var storedChecksum: UInt32 { raw.be32(0xFC) }
 
     var revoke: Bool { incompat & JBD2.incompatRevoke != 0 }
@@ -169,5 +186,22 @@ extension Array where Element == UInt8 {
     mutating func putBE16(_ o: Int, _ v: UInt16) {
         guard o >= 0, o <= count - 2 else { return }
         self[o] = UInt8(truncatingIfNeeded: v >> 8); self[o + 1] = UInt8(truncatingIfNeeded: v)
+    }
+}
+
+/// The fast-commit area (with JBD2 incompat FAST_COMMIT, the journal's blocks
+/// from `logEnd + 1` to its end): tag-length-value records (le16 tag, le16
+/// length) that the kernel's ext4 writes between full commits, opened by a
+/// HEAD record (tag 9: le32 features, le32 transaction id). This engine
+/// writes only full commits and cannot replay these records: a HEAD for the
+/// transaction after the last full commit means some are pending.
+enum FastCommitArea {
+    static let tagHead: UInt16 = 0x0009
+
+    /// Whether `block`, the area's first block, opens fast commits for
+    /// transaction `tid`.
+    static func pending(_ block: [UInt8], tid: UInt32) -> Bool {
+        guard block.count >= 12, block.le16(0) == tagHead, block.le16(2) >= 8 else { return false }
+        return block.le32(8) == tid
     }
 }

@@ -75,7 +75,6 @@ extension Ext4FileSystem {
     }
 
     static func writeRefusal(_ sb: Superblock) -> String? {
-        if sb.has(compat: Compat.fastCommit) { return "fast_commit not supported for writing" }
         if sb.has(roCompat: RoCompat.quota) || sb.has(roCompat: RoCompat.project) {
             return "quota/project features not supported for writing"
         }
