@@ -58,6 +58,10 @@ int cshim_mount_setattr(int dfd, const char *path, unsigned int flags, unsigned 
     struct { unsigned long long attr_set, attr_clr, propagation, userns_fd; } a = { attr_set, attr_clr, 0, 0 };
     return ret_or_errno(syscall(SYS_mount_setattr, dfd, path, flags, &a, sizeof a));
 }
+int cshim_mount_set_private(int dfd, const char *path, unsigned int flags) {
+    struct { unsigned long long attr_set, attr_clr, propagation, userns_fd; } a = { 0, 0, MS_PRIVATE, 0 };
+    return ret_or_errno(syscall(SYS_mount_setattr, dfd, path, flags, &a, sizeof a));
+}
 int cshim_open_tree(int dfd, const char *path, unsigned int flags) {
     return ret_or_errno(syscall(SYS_open_tree, dfd, path, flags));
 }

@@ -59,6 +59,11 @@ public enum SharedMount {
         let fd = cshim_open_tree(AT_FDCWD, existing.mountpoint, 0x1 | UInt32(O_CLOEXEC) | 0x100)
         if fd < 0 { throw .system(operation: "open_tree \(existing.mountpoint)", errno: -fd) }
         defer { FD.close(fd) }
+        // A clone joins the peer group of a shared original, so mounts made
+        // under one would appear under the other; the kernel's second mount
+        // of a device is a mount of its own. Private before it is attached.
+        let pr = cshim_mount_set_private(fd, "", 0x1000)  // AT_EMPTY_PATH
+        if pr < 0 { throw .mountFailed("propagation of the new mount point", errno: -pr) }
         if p.attrSet != 0 || p.attrClear != 0 {
             let r = cshim_mount_setattr(fd, "", 0x1000, p.attrSet, p.attrClear)  // AT_EMPTY_PATH
             if r < 0 { throw .mountFailed("mount flags of the new mount point", errno: -r) }

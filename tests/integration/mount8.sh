@@ -188,12 +188,20 @@ opts=$(findmnt -n -o OPTIONS --mountpoint "$MNT")
 check "findmnt after remount,rw: rw ($opts)" [ "${opts%%,*}" = rw ]
 # -- the same image mounted twice: one server, one file system, two mount points
 MNT2="$work/mnt2"; mkdir -p "$MNT2"
+mount --make-shared "$MNT" || fail "mount --make-shared DIR"
 if mount -t fuse.ext4 "$IMG" "$MNT2" 2>"$work/mount2.err"; then pass "mount -t fuse.ext4 IMG DIR2 while mounted at DIR"
 else cat "$work/mount2.err"; fail "second mount of the image"; fi
 check "DIR2 is fuseblk.ext4 on the same loop device" [ "$(findmnt -n -o SOURCE,FSTYPE --mountpoint "$MNT2" | tr -s ' ')" = "$LOOP fuseblk.ext4" ]
 check "no second server" [ "$(for p in /proc/[0-9]*; do for f in "$p"/fd/*; do [ "$(readlink "$f" 2>/dev/null)" = "$LOOP" ] && echo "${p#/proc/}"; done; done | sort -u | wc -l)" = 1 ]
 echo "through DIR2" > "$MNT2/dir/two.txt"
 check "a file written through DIR2 is seen through DIR" [ "$(cat "$MNT/dir/two.txt")" = "through DIR2" ]
+# A mount of its own, as the kernel's second mount is: not a peer of DIR
+# (DIR is shared here), so what is mounted under one does not appear under
+# the other (fstests generic/409-411).
+check "DIR is shared, DIR2 has no peer group" bash -c "findmnt -n -o PROPAGATION --mountpoint '$MNT' | grep -qw shared && ! findmnt -n -o PROPAGATION --mountpoint '$MNT2' | grep -qw shared"
+mount -t tmpfs -o size=1M ext4iomap-probe "$MNT2/dir" || fail "tmpfs under DIR2"
+check "a mount under DIR2 does not propagate to DIR" [ "$(findmnt -n -o FSTYPE --mountpoint "$MNT/dir")" = "" ]
+umount "$MNT2/dir"
 umount "$MNT2" && pass "umount DIR2" || fail "umount DIR2"
 check "DIR still serves after DIR2 is gone" [ "$(cat "$MNT/dir/two.txt")" = "through DIR2" ]
 if mount -t fuse.ext4 -o ro "$IMG" "$MNT2" 2>"$work/mount2.err"; then pass "mount -o ro IMG DIR2 while mounted read-write at DIR"

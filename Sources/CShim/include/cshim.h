@@ -54,6 +54,8 @@ int cshim_fspick(int dfd, const char *path, unsigned int flags);
 int cshim_open_tree(int dfd, const char *path, unsigned int flags);
 int cshim_mount_setattr(int dfd, const char *path, unsigned int flags, unsigned long long attr_set,
                         unsigned long long attr_clr);
+/// mount_setattr(2) changing only the propagation, to MS_PRIVATE.
+int cshim_mount_set_private(int dfd, const char *path, unsigned int flags);
 int cshim_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path, unsigned int flags);
 pid_t cshim_gettid(void);
 /// Name the calling thread (PR_SET_NAME, 15 bytes max).
