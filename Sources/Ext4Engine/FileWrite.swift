@@ -192,13 +192,13 @@ extension Ext4FileSystem {
     /// WRITE as one operation: the data, the size, the times and, with
     /// `killSuidgid` (a writer without CAP_FSETID), the set-ID bits it clears.
     public func write(_ ino: UInt32, offset: UInt64, data: UnsafeRawBufferPointer,
-                      killSuidgid: Bool = false) throws(Ext4Error) -> Int {
-        try writeRequest(ino, offset: offset, data: data, killSuidgid: killSuidgid).count
+                      killSuidgid: Bool = false, callerGid: UInt32? = nil) throws(Ext4Error) -> Int {
+        try writeRequest(ino, offset: offset, data: data, killSuidgid: killSuidgid, callerGid: callerGid).count
     }
 
     /// `write`, also saying whether set-ID bits were cleared.
     public func writeRequest(_ ino: UInt32, offset: UInt64, data: UnsafeRawBufferPointer,
-                             killSuidgid: Bool) throws(Ext4Error) -> WriteOutcome {
+                             killSuidgid: Bool, callerGid: UInt32? = nil) throws(Ext4Error) -> WriteOutcome {
         return try withHandle { () throws(Ext4Error) -> WriteOutcome in
             let w = try wstate
             guard data.count > 0 else { return WriteOutcome(count: 0, clearedSetID: false) }
@@ -208,7 +208,9 @@ extension Ext4FileSystem {
                 var m = try loadInode(ino)
                 try writeLocked(&m, offset: offset, data)
                 var cleared = false
-                if killSuidgid, let k = Ext4FileSystem.suidgidKilled(m.mode) { m.mode = k; cleared = true }
+                if killSuidgid, let k = Ext4FileSystem.suidgidKilled(m.mode, fileGid: m.gid, callerGid: callerGid) {
+                    m.mode = k; cleared = true
+                }
                 try storeInode(m)
                 return WriteOutcome(count: data.count, clearedSetID: cleared)
             }
@@ -232,11 +234,16 @@ extension Ext4FileSystem {
     }
 
     /// `mode` without set-user-ID, and without set-group-ID when
-    /// group-execute is set (set-group-ID without it marks mandatory locking
-    /// and stays); nil when that changes nothing.
-    public static func suidgidKilled(_ mode: UInt16) -> UInt16? {
+    /// group-execute is set or the caller is not in the file's group (as the
+    /// kernel's rule for a caller without CAP_FSETID: otherwise set-group-ID
+    /// without group-execute marks mandatory locking and stays); nil when
+    /// that changes nothing. `callerGid` is the only group FUSE reports (the
+    /// primary one): a caller in the file's group only by a supplementary
+    /// group loses the bit here where the kernel keeps it, the safe side.
+    public static func suidgidKilled(_ mode: UInt16, fileGid: UInt32? = nil, callerGid: UInt32? = nil) -> UInt16? {
         var m = mode & ~modeSetUID
-        if m & 0o010 != 0 { m &= ~modeSetGID }
+        let outsideGroup = callerGid != nil && fileGid != nil && callerGid != fileGid
+        if m & 0o010 != 0 || outsideGroup { m &= ~modeSetGID }
         return m == mode ? nil : m
     }
 
@@ -368,7 +375,7 @@ extension Ext4FileSystem {
     /// Other file types are not truncated. Only a truncating open changes
     /// anything (one handle); the others read. Returns the inode.
     public func open(_ ino: UInt32, forWriting: Bool, appending: Bool, truncate: Bool,
-                     killSuidgid: Bool = false) throws(Ext4Error) -> Inode {
+                     killSuidgid: Bool = false, callerGid: UInt32? = nil) throws(Ext4Error) -> Inode {
         try checkAlive()
         guard truncate else {
             return try withReadLock(ino) { () throws(Ext4Error) -> Inode in
@@ -391,7 +398,9 @@ extension Ext4FileSystem {
                     m.setTime(.mtime, nowSpec())
                     changed = true
                 }
-                if killSuidgid, let k = Ext4FileSystem.suidgidKilled(m.mode) { m.mode = k; changed = true }
+                if killSuidgid, let k = Ext4FileSystem.suidgidKilled(m.mode, fileGid: m.gid, callerGid: callerGid) {
+                    m.mode = k; changed = true
+                }
                 guard changed else { return try publicInode(m) }
                 m.setTime(.ctime, nowSpec())
                 m.bumpVersion()
@@ -432,7 +441,7 @@ extension Ext4FileSystem {
     /// fallocate mode; returns whether it did.
     @discardableResult
     public func fallocate(_ ino: UInt32, mode: UInt32, offset: UInt64, length: UInt64,
-                          mapOnly: Bool = false, killSuidgid: Bool = false) throws(Ext4Error) -> Bool {
+                          mapOnly: Bool = false, killSuidgid: Bool = false, callerGid: UInt32? = nil) throws(Ext4Error) -> Bool {
         if mapOnly { try fallocateMapped(ino, mode: mode, offset: offset, length: length); return false }
         return try withHandle { () throws(Ext4Error) -> Bool in
             let w = try wstate
@@ -441,7 +450,9 @@ extension Ext4FileSystem {
             try w.inodeLocks.withLock(UInt64(ino)) { () throws(Ext4Error) in
                 var m = try loadForFallocate(ino, mode: mode)
                 // Every way out below stores `m`.
-                if killSuidgid, let k = Ext4FileSystem.suidgidKilled(m.mode) { m.mode = k; cleared = true }
+                if killSuidgid, let k = Ext4FileSystem.suidgidKilled(m.mode, fileGid: m.gid, callerGid: callerGid) {
+                    m.mode = k; cleared = true
+                }
                 if m.hasInline { try convertInlineFile(&m) }
                 // Block maps cannot describe unwritten blocks: like the kernel, only
                 // PUNCH_HOLE works on them.

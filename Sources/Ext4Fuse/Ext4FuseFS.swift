@@ -190,7 +190,8 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         let truncate = a.flags & UInt32(O_TRUNC) != 0
         let kill = a.openFlags & FuseMiscFlags.openKillSuidgid != 0
         let i = try engine { () throws(Ext4Error) in
-            try fs.open(ino, forWriting: writing, appending: appending, truncate: truncate, killSuidgid: kill)
+            try fs.open(ino, forWriting: writing, appending: appending, truncate: truncate, killSuidgid: kill,
+                        callerGid: c.gid)
         }
         guard i.fileType != .directory else { throw .isdir }
         if !readOnly && i.fileType == .regular { fs.fileOpened(ino, forWriting: Self.forWriting(a.flags)) }

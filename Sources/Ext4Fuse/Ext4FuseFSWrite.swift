@@ -136,7 +136,7 @@ extension Ext4FuseFS {
         // (It still removes security.capability itself.)
         let kill = a.writeFlags & FuseMiscFlags.writeKillSuidgid != 0
         let done = try engine { () throws(Ext4Error) in
-            try fs.writeRequest(ino, offset: a.offset, data: data, killSuidgid: kill)
+            try fs.writeRequest(ino, offset: a.offset, data: data, killSuidgid: kill, callerGid: c.gid)
         }
         // The kernel keeps the mode it cached; with the bits gone, drop it.
         if done.clearedSetID { attributesChanged(c.nodeid) }
@@ -153,7 +153,7 @@ extension Ext4FuseFS {
         // caller without CAP_FSETID (here: not root) loses the set-ID bits.
         let cleared = try engine { () throws(Ext4Error) in
             try fs.fallocate(ino, mode: a.mode, offset: a.offset, length: a.length, mapOnly: mapOnly,
-                             killSuidgid: c.uid != 0)
+                             killSuidgid: c.uid != 0, callerGid: c.gid)
         }
         if cleared { attributesChanged(c.nodeid) }
     }

@@ -11,7 +11,8 @@
 # loop mount of a copy of the image: a non-root writer appends, truncates and
 # opens with O_TRUNC; root chowns and root writes (root keeps the bits on write,
 # as CAP_FSETID does); a non-root owner sets ACLs on a file of another group and
-# on one of its own group. Modes, owners and sizes must be the same on both, the
+# on one of its own group; a writer outside a setgid file's group (no group
+# execute) writes and fallocates. Modes, owners and sizes must be the same on both, the
 # kernel must read our image back the same, and both images must fsck clean.
 # Exit: 0 pass, 77 skip (last line says why), anything else fails.
 set -uo pipefail
@@ -40,11 +41,15 @@ steps() {  # steps DIR: the scenario; prints one line per file
   done
   : > "$d/noxgrp"; chown nobody:"$grp" "$d/noxgrp"; chmod 2765 "$d/noxgrp"  # setgid without group-exec: kept
   : > "$d/plain"; chown nobody:"$grp" "$d/plain"; chmod 0644 "$d/plain"
+  # setgid without group-exec, group root, which the writer is not in: the
+  # kernel clears it (fstests generic/683-685)
+  for f in noxgrp-out-w noxgrp-out-f; do : > "$d/$f"; chown nobody:root "$d/$f"; chmod 2766 "$d/$f"; done
   : > "$d/acl-other"; chown nobody:root "$d/acl-other"; chmod 2775 "$d/acl-other"  # owner not in group root
   : > "$d/acl-own"; chown nobody:"$grp" "$d/acl-own"; chmod 2775 "$d/acl-own"
   setpriv --reuid=nobody --regid="$grp" --clear-groups sh -c "
     echo more >> '$d/append'; truncate -s 2 '$d/trunc'; : > '$d/otrunc'
     echo y >> '$d/noxgrp'; echo z >> '$d/plain'
+    echo w >> '$d/noxgrp-out-w'; xfs_io -c 'falloc 0 4096' '$d/noxgrp-out-f'
     stat -c %a '$d/direct' '$d/overwrite' >/dev/null  # the kernel caches the mode (fstests generic/355)
     dd if=/dev/zero of='$d/direct' bs=4096 count=1 oflag=direct conv=notrunc status=none
     printf x | dd of='$d/overwrite' conv=notrunc status=none
@@ -70,6 +75,8 @@ echo "$ours" | grep -q '^direct 775 ' || fail "a direct write by a non-root writ
 echo "$ours" | grep -q '^overwrite 775 ' || fail "an overwrite by a non-root writer kept set-ID bits, or stat saw a stale mode: $ours"
 echo "$ours" | grep -q '^rootw 6775 ' || fail "root's write cleared set-ID bits: $ours"
 echo "$ours" | grep -q '^noxgrp 2765 ' || fail "setgid without group-exec was cleared: $ours"
+echo "$ours" | grep -q '^noxgrp-out-w 766 ' || fail "a write by a caller outside the file's group kept setgid: $ours"
+echo "$ours" | grep -q '^noxgrp-out-f 766 ' || fail "fallocate by a caller outside the file's group kept setgid: $ours"
 echo "$ours" | grep -q '^acl-other 775 ' || fail "an ACL set by a non-member kept setgid: $ours"
 echo "$ours" | grep -q '^acl-own 2775 ' || fail "an ACL set by a group member cleared setgid: $ours"
 twin_unmount_fsck
