@@ -10,6 +10,7 @@
 #include <linux/fs.h>
 #include <linux/loop.h>
 
+unsigned long cshim_BLKDISCARD(void) { return BLKDISCARD; }
 int cshim_ioctl_ptr(int fd, unsigned long req, void *arg) {
     int r;
     do { r = ioctl(fd, req, arg); } while (r < 0 && errno == EINTR);

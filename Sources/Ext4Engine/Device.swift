@@ -14,6 +14,9 @@ public protocol BlockDevice: Sendable {
     /// Forget what this host caches of [offset, offset+count), so the next
     /// read comes from the medium (a block another node writes). Default: no-op.
     func dropCached(at offset: UInt64, count: Int)
+    /// Tell the medium that [offset, offset+count) holds nothing (FITRIM).
+    /// Default: `.unsupported`.
+    func discard(at offset: UInt64, count: UInt64) throws(Ext4Error)
 }
 
 extension BlockDevice {
@@ -22,6 +25,7 @@ extension BlockDevice {
     }
     public func flush() throws(Ext4Error) {}
     public func dropCached(at offset: UInt64, count: Int) {}
+    public func discard(at offset: UInt64, count: UInt64) throws(Ext4Error) { throw .unsupported("discard") }
 }
 
 /// A block device backed by a file descriptor (regular file or block device).
@@ -31,6 +35,8 @@ public final class FileBlockDevice: BlockDevice, @unchecked Sendable {
     public let size: UInt64
     private let closeOnDeinit: Bool
     public let writable: Bool
+    /// A block device (a loop device for an image), not a plain file.
+    public let isBlockDevice: Bool
 
     public init(fd: Int32, closeOnDeinit: Bool) throws(Ext4Error) {
         var st = stat()
@@ -46,6 +52,7 @@ public final class FileBlockDevice: BlockDevice, @unchecked Sendable {
         }
         self.fd = fd
         self.size = sz
+        self.isBlockDevice = (st.st_mode & S_IFMT) == S_IFBLK
         let fl = fcntl(fd, F_GETFL)
         self.writable = fl >= 0 && (fl & O_ACCMODE) != O_RDONLY
         self.closeOnDeinit = closeOnDeinit
@@ -113,6 +120,20 @@ public final class FileBlockDevice: BlockDevice, @unchecked Sendable {
     public func dropCached(at offset: UInt64, count: Int) {
         guard let off = off_t(exactly: offset), let len = off_t(exactly: count) else { return }
         _ = posix_fadvise(fd, off, len, POSIX_FADV_DONTNEED)
+    }
+
+    /// BLKDISCARD on a block device (a loop device punches the range out of
+    /// its image file); a plain file is not discarded here.
+    public func discard(at offset: UInt64, count: UInt64) throws(Ext4Error) {
+        guard writable else { throw .readOnly }
+        guard isBlockDevice else { throw .unsupported("discard on a plain file") }
+        let (end, o) = offset.addingReportingOverflow(count)
+        guard !o, end <= size else { throw .io(EIO) }
+        var range: (UInt64, UInt64) = (offset, count)
+        let r = withUnsafeMutablePointer(to: &range) { cshim_ioctl_ptr(fd, cshim_BLKDISCARD(), $0) }
+        if r == 0 { return }
+        if -r == EOPNOTSUPP { throw .unsupported("the device does not discard") }
+        throw .io(-r)
     }
 }
 

@@ -286,6 +286,8 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
     static let fsIocFiemap: UInt32 = 0xC020_660B
     /// FS_IOC_SHUTDOWN (XFS_IOC_GOINGDOWN), _IOR('X', 125, __u32).
     static let fsIocShutdown: UInt32 = 0x8004_587D
+    /// FITRIM, _IOWR('X', 121, struct fstrim_range { u64 start, len, minlen }).
+    static let fiTrim: UInt32 = 0xC018_5879
 
     public func ioctl(_ c: FuseContext, _ a: FuseIoctlIn, input: [UInt8]) throws(FuseError) -> FuseIoctlReply {
         let ino = try Self.ino(c.nodeid)
@@ -319,6 +321,16 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
             fs.shutdown(flushLog: true)
         case Self.fsIocFiemap:
             return FuseIoctlReply(result: 0, output: try fiemap(ino, input, outSize: Int(a.outSize)))
+        case Self.fiTrim:
+            // As ext4, root only (CAP_SYS_ADMIN, which FUSE does not pass on).
+            guard c.uid == 0 else { throw .perm }
+            guard input.count >= 24 else { throw .inval }
+            func le(_ off: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(input[off + $1]) << (8 * UInt64($1)) } }
+            let (start, minLength) = (le(0), le(16))
+            let done = try engine { () throws(Ext4Error) in
+                try fs.trim(start: start, length: le(8), minLength: minLength)
+            }
+            w.u64(start); w.u64(done); w.u64(minLength)
         default:
             throw .notty
         }

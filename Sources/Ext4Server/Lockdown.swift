@@ -304,6 +304,7 @@ extension Lockdown {
         0x4008_1271,  // BLKBSZSET
         0x0000_127B,  // BLKPBSZGET
         0x0000_1261,  // BLKFLSBUF
+        0x0000_1277,  // BLKDISCARD (FITRIM)
         0x0000_5401,  // TCGETS (isatty from stdio)
         UInt64(FuseDevIoctl.clone),
         UInt64(FuseDevIoctl.backingOpen),

@@ -25,6 +25,7 @@ uint16_t cshim_crc16(uint16_t crc, const void *buf, size_t len);
 
 // ---- ioctl wrappers (retry EINTR; return -errno on failure) -------------
 int cshim_ioctl_ptr(int fd, unsigned long req, void *arg);
+unsigned long cshim_BLKDISCARD(void);
 int cshim_ioctl_int(int fd, unsigned long req, unsigned long arg);
 
 // ioctl request numbers used across the project (generic _IOC encoding).
