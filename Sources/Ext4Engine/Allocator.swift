@@ -102,6 +102,9 @@ final class BlockAllocator: @unchecked Sendable {
     /// s_last_orphan: the head of the on-disk orphan chain.
     var lastOrphan: UInt32 { gdLock.with { sb.lastOrphan } }
 
+    /// The superblock as this mount last wrote it.
+    var superblockRecord: SuperblockRecord { gdLock.with { sb } }
+
     /// The next group to start a directory search at, of `groupCount`.
     func nextDirRotor(_ groupCount: Int) -> Int {
         gdLock.with { () -> Int in dirRotor = (dirRotor + 1) % groupCount; return dirRotor }

@@ -1044,6 +1044,13 @@ struct SuperblockRecord: Sendable {
         get { b.le16(Off.mntCount) }
         set { b.putLE16(Off.mntCount, newValue) }
     }
+    /// s_volume_name: the label, NUL-padded to 16 bytes.
+    var volumeName: [UInt8] {
+        get { b.sub(Off.volumeName, 16) ?? [] }
+        set {
+            for i in 0..<16 { b[Off.volumeName + i] = i < newValue.count ? newValue[i] : 0 }
+        }
+    }
     /// s_last_orphan: the head of the orphan chain.
     var lastOrphan: UInt32 {
         get { b.le32(Off.lastOrphan) }

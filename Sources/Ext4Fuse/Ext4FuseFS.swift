@@ -288,6 +288,9 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
     static let fsIocShutdown: UInt32 = 0x8004_587D
     /// FITRIM, _IOWR('X', 121, struct fstrim_range { u64 start, len, minlen }).
     static let fiTrim: UInt32 = 0xC018_5879
+    /// FS_IOC_GETFSLABEL / SETFSLABEL, _IOR / _IOW(0x94, 49 / 50, char[FSLABEL_MAX = 256]).
+    static let fsIocGetfslabel: UInt32 = 0x8100_9431, fsIocSetfslabel: UInt32 = 0x4100_9432
+    static let fsLabelMax = 256
 
     public func ioctl(_ c: FuseContext, _ a: FuseIoctlIn, input: [UInt8]) throws(FuseError) -> FuseIoctlReply {
         let ino = try Self.ino(c.nodeid)
@@ -321,6 +324,14 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
             fs.shutdown(flushLog: true)
         case Self.fsIocFiemap:
             return FuseIoctlReply(result: 0, output: try fiemap(ino, input, outSize: Int(a.outSize)))
+        case Self.fsIocGetfslabel:
+            let l = fs.label
+            w.append(l); w.zeros(Self.fsLabelMax - l.count)
+        case Self.fsIocSetfslabel:
+            // As the kernel: root only (CAP_SYS_ADMIN), a NUL within FSLABEL_MAX.
+            guard c.uid == 0 else { throw .perm }
+            guard let nul = input.prefix(Self.fsLabelMax).firstIndex(of: 0) else { throw .inval }
+            try engine { () throws(Ext4Error) in try fs.setLabel(Array(input[..<nul])) }
         case Self.fiTrim:
             // As ext4, root only (CAP_SYS_ADMIN, which FUSE does not pass on).
             guard c.uid == 0 else { throw .perm }
