@@ -155,7 +155,10 @@ cleanup() {
   local l p f
   # The namespace's own trap stops check and unmounts; wait for it, then
   # catch what a killed inner shell left.
-  if [ -n "${INNER_PID:-}" ] && kill -TERM "$INNER_PID" 2>/dev/null; then
+  # INNER_PID is unshare, which ignores TERM while it waits: signal its
+  # child, the namespace's first process.
+  if [ -n "${INNER_PID:-}" ] && kill -0 "$INNER_PID" 2>/dev/null; then
+    pkill -TERM -P "$INNER_PID" 2>/dev/null
     for _ in $(seq 60); do kill -0 "$INNER_PID" 2>/dev/null || break; sleep 0.5; done
   fi
   for img in "$WORK"/*.img; do
@@ -265,7 +268,10 @@ kill "$WD" 2>/dev/null; WD=
 exit $rc
 EOF
 ARGS=("${SEL[@]}" "${TESTS[@]}")
-unshare -m --propagation private bash "$WORK/inner.sh" "$WORK" "$FST" "$RESULTS" "$TIMEOUT" "$here" "${ARGS[@]}" &
+# Its own PID namespace too (with its own /proc): fstests stops fsstress and
+# friends with pkill by name, which would reach another run's. The inner
+# script gets the TERM that stops unshare (and cleans up).
+unshare -m -p -f --kill-child=TERM --mount-proc --propagation private bash "$WORK/inner.sh" "$WORK" "$FST" "$RESULTS" "$TIMEOUT" "$here" "${ARGS[@]}" &
 INNER_PID=$!
 wait "$INNER_PID"
 crc=$?
