@@ -74,13 +74,20 @@ extension Ext4FileSystem {
 
     /// Physical block of each logical directory block (holes are corruption).
     func dirBlocks(_ dm: MInode) throws(Ext4Error) -> [UInt64] {
-        let n = (dm.size + UInt64(blockSize) - 1) / UInt64(blockSize)
+        try blocksInOrder(dm, what: "directory")
+    }
+
+    /// The physical block of each logical block up to the inode's size, for
+    /// metadata kept in a file (directories, the orphan file): a hole or an
+    /// unwritten block there is corruption (`what` names the file).
+    func blocksInOrder(_ m: MInode, what: String) throws(Ext4Error) -> [UInt64] {
+        let n = (m.size + UInt64(blockSize) - 1) / UInt64(blockSize)
         var out: [UInt64] = []
-        for x in try allExtents(dm) where x.logical < n {
-            guard x.logical == UInt64(out.count), !x.unwritten else { throw corrupt("directory \(dm.ino) has a hole") }
+        for x in try allExtents(m) where x.logical < n {
+            guard x.logical == UInt64(out.count), !x.unwritten else { throw corrupt("\(what) \(m.ino) has a hole") }
             for k in 0..<min(x.length, n - x.logical) { out.append(x.physical + k) }
         }
-        guard UInt64(out.count) == n else { throw corrupt("directory \(dm.ino) has a hole") }
+        guard UInt64(out.count) == n else { throw corrupt("\(what) \(m.ino) has a hole") }
         return out
     }
 

@@ -145,8 +145,7 @@ public final class Ext4FileSystem: @unchecked Sendable {
         // replay included; given back if the mount does not become read-write.
         var mmp: MultiMountProtection? = nil
         if !ro && !replaying && sb.has(incompat: Incompat.mmp) && Ext4FileSystem.writeRefusal(sb) == nil {
-            let seed: UInt32? = sb.metadataCsum ? (sb.has(incompat: Incompat.csumSeed) ? sb.checksumSeed : crc32c(~0, sb.uuid)) : nil
-            mmp = try MultiMountProtection.acquire(dev: device, sb: sb, seed: seed,
+            mmp = try MultiMountProtection.acquire(dev: device, sb: sb, seed: sb.metadataCsum ? sb.metadataSeed : nil,
                                                    node: options.nodeName.isEmpty ? "ext4iomapd" : options.nodeName,
                                                    device: options.deviceName, logger: clog)
         }
@@ -197,12 +196,7 @@ public final class Ext4FileSystem: @unchecked Sendable {
         guard ngroups <= UInt64(UInt32.max), ngroups * UInt64(sb.inodesPerGroup) == UInt64(sb.inodesCount) else {
             throw fail(.corrupted("inode count \(sb.inodesCount) does not match \(ngroups) groups x \(sb.inodesPerGroup)"))
         }
-        let csumSeed: UInt32
-        if sb.has(incompat: Incompat.csumSeed) {
-            csumSeed = sb.checksumSeed
-        } else {
-            csumSeed = crc32c(~0, sb.uuid)
-        }
+        let csumSeed = sb.metadataSeed
 
         // ---- group descriptors -----------------------------------------------------
         let descPerBlock = UInt64(sb.blockSize / sb.descSize)
@@ -264,6 +258,14 @@ public final class Ext4FileSystem: @unchecked Sendable {
         var err: Ext4Error? = nil
         buf.withUnsafeMutableBytes { p in
             do throws(Ext4Error) { try dev.read(at: off, into: p) } catch { err = error }
+        }
+        if let err { throw err }
+    }
+
+    static func writeRaw(_ dev: any BlockDevice, at off: UInt64, _ b: [UInt8]) throws(Ext4Error) {
+        var err: Ext4Error? = nil
+        b.withUnsafeBytes { p in
+            do throws(Ext4Error) { try dev.write(at: off, from: p) } catch { err = error }
         }
         if let err { throw err }
     }

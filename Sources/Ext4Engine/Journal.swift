@@ -154,11 +154,7 @@ extension Ext4FileSystem {
                         continue
                     }
                     if tag.escaped { data.putBE32(0, JBD2.magic) }
-                    var err: Ext4Error? = nil
-                    data.withUnsafeBytes { p in
-                        do throws(Ext4Error) { try dev.write(at: tag.fsBlock * bs, from: p) } catch { err = error }
-                    }
-                    if let err { throw err }
+                    try Ext4FileSystem.writeRaw(dev, at: tag.fsBlock * bs, data)
                     result.blocksWritten += 1
                 }
             }
@@ -166,22 +162,13 @@ extension Ext4FileSystem {
         // ---- mark the journal empty and the fs recovered ---------------------------------------
         jsb.sequence = seq
         jsb.start = 0
-        let jsbBytes = jsb.sealed()
-        var err: Ext4Error? = nil
-        let jsbPhys = try phys(0)
-        jsbBytes.withUnsafeBytes { p in
-            do throws(Ext4Error) { try dev.write(at: jsbPhys * bs, from: p) } catch { err = error }
-        }
-        if let err { throw err }
+        try Ext4FileSystem.writeRaw(dev, at: try phys(0) * bs, jsb.sealed())
         var sbb = [UInt8](repeating: 0, count: SuperblockRecord.size)
         try Ext4FileSystem.readRaw(dev, at: SuperblockRecord.deviceOffset, into: &sbb)
         var rec = try SuperblockRecord(sbb)
         rec.needsRecovery = false
         rec.seal()
-        rec.b.withUnsafeBytes { p in
-            do throws(Ext4Error) { try dev.write(at: SuperblockRecord.deviceOffset, from: p) } catch { err = error }
-        }
-        if let err { throw err }
+        try Ext4FileSystem.writeRaw(dev, at: SuperblockRecord.deviceOffset, rec.b)
         try dev.flush()
         return result
     }

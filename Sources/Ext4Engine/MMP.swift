@@ -55,12 +55,14 @@ final class MultiMountProtection: Sendable {
         return r
     }
 
-    private static func write(_ dev: any BlockDevice, _ offset: UInt64, _ r: MMPRecord) throws(Ext4Error) {
-        var err: Ext4Error? = nil
-        r.b.withUnsafeBytes { p in
-            do throws(Ext4Error) { try dev.write(at: offset, from: p) } catch { err = error }
-        }
-        if let err { throw err }
+    /// Write `r` with sequence `seq`, stamped now and sealed, to the medium.
+    private static func write(_ dev: any BlockDevice, _ offset: UInt64, _ r: MMPRecord, seq: UInt32,
+                              seed: UInt32?) throws(Ext4Error) {
+        var r = r
+        r.seq = seq
+        r.time = UInt64(max(0, Date().timeIntervalSince1970))
+        if let seed { r.seal(seed: seed) }
+        try Ext4FileSystem.writeRaw(dev, at: offset, r.b)
         try dev.flush()
     }
 
@@ -96,12 +98,9 @@ final class MultiMountProtection: Sendable {
             }
         }
         let mine = UInt32.random(in: 1...MMPRecord.seqMax)
-        r.seq = mine
-        r.time = UInt64(max(0, Date().timeIntervalSince1970))
         r.checkInterval = UInt16(clamping: check)
         r.setNames(node: node, device: device)
-        if let seed { r.seal(seed: seed) }
-        try write(dev, offset, r)
+        try write(dev, offset, r, seq: mine, seed: seed)
         wait(waitTime)
         let again = try read(dev, offset, seed: seed)
         if again.seq != mine {
@@ -126,7 +125,7 @@ final class MultiMountProtection: Sendable {
                 }
                 next = Date().addingTimeInterval(updateInterval)
                 do {
-                    var r = try Self.read(dev, offset, seed: seed)
+                    let r = try Self.read(dev, offset, seed: seed)
                     let (mine, stop) = state.withLock { ($0.seq, $0.stop) }
                     if stop { return }
                     if r.seq != mine {
@@ -135,10 +134,7 @@ final class MultiMountProtection: Sendable {
                         return
                     }
                     let seq = mine >= MMPRecord.seqMax ? 1 : mine + 1
-                    r.seq = seq
-                    r.time = UInt64(max(0, Date().timeIntervalSince1970))
-                    if let seed { r.seal(seed: seed) }
-                    try Self.write(dev, offset, r)
+                    try Self.write(dev, offset, r, seq: seq, seed: seed)
                     state.withLock { $0.seq = seq }
                 } catch {
                     logger.logger.error("ext4: multi-mount protection: updating the MMP block failed: \(error)")
@@ -159,11 +155,7 @@ final class MultiMountProtection: Sendable {
         }
         if running { done.wait() }
         if state.withLock({ $0.lost }) { return }
-        var r = try Self.read(dev, offset, seed: seed)
-        r.seq = MMPRecord.seqClean
-        r.time = UInt64(max(0, Date().timeIntervalSince1970))
-        if let seed { r.seal(seed: seed) }
-        try Self.write(dev, offset, r)
+        try Self.write(dev, offset, try Self.read(dev, offset, seed: seed), seq: MMPRecord.seqClean, seed: seed)
     }
 }
 

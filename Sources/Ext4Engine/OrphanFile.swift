@@ -21,15 +21,8 @@ extension Ext4FileSystem {
             throw corrupt("orphan file inode \(ino) is not a regular file")
         }
         let bs = UInt64(blockSize)
-        let count = of.size / bs
-        guard of.size % bs == 0, count <= 1 << 20 else { throw corrupt("orphan file size \(of.size) is not whole blocks") }
-        let map = try mapRange(try rawInodeFrom(of), from: 0, count: count)
-        var physical: [UInt64] = []
-        for x in map.sorted(by: { $0.logical < $1.logical }) where !x.unwritten {
-            guard x.logical == UInt64(physical.count) else { throw corrupt("orphan file has a hole at block \(physical.count)") }
-            for i in 0..<x.length { physical.append(x.physical + i) }
-        }
-        guard UInt64(physical.count) == count else { throw corrupt("orphan file maps \(physical.count) of \(count) blocks") }
+        guard of.size % bs == 0, of.size / bs <= 1 << 20 else { throw corrupt("orphan file size \(of.size) is not whole blocks") }
+        let physical = try blocksInOrder(of, what: "orphan file")
         let seed = InodeRecord.checksumSeed(fsSeed: csumSeed, ino: ino, generation: of.generation)
         var seen = Set<UInt32>()
         for p in physical {

@@ -140,6 +140,9 @@ struct Superblock: Sendable {
     var metadataCsum: Bool { has(roCompat: RoCompat.metadataCsum) }
     var gdtCsum: Bool { !metadataCsum && has(roCompat: RoCompat.gdtCsum) }
     var is64: Bool { has(incompat: Incompat.bit64) }
+    /// The seed of every metadata checksum: s_checksum_seed with
+    /// metadata_csum_seed, else crc32c of the UUID.
+    var metadataSeed: UInt32 { has(incompat: Incompat.csumSeed) ? checksumSeed : crc32c(~0, uuid) }
 
     /// Parse the 1024-byte superblock. Throws on anything not an ext2/3/4 fs.
     init(_ b: [UInt8]) throws(Ext4Error) {

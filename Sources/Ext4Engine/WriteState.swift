@@ -105,11 +105,7 @@ extension Ext4FileSystem {
     // ---- metadata writes ---------------------------------------------------------
 
     func devWrite(_ off: UInt64, _ b: [UInt8]) throws(Ext4Error) {
-        var err: Ext4Error? = nil
-        b.withUnsafeBytes { p in
-            do throws(Ext4Error) { try dev.write(at: off, from: p) } catch { err = error }
-        }
-        if let err { throw err }
+        try Ext4FileSystem.writeRaw(dev, at: off, b)
     }
 
     // ---- group descriptors and superblock ------------------------------------------

@@ -336,10 +336,9 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
             // As ext4, root only (CAP_SYS_ADMIN, which FUSE does not pass on).
             guard c.uid == 0 else { throw .perm }
             guard input.count >= 24 else { throw .inval }
-            func le(_ off: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(input[off + $1]) << (8 * UInt64($1)) } }
-            let (start, minLength) = (le(0), le(16))
+            let (start, length, minLength) = (Self.le(input, 0, 8), Self.le(input, 8, 8), Self.le(input, 16, 8))
             let done = try engine { () throws(Ext4Error) in
-                try fs.trim(start: start, length: le(8), minLength: minLength)
+                try fs.trim(start: start, length: length, minLength: minLength)
             }
             w.u64(start); w.u64(done); w.u64(minLength)
         default:
@@ -357,6 +356,12 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
         _ = ch.notify(.invalInode, payload: FuseReplyEncoder.invalInode(ino: nodeid, offset: -1, length: 0))
     }
 
+    /// `n` bytes of an ioctl argument at `off`, little-endian (the caller
+    /// checked the length).
+    static func le(_ input: [UInt8], _ off: Int, _ n: Int) -> UInt64 {
+        (0..<n).reduce(UInt64(0)) { $0 | UInt64(input[off + $1]) << (8 * UInt64($1)) }
+    }
+
     /// The first 4 bytes of an ioctl argument, little-endian.
     static func u32(_ input: [UInt8]) throws(FuseError) -> UInt32 {
         guard input.count >= 4 else { throw .inval }
@@ -367,9 +372,7 @@ public final class Ext4FuseFS: FuseFileSystem, @unchecked Sendable {
     func fiemap(_ ino: UInt32, _ input: [UInt8], outSize: Int) throws(FuseError) -> [UInt8] {
         guard input.count >= 32 else { throw .inval }
         // Fixed little-endian fields at known offsets; the length was checked above.
-        func le(_ off: Int, _ n: Int) -> UInt64 {
-            (0..<n).reduce(UInt64(0)) { $0 | UInt64(input[off + $1]) << (8 * UInt64($1)) }
-        }
+        func le(_ off: Int, _ n: Int) -> UInt64 { Self.le(input, off, n) }
         let hdr = (start: le(0, 8), length: le(8, 8), flags: UInt32(le(16, 4)), count: UInt32(le(24, 4)))
         // Only FIEMAP_FLAG_SYNC is meaningful here; XATTR and CACHE are not supported.
         guard hdr.flags & ~Fiemap.flagSync == 0 else { throw .opnotsupp }

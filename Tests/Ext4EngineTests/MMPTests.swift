@@ -25,7 +25,7 @@ struct MMPTests {
 
     static func seed(_ img: String) throws -> UInt32 {
         let sb = try Superblock(Array(try readWhole(img)[1024..<2048]))
-        return sb.has(incompat: Incompat.csumSeed) ? sb.checksumSeed : crc32c(~0, sb.uuid)
+        return sb.metadataSeed
     }
 
     /// Ours takes the block (our sequence, node and device names), keeps the
